@@ -1,0 +1,201 @@
+//! Types shared by the eBPF programs and user space: the per-socket record,
+//! the record of a destroyed socket, the kernel offsets handed to the
+//! programs, and the constants both sides must agree on.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding fields, so its layout is
+//! the same on both sides and contains no uninitialised bytes.
+#![no_std]
+
+/// Length of a kernel task name (`TASK_COMM_LEN`), NUL included.
+pub const COMM_LEN: usize = 16;
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+/// `MSG_PEEK`: a receive that does not consume data.
+pub const MSG_PEEK: i32 = 2;
+
+/// Kernel TCP states (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Which end of a connection a socket is.
+pub mod role {
+    /// Not known yet: the socket predates the tracer and user space decides
+    /// from the listening ports.
+    pub const UNKNOWN: u8 = 0;
+    /// It called `connect()`.
+    pub const CLIENT: u8 = 1;
+    /// It was accepted from a listener.
+    pub const SERVER: u8 = 2;
+    /// It is a listening socket.
+    pub const LISTENER: u8 = 3;
+}
+
+/// Bits of [`SockRecord::flags`].
+pub mod flags {
+    /// `state_since_ns` is when the socket entered its state (a transition was
+    /// seen); without it the state was read from the socket and its age is
+    /// only known to be at least the tracer's run time.
+    pub const STATE_TIMED: u32 = 1 << 0;
+    /// The connection was established while tracing (SYN_SENT/SYN_RECV ->
+    /// ESTABLISHED).
+    pub const OPENED: u32 = 1 << 1;
+    /// A connect failed while tracing (SYN_SENT -> CLOSE).
+    pub const FAILED_CONNECT: u32 = 1 << 2;
+    /// The socket was ESTABLISHED at some point while tracked, so its end
+    /// closes a connection.
+    pub const WAS_ESTABLISHED: u32 = 1 << 3;
+    /// The socket was born while tracing (connect or accept path).
+    pub const BORN_TRACED: u32 = 1 << 4;
+}
+
+/// Per-socket record, kept in the `SOCKETS` map keyed by the kernel's
+/// `struct sock` address, from the first event that names the socket until
+/// `tcp:tcp_destroy_sock`.
+///
+/// Addresses are in network byte order; an IPv4 address fills the first four
+/// bytes of its 16-byte field. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockRecord {
+    /// Bytes that send syscalls moved (their return values).
+    pub tx_bytes: u64,
+    /// Bytes that receive syscalls moved (`MSG_PEEK` excluded).
+    pub rx_bytes: u64,
+    /// `bpf_ktime_get_ns()` when the tracer first saw the socket.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_ns()` when the socket entered `state` (see
+    /// [`flags::STATE_TIMED`]).
+    pub state_since_ns: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Name of the task that became the owner (the thread's name; user space
+    /// prefers `/proc/PID/comm` of the process).
+    pub comm: [u8; COMM_LEN],
+    /// Owner's thread-group id; 0 while unknown.
+    pub pid: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// `tcp_sock.total_retrans` when the tracer first saw the socket.
+    pub retrans_base: u32,
+    /// Latest `tcp_sock.total_retrans` read (at retransmits and destruction).
+    pub retrans_total: u32,
+    pub resets_sent: u32,
+    pub resets_received: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    /// One of [`role`].
+    pub role: u8,
+    /// One of [`tcp_state`].
+    pub state: u8,
+    /// Bits of [`flags`].
+    pub flags: u32,
+    /// `tcp_sock.segs_out` when first seen, and as last read (at
+    /// retransmits and destruction): the denominator of retransmit ratios.
+    pub segs_out_base: u32,
+    pub segs_out: u32,
+    pub _pad: u32,
+}
+
+/// What `tcp:tcp_destroy_sock` hands to user space through the `CLOSED` ring
+/// buffer: the socket's final record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClosedSock {
+    /// The `SOCKETS` key the record had.
+    pub sock: u64,
+    pub destroyed_ns: u64,
+    pub record: SockRecord,
+}
+
+/// Field offsets in the running kernel's structs, resolved from its BTF in
+/// user space and set as the `OFFSETS` global before load (no CO-RE in Rust
+/// eBPF, see PLATFORM.md).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    /// `sock_common.skc_family` (u16).
+    pub skc_family: u32,
+    /// `sock_common.skc_state` (u8).
+    pub skc_state: u32,
+    /// `sock_common.skc_num`: local port, host order (u16).
+    pub skc_num: u32,
+    /// `sock_common.skc_dport`: remote port, network order (u16).
+    pub skc_dport: u32,
+    /// `sock_common.skc_rcv_saddr` (IPv4 local address).
+    pub skc_rcv_saddr: u32,
+    /// `sock_common.skc_daddr` (IPv4 remote address).
+    pub skc_daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr` (IPv6 local address).
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock_common.skc_v6_daddr` (IPv6 remote address).
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_net` (pointer to `struct net`).
+    pub skc_net: u32,
+    /// `net.ns.inum`.
+    pub net_ns_inum: u32,
+    /// `sock.sk_protocol` (u16; a bitfield before 5.6, which this tracer
+    /// does not support).
+    pub sk_protocol: u32,
+    /// `tcp_sock.total_retrans` (u32).
+    pub tcp_total_retrans: u32,
+    /// `tcp_sock.segs_out` (u32).
+    pub tcp_segs_out: u32,
+    pub _pad: u32,
+}
+
+/// Indexes into the per-CPU `STATS` array.
+pub mod stat {
+    /// Events the programs handled.
+    pub const EVENTS: u32 = 0;
+    /// Destroyed-socket records lost because the ring buffer was full.
+    pub const EVENTS_DROPPED: u32 = 1;
+    /// New sockets not tracked because the `SOCKETS` map was full.
+    pub const MAP_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Capacity of the `SOCKETS` map.
+pub const MAX_SOCKETS: u32 = 262_144;
+/// Size of the `CLOSED` ring buffer in bytes (a power of two).
+pub const CLOSED_RING_BYTES: u32 = 8 << 20;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit
+    // padding fields; every bit pattern is valid.
+    unsafe impl aya::Pod for super::SockRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClosedSock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<SockRecord>(), 8 * 4 + 16 * 3 + 4 * 6 + 2 * 3 + 2 + 4 * 4);
+        assert_eq!(core::mem::size_of::<SockRecord>() % 8, 0);
+        assert_eq!(core::mem::size_of::<ClosedSock>(), 16 + core::mem::size_of::<SockRecord>());
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 14 * 4);
+    }
+}

@@ -1,0 +1,429 @@
+//! The kernel half of tracer: programs on BTF tracepoints that keep one
+//! record per TCP socket in `SOCKETS` and hand the final record of each
+//! destroyed socket to user space through `CLOSED`.
+//!
+//! The send/receive programs run on every socket syscall of the host, so for
+//! a known socket they do one family read, one map lookup and one atomic add.
+//! Everything else (state changes, retransmits, resets, destruction) is rare.
+//! Struct offsets come from user space (`OFFSETS`), resolved from the running
+//! kernel's BTF.
+#![no_std]
+#![no_main]
+// The bpf target has no atomic types; `atomic_xadd` lowers to the BPF
+// atomic add instruction.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic add on map values")]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_buf, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use aya_log_ebpf::debug;
+use tracer_common::{
+    flags, role, stat, tcp_state, ClosedSock, KernelOffsets, SockRecord, AF_INET, AF_INET6,
+    CLOSED_RING_BYTES, IPPROTO_TCP, MAX_SOCKETS, MSG_PEEK,
+};
+
+/// `BPF_F_NO_PREALLOC`: memory follows the number of live sockets.
+const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_NOEXIST`: insert only if absent (another CPU may race us).
+const BPF_NOEXIST: u64 = 1;
+
+#[map]
+static SOCKETS: HashMap<u64, SockRecord> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+
+#[map]
+static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_RING_BYTES, 0);
+
+/// Scratch space for building a new record: the BPF stack (512 bytes) is
+/// too small to hold copies of it.
+#[map]
+static SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Set by user space before load; all zero here.
+#[no_mangle]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    skc_family: 0,
+    skc_state: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    skc_rcv_saddr: 0,
+    skc_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    skc_net: 0,
+    net_ns_inum: 0,
+    sk_protocol: 0,
+    tcp_total_retrans: 0,
+    tcp_segs_out: 0,
+    _pad: 0,
+};
+
+/// Reads one offset; volatile so the compiler does not fold the zero above.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: reading a plain global of this program.
+        unsafe { core::ptr::read_volatile(&OFFSETS.$field) as usize }
+    };
+}
+
+/// Reads a `T` at `base + offset` from kernel memory.
+#[inline(always)]
+fn read<T>(base: *const u8, offset: usize) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error,
+    // not a fault.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T).ok() }
+}
+
+#[inline(always)]
+fn count(index: u32, n: u64) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, this CPU only; programs do not nest on a CPU
+        // for these tracepoints.
+        unsafe { *slot += n };
+    }
+}
+
+#[inline(always)]
+fn is_inet(sk: *const u8) -> bool {
+    matches!(read::<u16>(sk, offset!(skc_family)), Some(AF_INET) | Some(AF_INET6))
+}
+
+#[inline(always)]
+fn is_tcp(sk: *const u8) -> bool {
+    is_inet(sk) && read::<u16>(sk, offset!(sk_protocol)) == Some(IPPROTO_TCP)
+}
+
+/// Fills the address fields of `record` from the socket.
+#[inline(always)]
+fn read_tuple(sk: *const u8, record: &mut SockRecord) {
+    let family = read::<u16>(sk, offset!(skc_family)).unwrap_or(0);
+    record.family = family;
+    record.local_port = read::<u16>(sk, offset!(skc_num)).unwrap_or(0);
+    record.remote_port = u16::from_be(read::<u16>(sk, offset!(skc_dport)).unwrap_or(0));
+    record.local_addr = [0; 16];
+    record.remote_addr = [0; 16];
+    let (local_offset, remote_offset, len) = if family == AF_INET6 {
+        (offset!(skc_v6_rcv_saddr), offset!(skc_v6_daddr), 16)
+    } else {
+        (offset!(skc_rcv_saddr), offset!(skc_daddr), 4)
+    };
+    // SAFETY: reads into the record's own arrays; the helper checks the
+    // kernel address.
+    unsafe {
+        let _ = bpf_probe_read_kernel_buf(sk.wrapping_add(local_offset), &mut record.local_addr[..len]);
+        let _ = bpf_probe_read_kernel_buf(sk.wrapping_add(remote_offset), &mut record.remote_addr[..len]);
+    }
+}
+
+#[inline(always)]
+fn segs_out(sk: *const u8) -> u32 {
+    read::<u32>(sk, offset!(tcp_segs_out)).unwrap_or(0)
+}
+
+#[inline(always)]
+fn total_retrans(sk: *const u8) -> u32 {
+    read::<u32>(sk, offset!(tcp_total_retrans)).unwrap_or(0)
+}
+
+/// Makes the current task the socket's owner. Only call in process context.
+#[inline(always)]
+fn claim_owner(record: &mut SockRecord) {
+    record.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    record.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// A new record for a socket first seen now, built in `SCRATCH`, reading
+/// what the socket can tell: addresses, network namespace, state and
+/// retransmit total so far.
+#[inline(always)]
+fn new_record(sk: *const u8, now: u64) -> Option<&'static mut SockRecord> {
+    // SAFETY: this CPU's scratch slot; programs do not nest on a CPU.
+    let record = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    record.tx_bytes = 0;
+    record.rx_bytes = 0;
+    record.first_seen_ns = now;
+    record.state_since_ns = now;
+    record.comm = [0; 16];
+    record.pid = 0;
+    record.resets_sent = 0;
+    record.resets_received = 0;
+    record.role = role::UNKNOWN;
+    record.flags = 0;
+    read_tuple(sk, record);
+    let net: u64 = read::<u64>(sk, offset!(skc_net)).unwrap_or(0);
+    if net != 0 {
+        record.netns = read::<u32>(net as *const u8, offset!(net_ns_inum)).unwrap_or(0);
+    }
+    record.state = read::<u8>(sk, offset!(skc_state)).unwrap_or(0);
+    if matches!(
+        record.state,
+        tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::LAST_ACK | tcp_state::CLOSING
+    ) {
+        record.flags |= flags::WAS_ESTABLISHED;
+    }
+    let retrans = total_retrans(sk);
+    record.retrans_base = retrans;
+    record.retrans_total = retrans;
+    let segs = segs_out(sk);
+    record.segs_out_base = segs;
+    record.segs_out = segs;
+    Some(record)
+}
+
+/// Inserts `record` unless another CPU got there first, and returns the
+/// entry in the map.
+#[inline(always)]
+fn insert(key: u64, record: &SockRecord) -> Option<*mut SockRecord> {
+    if SOCKETS.insert(&key, record, BPF_NOEXIST).is_err() {
+        if let Some(existing) = SOCKETS.get_ptr_mut(&key) {
+            return Some(existing);
+        }
+        count(stat::MAP_FULL, 1);
+        return None;
+    }
+    SOCKETS.get_ptr_mut(&key)
+}
+
+/// The record of `sk`, created from the socket if the tracer has not seen it
+/// yet (a socket that predates the tracer). `None` for non-TCP sockets.
+#[inline(always)]
+fn record_of(sk: *const u8, now: u64) -> Option<*mut SockRecord> {
+    let key = sk as u64;
+    if let Some(record) = SOCKETS.get_ptr_mut(&key) {
+        return Some(record);
+    }
+    if !is_tcp(sk) {
+        return None;
+    }
+    insert(key, new_record(sk, now)?)
+}
+
+/// `sock:sock_send_length(struct sock *sk, int ret, int flags)` and
+/// `sock:sock_recv_length(...)` (kernel >= 6.3): `ret` is what the syscall
+/// moved.
+#[inline(always)]
+fn on_data(ctx: &BtfTracePointContext, sending: bool) {
+    let sk: *const u8 = ctx.arg(0);
+    let moved: i32 = ctx.arg(1);
+    if moved <= 0 {
+        return;
+    }
+    if !sending {
+        let msg_flags: i32 = ctx.arg(2);
+        if msg_flags & MSG_PEEK != 0 {
+            return;
+        }
+    }
+    if !is_inet(sk) {
+        return;
+    }
+    let key = sk as u64;
+    let record = match SOCKETS.get_ptr_mut(&key) {
+        Some(record) => record,
+        None => {
+            if read::<u16>(sk, offset!(sk_protocol)) != Some(IPPROTO_TCP) {
+                return;
+            }
+            let Some(fresh) = new_record(sk, bpf_now()) else { return };
+            claim_owner(fresh);
+            match insert(key, fresh) {
+                Some(record) => record,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: `record` points into a live map value; concurrent senders and
+    // receivers on other CPUs only ever add atomically.
+    unsafe {
+        if (*record).pid == 0 {
+            claim_owner(&mut *record);
+        }
+        let counter = if sending { &raw mut (*record).tx_bytes } else { &raw mut (*record).rx_bytes };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, moved as u64);
+    }
+    count(stat::EVENTS, 1);
+}
+
+#[inline(always)]
+fn bpf_now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_data(&ctx, true);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_data(&ctx, false);
+    0
+}
+
+/// `sock:inet_sock_set_state(const struct sock *sk, const int oldstate,
+/// const int newstate)`. Connect (CLOSE -> SYN_SENT) and listen
+/// (CLOSE -> LISTEN) run in the owner's process context; every other
+/// transition may run in softirq, where the current task is not the owner.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old_state = ctx.arg::<i32>(1) as u8;
+    let new_state = ctx.arg::<i32>(2) as u8;
+    if !is_tcp(sk) {
+        return 0;
+    }
+    let now = bpf_now();
+    let Some(record) = record_of(sk, now) else {
+        return 0;
+    };
+    // SAFETY: `record` points into a live map value. State changes of one
+    // socket are serialised by the socket lock.
+    let record = unsafe { &mut *record };
+    // On the way to CLOSE the kernel has already released the local port
+    // (`inet_put_port` zeroes it): keep the addresses read before.
+    if new_state != tcp_state::CLOSE {
+        read_tuple(sk, record);
+    }
+    match (old_state, new_state) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
+            record.role = role::CLIENT;
+            record.flags |= flags::BORN_TRACED;
+            record.retrans_base = 0;
+            record.segs_out_base = 0;
+            claim_owner(record);
+        }
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
+            // A child cloned from its listener in softirq: owner unknown
+            // until the process that accepts it sends, receives, or is
+            // found holding its inode.
+            record.role = role::SERVER;
+            record.flags |= flags::BORN_TRACED;
+            record.retrans_base = 0;
+            record.segs_out_base = 0;
+            record.pid = 0;
+            record.comm = [0; 16];
+        }
+        (_, tcp_state::LISTEN) => {
+            record.role = role::LISTENER;
+            claim_owner(record);
+        }
+        (tcp_state::SYN_SENT | tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => {
+            record.flags |= flags::OPENED | flags::WAS_ESTABLISHED;
+        }
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) => {
+            record.flags |= flags::FAILED_CONNECT;
+        }
+        _ => {}
+    }
+    if new_state == tcp_state::ESTABLISHED {
+        record.flags |= flags::WAS_ESTABLISHED;
+    }
+    record.state = new_state;
+    record.state_since_ns = now;
+    record.flags |= flags::STATE_TIMED;
+    count(stat::EVENTS, 1);
+    0
+}
+
+/// `tcp:tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, ...)`:
+/// fires once per retransmit call, which may carry several segments under
+/// TSO, so the count is the socket's own `total_retrans`, read here.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return 0;
+    }
+    if let Some(record) = record_of(sk, bpf_now()) {
+        let total = total_retrans(sk);
+        let segs = segs_out(sk);
+        // SAFETY: `record` points into a live map value; the socket lock is
+        // held by the caller.
+        unsafe {
+            (*record).retrans_total = total;
+            (*record).segs_out = segs;
+        }
+    }
+    count(stat::EVENTS, 1);
+    0
+}
+
+/// `tcp:tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, ...)`;
+/// `sk` is NULL when the reset answers a packet for no socket.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    on_reset(ctx.arg(0), true);
+    0
+}
+
+/// `tcp:tcp_receive_reset(struct sock *sk)`.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    on_reset(ctx.arg(0), false);
+    0
+}
+
+#[inline(always)]
+fn on_reset(sk: *const u8, sent: bool) {
+    if sk.is_null() || !is_tcp(sk) {
+        return;
+    }
+    if let Some(record) = record_of(sk, bpf_now()) {
+        // SAFETY: `record` points into a live map value.
+        unsafe {
+            let counter = if sent { &raw mut (*record).resets_sent } else { &raw mut (*record).resets_received };
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, 1);
+        }
+    }
+    count(stat::EVENTS, 1);
+}
+
+/// `tcp:tcp_destroy_sock(struct sock *sk)`: the socket's last moment. Its
+/// final record goes to user space, then the entry is freed.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let key = sk as u64;
+    let Some(record) = SOCKETS.get_ptr(&key) else {
+        return 0;
+    };
+    let now = bpf_now();
+    match CLOSED.reserve::<ClosedSock>(0) {
+        Some(mut entry) => {
+            // SAFETY: `record` points into a live map value that nothing
+            // writes to any more (the socket is being destroyed).
+            let mut final_record = unsafe { *record };
+            final_record.retrans_total = total_retrans(sk);
+            final_record.segs_out = segs_out(sk);
+            entry.write(ClosedSock { sock: key, destroyed_ns: now, record: final_record });
+            entry.submit(0);
+        }
+        None => {
+            count(stat::EVENTS_DROPPED, 1);
+            debug!(&ctx, "ring buffer full: final counts of a socket lost");
+        }
+    }
+    let _ = SOCKETS.remove(&key);
+    count(stat::EVENTS, 1);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,284 @@
+//! Load, attach and collect: the only code that touches aya. It loads the
+//! eBPF object with the kernel offsets resolved from BTF, attaches the
+//! programs of the chosen backend, and turns map entries and ring-buffer
+//! records into model observations.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    path::Path,
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+    Ebpf, EbpfLoader,
+};
+use log::{debug, warn};
+use thiserror::Error;
+use tokio::io::{unix::AsyncFd, Interest};
+use tracer_common::{flags, role, stat, ClosedSock, SockRecord};
+
+use crate::{
+    addr,
+    btf::{Btf, BtfError},
+    model::{Counters, KernelRole, SocketObs, Tuple},
+    probes::{self, Backend, BACKEND_ORDER, PROBES},
+};
+
+/// The compiled eBPF object, embedded at build time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("tracer needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) to load eBPF programs: run it with sudo")]
+    NotPrivileged,
+    #[error("this kernel has no BTF ({0} is missing): tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf(String),
+    #[error("cannot use the kernel's BTF: {0}")]
+    Btf(#[from] BtfError),
+    #[error("the {backend} backend cannot run on this kernel: {reason}")]
+    BackendUnavailable { backend: &'static str, reason: String },
+    #[error("no attach backend works on this kernel: {0}")]
+    NoBackend(String),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    #[error("attaching {program} to {hook} failed: {reason}")]
+    Attach { program: &'static str, hook: &'static str, reason: String },
+}
+
+/// Whether this process has what loading eBPF programs needs.
+fn privileged() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let Some(caps) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    else {
+        return false;
+    };
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Errors of the kernel that say "you lack privileges".
+fn is_permission_error(text: &str) -> bool {
+    text.contains("Operation not permitted") || text.contains("Permission denied")
+}
+
+/// Kernel counters of the tracer itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub events_total: u64,
+    pub events_dropped: u64,
+    pub map_full_drops: u64,
+}
+
+/// Attached programs and their maps.
+pub struct Collector {
+    ebpf: Ebpf,
+    closed: AsyncFd<RingBuf<MapData>>,
+    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    backend: Backend,
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Picks the backend: the one asked for, or the cheapest that the kernel
+/// supports.
+pub fn choose_backend(requested: Option<Backend>, btf: &Btf) -> Result<Backend, LoadError> {
+    if let Some(backend) = requested {
+        return match probes::backend_blocker(backend, btf) {
+            None => Ok(backend),
+            Some(reason) => Err(LoadError::BackendUnavailable { backend: backend.as_str(), reason }),
+        };
+    }
+    let mut reasons = Vec::new();
+    for &backend in BACKEND_ORDER {
+        match probes::backend_blocker(backend, btf) {
+            None => return Ok(backend),
+            Some(reason) => reasons.push(format!("{}: {reason}", backend.as_str())),
+        }
+    }
+    Err(LoadError::NoBackend(reasons.join("; ")))
+}
+
+impl Collector {
+    /// Loads and attaches. Needs a tokio runtime (ring buffers are polled).
+    pub fn start(requested: Option<Backend>, btf_path: &Path) -> Result<Self, LoadError> {
+        if !privileged() {
+            return Err(LoadError::NotPrivileged);
+        }
+        if !btf_path.exists() {
+            return Err(LoadError::NoBtf(btf_path.display().to_string()));
+        }
+        let btf = Btf::from_file(btf_path)?;
+        let backend = choose_backend(requested, &btf)?;
+        let offsets = probes::resolve_offsets(&btf)?;
+        debug!("kernel offsets: {offsets:?}");
+        let aya_btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
+            .map_err(|e| LoadError::Load(format!("parsing {}: {e}", btf_path.display())))?;
+
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global("OFFSETS", &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                let text = format!("{e:#}");
+                if is_permission_error(&text) { LoadError::NotPrivileged } else { LoadError::Load(text) }
+            })?;
+
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            // SAFETY: the logger owns its ring buffer fd and keeps it open
+            // while the AsyncFd owns the logger.
+            Ok(logger) => unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }.ok(),
+            Err(e) => {
+                debug!("eBPF logging unavailable: {e}");
+                None
+            }
+        };
+
+        for probe in PROBES.iter().filter(|p| p.backend.is_none() || p.backend == Some(backend)) {
+            let result = (|| -> Result<(), String> {
+                let program: &mut BtfTracePoint = ebpf
+                    .program_mut(probe.program)
+                    .ok_or("program missing from the eBPF object")?
+                    .try_into()
+                    .map_err(|e| format!("{e}"))?;
+                program.load(probe.hook, &aya_btf).map_err(|e| format!("{e:#}"))?;
+                program.attach().map_err(|e| format!("{e:#}"))?;
+                Ok(())
+            })();
+            if let Err(reason) = result {
+                if probe.required {
+                    if is_permission_error(&reason) {
+                        return Err(LoadError::NotPrivileged);
+                    }
+                    return Err(LoadError::Attach { program: probe.program, hook: probe.hook, reason });
+                }
+                warn!("{} not attached ({}): {reason}", probe.hook, probe.purpose);
+            }
+        }
+
+        let closed_map = ebpf.take_map("CLOSED").ok_or_else(|| LoadError::Load("map CLOSED missing".into()))?;
+        let closed = RingBuf::try_from(closed_map).map_err(|e| LoadError::Load(format!("map CLOSED: {e}")))?;
+        // SAFETY: the ring buffer owns its map fd and keeps it open while the
+        // AsyncFd owns it.
+        let closed = unsafe { AsyncFd::register_with_interest(closed, Interest::READABLE) }
+            .map_err(|e| LoadError::Load(format!("polling map CLOSED: {e}")))?;
+        Ok(Collector { ebpf, closed, logger, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Waits until destroyed-socket records (or eBPF log lines) are ready.
+    pub async fn wait_events(&self) -> io::Result<()> {
+        match &self.logger {
+            Some(logger) => {
+                tokio::select! {
+                    guard = self.closed.readable() => { guard?.clear_ready(); }
+                    guard = logger.readable() => { guard?.clear_ready(); }
+                }
+            }
+            None => self.closed.readable().await?.clear_ready(),
+        }
+        Ok(())
+    }
+
+    /// Takes every destroyed-socket record waiting in the ring buffer.
+    pub fn drain_closed(&mut self) -> Vec<(SocketObs, u64)> {
+        if let Some(logger) = &mut self.logger {
+            logger.get_mut().flush();
+        }
+        let ring = self.closed.get_mut();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<ClosedSock>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `ClosedSock` (checked size);
+            // read unaligned since ring items are only 8-byte aligned.
+            let closed: ClosedSock = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ClosedSock) };
+            out.push((observe(closed.sock, &closed.record), closed.destroyed_ns));
+        }
+        out
+    }
+
+    /// Every socket the kernel side tracks now.
+    pub fn live(&self) -> Vec<SocketObs> {
+        let Some(map) = self.ebpf.map("SOCKETS") else { return Vec::new() };
+        let Ok(sockets) = BpfHashMap::<_, u64, SockRecord>::try_from(map) else { return Vec::new() };
+        // Entries removed while iterating end the walk early or are skipped;
+        // their final counts come through the ring buffer.
+        sockets.iter().filter_map(Result::ok).map(|(id, record)| observe(id, &record)).collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let Some(map) = self.ebpf.map("STATS") else { return Stats::default() };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else { return Stats::default() };
+        let sum = |index: u32| array.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0);
+        Stats {
+            events_total: sum(stat::EVENTS),
+            events_dropped: sum(stat::EVENTS_DROPPED),
+            map_full_drops: sum(stat::MAP_FULL),
+        }
+    }
+
+    /// File descriptor of the ring buffer (for diagnostics).
+    pub fn ring_fd(&self) -> i32 {
+        self.closed.get_ref().as_raw_fd()
+    }
+}
+
+fn comm_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Turns a kernel record into a model observation.
+pub fn observe(id: u64, record: &SockRecord) -> SocketObs {
+    let has = |bit: u32| record.flags & bit != 0;
+    let local = SocketAddr::new(addr::from_kernel(record.family, &record.local_addr), record.local_port);
+    let remote = SocketAddr::new(addr::from_kernel(record.family, &record.remote_addr), record.remote_port);
+    SocketObs {
+        id,
+        pid: record.pid,
+        thread_comm: comm_string(&record.comm),
+        tuple: Tuple { netns: record.netns, local, remote },
+        role: match record.role {
+            role::CLIENT => KernelRole::Client,
+            role::SERVER => KernelRole::Server,
+            role::LISTENER => KernelRole::Listener,
+            _ => KernelRole::Unknown,
+        },
+        state: record.state,
+        state_since_ns: has(flags::STATE_TIMED).then_some(record.state_since_ns),
+        first_seen_ns: record.first_seen_ns,
+        counters: Counters {
+            tx_bytes: record.tx_bytes,
+            rx_bytes: record.rx_bytes,
+            retransmits: u64::from(record.retrans_total.saturating_sub(record.retrans_base)),
+            segments_out: u64::from(record.segs_out.saturating_sub(record.segs_out_base)),
+            resets_sent: u64::from(record.resets_sent),
+            resets_received: u64::from(record.resets_received),
+            opened: u64::from(has(flags::OPENED)),
+            closed: 0,
+            failed_connects: u64::from(has(flags::FAILED_CONNECT)),
+        },
+        opened: has(flags::OPENED),
+        failed_connect: has(flags::FAILED_CONNECT),
+        was_established: has(flags::WAS_ESTABLISHED),
+    }
+}

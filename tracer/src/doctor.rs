@@ -1,0 +1,114 @@
+//! `tracer doctor`: what the running kernel supports and which attach
+//! backend `auto` would use, in plain words (or JSON).
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    btf::Btf,
+    cli::{DoctorArgs, Format},
+    collect,
+    probes::{self, BACKEND_ORDER, PROBES},
+};
+
+#[derive(Serialize)]
+struct HookStatus {
+    hook: &'static str,
+    kind: &'static str,
+    purpose: &'static str,
+    required: bool,
+    available: bool,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+}
+
+fn lockdown() -> String {
+    let text = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
+    // The active mode is the bracketed one: "none [integrity] confidentiality".
+    text.split_whitespace()
+        .find(|w| w.starts_with('['))
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_owned())
+        .unwrap_or_else(|| "unknown (securityfs not mounted)".into())
+}
+
+fn capabilities() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    let btf_path = probes::kernel_btf_path();
+    let btf = if btf_path.exists() { Btf::from_file(Path::new(btf_path)).ok() } else { None };
+    let hooks: Vec<HookStatus> = PROBES
+        .iter()
+        .map(|p| HookStatus {
+            hook: p.hook,
+            kind: "tp_btf",
+            purpose: p.purpose,
+            required: p.required,
+            available: btf.as_ref().is_some_and(|b| probes::has_tracepoint(b, p.hook)),
+        })
+        .collect();
+    let backends: Vec<serde_json::Value> = BACKEND_ORDER
+        .iter()
+        .map(|&b| {
+            let blocker = match &btf {
+                Some(btf) => probes::backend_blocker(b, btf),
+                None => Some("no BTF".into()),
+            };
+            json!({ "backend": b.as_str(), "usable": blocker.is_none(), "reason": blocker })
+        })
+        .collect();
+    let chosen = btf.as_ref().and_then(|btf| collect::choose_backend(None, btf).ok()).map(|b| b.as_str());
+    let offsets_ok = btf.as_ref().map(|b| probes::resolve_offsets(b).map(|_| ()).map_err(|e| e.to_string()));
+    let report = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "kernel": kernel_release(),
+        "btf": btf.is_some(),
+        "btf_path": btf_path.display().to_string(),
+        "struct_offsets": match &offsets_ok { Some(Ok(())) => "resolved".to_owned(), Some(Err(e)) => e.clone(), None => "no BTF".to_owned() },
+        "lockdown": lockdown(),
+        "capabilities_effective": capabilities(),
+        "hooks": hooks,
+        "backends": backends,
+        "auto_backend": chosen,
+    });
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => {
+            println!("tracer {}", env!("CARGO_PKG_VERSION"));
+            println!("kernel:        {}", kernel_release());
+            println!("BTF:           {}", if btf.is_some() { format!("yes ({})", btf_path.display()) } else { "no".into() });
+            println!("offsets:       {}", report["struct_offsets"].as_str().unwrap_or(""));
+            println!("lockdown:      {}", lockdown());
+            println!("capabilities:  CapEff={}", capabilities());
+            println!("hooks:");
+            for hook in &hooks {
+                println!(
+                    "  {:<22} {:<7} {:<10} {}{}",
+                    hook.hook,
+                    hook.kind,
+                    if hook.available { "available" } else { "MISSING" },
+                    hook.purpose,
+                    if hook.required { "" } else { " (optional)" }
+                );
+            }
+            println!("backends:");
+            for b in &backends {
+                let reason = b["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
+                println!("  {:<11} {}{}", b["backend"].as_str().unwrap_or(""), if b["usable"] == true { "usable" } else { "not usable" }, reason);
+            }
+            match chosen {
+                Some(b) => println!("auto would use: {b}"),
+                None => println!("auto would use: nothing works on this kernel"),
+            }
+        }
+    }
+    Ok(())
+}

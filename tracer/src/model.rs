@@ -1,0 +1,768 @@
+//! The model: plain data about sockets, flows and processes, and their time
+//! series. Fed by the collector (observations of kernel records, sockets
+//! found in /proc), read by the analysis and every output. No aya, no I/O.
+//!
+//! Accounting is per socket: at every sample the growth of each socket's
+//! counters since the last sample is attributed to the socket's flow as it is
+//! then (owner, role, remote, service port). A destroyed socket's final
+//! counts are attributed once and the socket is dropped, so no byte is lost
+//! or counted twice, and memory follows live sockets plus active flows.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
+};
+
+use tracer_common::tcp_state;
+
+use crate::{
+    filter::{Filter, SocketFacts},
+    report::{CloseWaitReport, FlowReport, ProcessReport, Role, StateCounts, TimelineProcess, TimelineSample},
+};
+
+/// The kernel's name of a TCP state, without the `TCP_` prefix.
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "ESTABLISHED",
+        tcp_state::SYN_SENT => "SYN_SENT",
+        tcp_state::SYN_RECV => "SYN_RECV",
+        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+        tcp_state::TIME_WAIT => "TIME_WAIT",
+        tcp_state::CLOSE => "CLOSE",
+        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+        tcp_state::LAST_ACK => "LAST_ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        tcp_state::NEW_SYN_RECV => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// A socket's identity on the host: its network namespace and addresses
+/// (canonical: IPv4-mapped shown as IPv4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// What the kernel side knows of a socket's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelRole {
+    Unknown,
+    Client,
+    Server,
+    Listener,
+}
+
+/// One socket as the kernel record last described it.
+#[derive(Debug, Clone)]
+pub struct SocketObs {
+    /// The kernel's socket address: unique among live sockets.
+    pub id: u64,
+    /// Owner's tgid, 0 if unknown.
+    pub pid: u32,
+    /// Name of the owning thread when ownership was taken.
+    pub thread_comm: String,
+    pub tuple: Tuple,
+    pub role: KernelRole,
+    pub state: u8,
+    /// Monotonic ns when it entered `state`, if a transition was seen.
+    pub state_since_ns: Option<u64>,
+    pub first_seen_ns: u64,
+    pub counters: Counters,
+    pub opened: bool,
+    pub failed_connect: bool,
+    pub was_established: bool,
+}
+
+/// Monotonic counters of one socket (or sums of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub retransmits: u64,
+    pub segments_out: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed_connects: u64,
+}
+
+impl Counters {
+    fn saturating_sub(&self, other: &Counters) -> Counters {
+        Counters {
+            tx_bytes: self.tx_bytes.saturating_sub(other.tx_bytes),
+            rx_bytes: self.rx_bytes.saturating_sub(other.rx_bytes),
+            retransmits: self.retransmits.saturating_sub(other.retransmits),
+            segments_out: self.segments_out.saturating_sub(other.segments_out),
+            resets_sent: self.resets_sent.saturating_sub(other.resets_sent),
+            resets_received: self.resets_received.saturating_sub(other.resets_received),
+            opened: self.opened.saturating_sub(other.opened),
+            closed: self.closed.saturating_sub(other.closed),
+            failed_connects: self.failed_connects.saturating_sub(other.failed_connects),
+        }
+    }
+
+    pub fn add(&mut self, other: &Counters) {
+        self.tx_bytes += other.tx_bytes;
+        self.rx_bytes += other.rx_bytes;
+        self.retransmits += other.retransmits;
+        self.segments_out += other.segments_out;
+        self.resets_sent += other.resets_sent;
+        self.resets_received += other.resets_received;
+        self.opened += other.opened;
+        self.closed += other.closed;
+        self.failed_connects += other.failed_connects;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Counters::default()
+    }
+}
+
+/// A socket found in /proc (at start, or when resolving owners).
+#[derive(Debug, Clone)]
+pub struct ProcSocket {
+    pub tuple: Tuple,
+    pub state: u8,
+    pub inode: u64,
+    pub pid: Option<u32>,
+}
+
+/// Flow = (pid, role, remote address, service port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowKey {
+    pub pid: u32,
+    pub role: Role,
+    pub remote: IpAddr,
+    pub port: u16,
+}
+
+/// One interval: per-flow counter growth and per-process socket counts at
+/// its end.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// End of the interval, seconds since the start.
+    pub t_secs: f64,
+    pub flows: HashMap<FlowKey, Counters>,
+    pub sockets: HashMap<u32, StateCounts>,
+}
+
+struct LiveSocket {
+    obs: SocketObs,
+    /// Counters already attributed to flows.
+    attributed: Counters,
+}
+
+/// Everything the tracer knows, in plain data.
+pub struct Model {
+    filter: Filter,
+    start_ns: u64,
+    live: HashMap<u64, LiveSocket>,
+    /// Owners found in /proc for live sockets whose record has none.
+    owners: HashMap<u64, u32>,
+    /// Sockets found at start that the kernel side has not named yet.
+    preexisting: HashMap<Tuple, ProcSocket>,
+    listeners: HashSet<(u32, u16)>,
+    /// Sockets destroyed since the last live snapshot, with when.
+    recently_closed: HashMap<u64, u64>,
+    /// Destroyed sockets whose counts are not yet attributed.
+    pending_closed: Vec<(SocketObs, Counters)>,
+    comms: HashMap<u32, String>,
+    samples: VecDeque<Sample>,
+    max_samples: usize,
+    /// Counter totals per flow since the start (for counters that never go
+    /// backwards).
+    cumulative: HashMap<FlowKey, Counters>,
+    host_time_wait: u64,
+    last_sample_ns: u64,
+}
+
+/// Seconds between two monotonic instants.
+fn secs(from_ns: u64, to_ns: u64) -> f64 {
+    to_ns.saturating_sub(from_ns) as f64 / 1e9
+}
+
+pub const UNKNOWN_COMM: &str = "[unknown]";
+
+impl Model {
+    /// `start_ns` is the monotonic clock at attach; `max_samples` bounds the
+    /// history (window / interval).
+    pub fn new(filter: Filter, start_ns: u64, max_samples: usize) -> Self {
+        Model {
+            filter,
+            start_ns,
+            live: HashMap::new(),
+            owners: HashMap::new(),
+            preexisting: HashMap::new(),
+            listeners: HashSet::new(),
+            recently_closed: HashMap::new(),
+            pending_closed: Vec::new(),
+            comms: HashMap::new(),
+            samples: VecDeque::new(),
+            max_samples: max_samples.max(1),
+            cumulative: HashMap::new(),
+            host_time_wait: 0,
+            last_sample_ns: start_ns,
+        }
+    }
+
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    /// Sockets found in /proc at start.
+    pub fn load_preexisting(&mut self, sockets: Vec<ProcSocket>) {
+        for socket in sockets {
+            if socket.state == tcp_state::LISTEN {
+                self.listeners.insert((socket.tuple.netns, socket.tuple.local.port()));
+            }
+            if socket.state == tcp_state::TIME_WAIT {
+                continue;
+            }
+            self.preexisting.insert(socket.tuple, socket);
+        }
+    }
+
+    /// The kernel's current table. Sockets destroyed since the last call
+    /// (already handed over by [`Model::socket_closed`]) are ignored if they
+    /// show up again here.
+    pub fn replace_live(&mut self, snapshot: Vec<SocketObs>) {
+        let mut next = HashMap::with_capacity(snapshot.len());
+        for obs in snapshot {
+            if let Some(&destroyed_ns) = self.recently_closed.get(&obs.id) {
+                if obs.first_seen_ns <= destroyed_ns {
+                    continue;
+                }
+            }
+            if obs.role == KernelRole::Listener || obs.state == tcp_state::LISTEN {
+                self.listeners.insert((obs.tuple.netns, obs.tuple.local.port()));
+            }
+            let attributed = match self.live.remove(&obs.id) {
+                Some(old) if old.obs.first_seen_ns == obs.first_seen_ns => old.attributed,
+                _ => Counters::default(),
+            };
+            next.insert(obs.id, LiveSocket { obs, attributed });
+        }
+        // Sockets that vanished without a destroy record (lost events):
+        // what they moved since the last sample is gone with them.
+        self.live = next;
+        self.recently_closed.clear();
+        self.owners.retain(|id, _| self.live.contains_key(id));
+        // A kernel record now describes these.
+        if !self.preexisting.is_empty() {
+            let seen: HashSet<Tuple> = self.live.values().map(|s| s.obs.tuple).collect();
+            self.preexisting.retain(|tuple, _| !seen.contains(tuple));
+        }
+    }
+
+    /// A socket's final record, from `tcp:tcp_destroy_sock`.
+    pub fn socket_closed(&mut self, obs: SocketObs, destroyed_ns: u64) {
+        self.recently_closed.insert(obs.id, destroyed_ns);
+        self.preexisting.remove(&obs.tuple);
+        let (attributed, owner) = match self.live.remove(&obs.id) {
+            Some(old) if old.obs.first_seen_ns == obs.first_seen_ns => (old.attributed, self.owners.remove(&obs.id)),
+            _ => (Counters::default(), None),
+        };
+        let mut obs = obs;
+        if obs.pid == 0 {
+            obs.pid = owner.unwrap_or(0);
+        }
+        self.pending_closed.push((obs, attributed));
+    }
+
+    /// Live sockets whose owner is unknown (accepted, never used): the
+    /// collector looks them up in /proc.
+    pub fn unowned(&self) -> Vec<Tuple> {
+        self.live
+            .values()
+            .filter(|s| {
+                s.obs.pid == 0
+                    && !self.owners.contains_key(&s.obs.id)
+                    && !matches!(s.obs.state, tcp_state::CLOSE | tcp_state::TIME_WAIT)
+            })
+            .map(|s| s.obs.tuple)
+            .collect()
+    }
+
+    /// Owners found in /proc by tuple.
+    pub fn assign_owners(&mut self, found: &HashMap<Tuple, u32>) {
+        for socket in self.live.values() {
+            if socket.obs.pid == 0 {
+                if let Some(&pid) = found.get(&socket.obs.tuple) {
+                    self.owners.insert(socket.obs.id, pid);
+                }
+            }
+        }
+    }
+
+    /// Every pid the model refers to (for comm lookups).
+    pub fn pids(&self) -> HashSet<u32> {
+        let mut pids: HashSet<u32> = self.live.values().map(|s| self.owner_of(&s.obs)).collect();
+        pids.extend(self.preexisting.values().filter_map(|p| p.pid));
+        pids.extend(self.pending_closed.iter().map(|(o, _)| o.pid));
+        pids.remove(&0);
+        pids
+    }
+
+    /// The process name of `pid` as /proc shows it now, or last known.
+    pub fn set_comm(&mut self, pid: u32, comm: String) {
+        self.comms.insert(pid, comm);
+    }
+
+    pub fn comm(&self, pid: u32) -> &str {
+        if pid == 0 {
+            return UNKNOWN_COMM;
+        }
+        self.comms.get(&pid).map(String::as_str).unwrap_or(UNKNOWN_COMM)
+    }
+
+    /// TIME_WAIT sockets on the host, counted by the collector.
+    pub fn set_host_time_wait(&mut self, count: u64) {
+        self.host_time_wait = count;
+    }
+
+    pub fn live_sockets(&self) -> u64 {
+        (self.live.len() + self.preexisting.len()) as u64
+    }
+
+    fn owner_of(&self, obs: &SocketObs) -> u32 {
+        if obs.pid != 0 {
+            obs.pid
+        } else {
+            self.owners.get(&obs.id).copied().unwrap_or(0)
+        }
+    }
+
+    /// Remembers the thread name of an owner the kernel saw, for processes
+    /// that exit before their /proc name is read.
+    fn remember_thread_comm(&mut self, obs: &SocketObs) {
+        if obs.pid != 0 && !obs.thread_comm.is_empty() && !self.comms.contains_key(&obs.pid) {
+            self.comms.insert(obs.pid, obs.thread_comm.clone());
+        }
+    }
+
+    fn role_of(&self, obs: &SocketObs) -> Option<Role> {
+        match obs.role {
+            KernelRole::Client => Some(Role::Client),
+            KernelRole::Server => Some(Role::Server),
+            KernelRole::Listener => None,
+            KernelRole::Unknown if obs.state == tcp_state::LISTEN => None,
+            KernelRole::Unknown => {
+                if self.listeners.contains(&(obs.tuple.netns, obs.tuple.local.port())) {
+                    Some(Role::Server)
+                } else {
+                    Some(Role::Client)
+                }
+            }
+        }
+    }
+
+    fn flow_key(&self, obs: &SocketObs, pid: u32) -> Option<FlowKey> {
+        let role = self.role_of(obs)?;
+        let port = match role {
+            Role::Client => obs.tuple.remote.port(),
+            Role::Server => obs.tuple.local.port(),
+        };
+        Some(FlowKey { pid, role, remote: obs.tuple.remote.ip(), port })
+    }
+
+    fn matches(&self, pid: u32, tuple: &Tuple) -> bool {
+        self.filter.is_empty()
+            || self.filter.matches(&SocketFacts {
+                pid,
+                comm: self.comm(pid),
+                local_port: tuple.local.port(),
+                remote_port: tuple.remote.port(),
+                remote_addr: tuple.remote.ip(),
+            })
+    }
+
+    /// Ends an interval at monotonic `now_ns`: attributes counter growth to
+    /// flows and records socket counts. Call after the collector has fed the
+    /// live table, the destroyed sockets, owners and comms.
+    pub fn sample(&mut self, now_ns: u64) {
+        let mut flows: HashMap<FlowKey, Counters> = HashMap::new();
+        let pending = std::mem::take(&mut self.pending_closed);
+        for (obs, attributed) in &pending {
+            self.remember_thread_comm(obs);
+            let mut total = obs.counters;
+            if obs.was_established && obs.role != KernelRole::Listener {
+                total.closed = 1;
+            }
+            let pid = obs.pid;
+            if !self.matches(pid, &obs.tuple) {
+                continue;
+            }
+            if let Some(key) = self.flow_key(obs, pid) {
+                let delta = total.saturating_sub(attributed);
+                if !delta.is_zero() {
+                    flows.entry(key).or_default().add(&delta);
+                }
+            }
+        }
+        let ids: Vec<u64> = self.live.keys().copied().collect();
+        for id in ids {
+            let Some(socket) = self.live.get(&id) else { continue };
+            let obs = socket.obs.clone();
+            let attributed = socket.attributed;
+            self.remember_thread_comm(&obs);
+            let pid = self.owner_of(&obs);
+            if !self.matches(pid, &obs.tuple) {
+                continue;
+            }
+            let Some(key) = self.flow_key(&obs, pid) else { continue };
+            let delta = obs.counters.saturating_sub(&attributed);
+            if !delta.is_zero() {
+                flows.entry(key).or_default().add(&delta);
+            }
+            if let Some(socket) = self.live.get_mut(&id) {
+                socket.attributed = obs.counters;
+            }
+        }
+        for (key, delta) in &flows {
+            self.cumulative.entry(*key).or_default().add(delta);
+        }
+        let sockets = self.socket_counts();
+        self.samples.push_back(Sample { t_secs: secs(self.start_ns, now_ns), flows, sockets });
+        while self.samples.len() > self.max_samples {
+            self.samples.pop_front();
+        }
+        self.last_sample_ns = now_ns;
+    }
+
+    /// Current socket counts per process and state (TIME_WAIT excluded: it
+    /// belongs to no process).
+    fn socket_counts(&self) -> HashMap<u32, StateCounts> {
+        let mut counts: HashMap<u32, StateCounts> = HashMap::new();
+        for socket in self.live.values() {
+            let pid = self.owner_of(&socket.obs);
+            if socket.obs.state == tcp_state::TIME_WAIT || !self.matches(pid, &socket.obs.tuple) {
+                continue;
+            }
+            *counts.entry(pid).or_default().entry(state_name(socket.obs.state)).or_default() += 1;
+        }
+        for socket in self.preexisting.values() {
+            let pid = socket.pid.unwrap_or(0);
+            if !self.matches(pid, &socket.tuple) {
+                continue;
+            }
+            *counts.entry(pid).or_default().entry(state_name(socket.state)).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Host-wide socket counts per state, TIME_WAIT included, unfiltered.
+    pub fn host_sockets(&self) -> StateCounts {
+        let mut counts = StateCounts::new();
+        for socket in self.live.values() {
+            if socket.obs.state != tcp_state::TIME_WAIT {
+                *counts.entry(state_name(socket.obs.state)).or_default() += 1;
+            }
+        }
+        for socket in self.preexisting.values() {
+            *counts.entry(state_name(socket.state)).or_default() += 1;
+        }
+        if self.host_time_wait > 0 {
+            counts.insert("TIME_WAIT", self.host_time_wait);
+        }
+        counts
+    }
+
+    pub fn samples(&self) -> &VecDeque<Sample> {
+        &self.samples
+    }
+
+    /// Counter totals per flow since the start (never decreasing).
+    pub fn cumulative(&self) -> &HashMap<FlowKey, Counters> {
+        &self.cumulative
+    }
+
+    /// Flows over the retained window, biggest first.
+    pub fn flows(&self) -> Vec<FlowReport> {
+        let mut totals: HashMap<FlowKey, Counters> = HashMap::new();
+        for sample in &self.samples {
+            for (key, delta) in &sample.flows {
+                totals.entry(*key).or_default().add(delta);
+            }
+        }
+        let mut flows: Vec<FlowReport> = totals
+            .into_iter()
+            .map(|(key, c)| FlowReport {
+                pid: key.pid,
+                comm: self.comm(key.pid).to_owned(),
+                role: key.role,
+                local_port: if key.role == Role::Server { key.port } else { 0 },
+                remote_addr: key.remote.to_string(),
+                remote_port: if key.role == Role::Client { key.port } else { 0 },
+                tx_bytes: c.tx_bytes,
+                rx_bytes: c.rx_bytes,
+                retransmits: c.retransmits,
+                connections_opened: c.opened,
+                connections_closed: c.closed,
+                failed_connects: c.failed_connects,
+                resets: c.resets_sent + c.resets_received,
+                segments_out: c.segments_out,
+            })
+            .collect();
+        flows.sort_by(|a, b| {
+            (b.tx_bytes + b.rx_bytes)
+                .cmp(&(a.tx_bytes + a.rx_bytes))
+                .then(a.pid.cmp(&b.pid))
+                .then(a.role.cmp(&b.role))
+                .then(a.remote_addr.cmp(&b.remote_addr))
+                .then(a.service_port().cmp(&b.service_port()))
+        });
+        flows
+    }
+
+    /// Processes over the retained window, with current socket counts,
+    /// biggest first.
+    pub fn processes(&self) -> Vec<ProcessReport> {
+        let mut totals: BTreeMap<u32, Counters> = BTreeMap::new();
+        for sample in &self.samples {
+            for (key, delta) in &sample.flows {
+                totals.entry(key.pid).or_default().add(delta);
+            }
+        }
+        let mut sockets = self.samples.back().map(|s| s.sockets.clone()).unwrap_or_default();
+        for pid in sockets.keys() {
+            totals.entry(*pid).or_default();
+        }
+        let mut processes: Vec<ProcessReport> = totals
+            .into_iter()
+            .map(|(pid, c)| ProcessReport {
+                pid,
+                comm: self.comm(pid).to_owned(),
+                tx_bytes: c.tx_bytes,
+                rx_bytes: c.rx_bytes,
+                retransmits: c.retransmits,
+                connections_opened: c.opened,
+                connections_closed: c.closed,
+                failed_connects: c.failed_connects,
+                resets_sent: c.resets_sent,
+                resets_received: c.resets_received,
+                sockets: sockets.remove(&pid).unwrap_or_default(),
+            })
+            .collect();
+        processes.sort_by(|a, b| (b.tx_bytes + b.rx_bytes).cmp(&(a.tx_bytes + a.rx_bytes)).then(a.pid.cmp(&b.pid)));
+        processes
+    }
+
+    /// Sockets in CLOSE_WAIT now, oldest first, ages at `now_ns`.
+    pub fn close_wait(&self, now_ns: u64) -> Vec<CloseWaitReport> {
+        let mut list = Vec::new();
+        let run_time = secs(self.start_ns, now_ns);
+        for socket in self.live.values() {
+            let obs = &socket.obs;
+            let pid = self.owner_of(obs);
+            if obs.state != tcp_state::CLOSE_WAIT || !self.matches(pid, &obs.tuple) {
+                continue;
+            }
+            let (age_secs, age_is_lower_bound) = match obs.state_since_ns {
+                Some(since) => (secs(since, now_ns), false),
+                None => (run_time, true),
+            };
+            list.push(self.close_wait_entry(pid, &obs.tuple, age_secs, age_is_lower_bound));
+        }
+        for socket in self.preexisting.values() {
+            let pid = socket.pid.unwrap_or(0);
+            if socket.state != tcp_state::CLOSE_WAIT || !self.matches(pid, &socket.tuple) {
+                continue;
+            }
+            list.push(self.close_wait_entry(pid, &socket.tuple, run_time, true));
+        }
+        list.sort_by(|a, b| b.age_secs.total_cmp(&a.age_secs).then(a.pid.cmp(&b.pid)).then(a.local_port.cmp(&b.local_port)));
+        list
+    }
+
+    fn close_wait_entry(&self, pid: u32, tuple: &Tuple, age_secs: f64, age_is_lower_bound: bool) -> CloseWaitReport {
+        CloseWaitReport {
+            pid,
+            comm: self.comm(pid).to_owned(),
+            local_addr: tuple.local.ip().to_string(),
+            local_port: tuple.local.port(),
+            remote_addr: tuple.remote.ip().to_string(),
+            remote_port: tuple.remote.port(),
+            age_secs: (age_secs * 1000.0).round() / 1000.0,
+            age_is_lower_bound,
+        }
+    }
+
+    /// The per-process timeline over the retained window.
+    pub fn timeline(&self) -> Vec<TimelineSample> {
+        self.samples
+            .iter()
+            .map(|sample| {
+                let mut per_pid: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+                for (key, delta) in &sample.flows {
+                    let entry = per_pid.entry(key.pid).or_default();
+                    entry.0 += delta.tx_bytes;
+                    entry.1 += delta.rx_bytes;
+                }
+                for pid in sample.sockets.keys() {
+                    per_pid.entry(*pid).or_default();
+                }
+                TimelineSample {
+                    t_secs: (sample.t_secs * 1000.0).round() / 1000.0,
+                    processes: per_pid
+                        .into_iter()
+                        .map(|(pid, (tx, rx))| TimelineProcess {
+                            pid,
+                            comm: self.comm(pid).to_owned(),
+                            tx_bytes: tx,
+                            rx_bytes: rx,
+                            sockets: sample.sockets.get(&pid).cloned().unwrap_or_default(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Seconds covered by the retained window at the last sample.
+    pub fn window_secs(&self) -> f64 {
+        let end = secs(self.start_ns, self.last_sample_ns);
+        match self.samples.len() {
+            0 => 0.0,
+            n if n < self.max_samples => end,
+            _ => {
+                let first = self.samples.front().map(|s| s.t_secs).unwrap_or(0.0);
+                let second = self.samples.get(1).map(|s| s.t_secs).unwrap_or(first);
+                end - (first - (second - first)).max(0.0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(lport: u16, remote: &str, rport: u16) -> Tuple {
+        Tuple {
+            netns: 1,
+            local: SocketAddr::new("127.0.0.1".parse().expect("ip"), lport),
+            remote: SocketAddr::new(remote.parse().expect("ip"), rport),
+        }
+    }
+
+    fn obs(id: u64, pid: u32, role: KernelRole, t: Tuple, tx: u64, rx: u64) -> SocketObs {
+        SocketObs {
+            id,
+            pid,
+            thread_comm: format!("p{pid}"),
+            tuple: t,
+            role,
+            state: tcp_state::ESTABLISHED,
+            state_since_ns: Some(0),
+            first_seen_ns: 1,
+            counters: Counters { tx_bytes: tx, rx_bytes: rx, ..Counters::default() },
+            opened: true,
+            failed_connect: false,
+            was_established: true,
+        }
+    }
+
+    #[test]
+    fn server_sockets_fold_into_one_flow_per_remote() {
+        let mut model = Model::new(Filter::default(), 0, 100);
+        model.replace_live(vec![
+            obs(1, 10, KernelRole::Server, tuple(80, "10.0.0.1", 40000), 5, 7),
+            obs(2, 10, KernelRole::Server, tuple(80, "10.0.0.1", 40001), 5, 7),
+            obs(3, 10, KernelRole::Server, tuple(80, "10.0.0.2", 40002), 1, 1),
+        ]);
+        model.sample(1_000_000_000);
+        let flows = model.flows();
+        assert_eq!(flows.len(), 2);
+        assert_eq!((flows[0].tx_bytes, flows[0].rx_bytes, flows[0].local_port, flows[0].remote_port), (10, 14, 80, 0));
+        assert_eq!(flows[0].remote_addr, "10.0.0.1");
+    }
+
+    #[test]
+    fn closed_socket_counts_once_and_exactly() {
+        let mut model = Model::new(Filter::default(), 0, 100);
+        let t = tuple(5000, "127.0.0.1", 80);
+        model.replace_live(vec![obs(1, 10, KernelRole::Client, t, 100, 0)]);
+        model.sample(1_000_000_000);
+        // Destroyed with more bytes; the stale map entry shows up once more.
+        let mut last = obs(1, 10, KernelRole::Client, t, 150, 20);
+        last.counters.opened = 1;
+        model.socket_closed(last, 2);
+        model.replace_live(vec![obs(1, 10, KernelRole::Client, t, 150, 20)]);
+        model.sample(2_000_000_000);
+        model.sample(3_000_000_000);
+        let flows = model.flows();
+        assert_eq!(flows.len(), 1);
+        assert_eq!((flows[0].tx_bytes, flows[0].rx_bytes, flows[0].connections_closed), (150, 20, 1));
+        assert_eq!(model.live_sockets(), 0);
+        let timeline = model.timeline();
+        assert_eq!(timeline.len(), 3);
+        assert_eq!(timeline[0].processes[0].tx_bytes, 100);
+        assert_eq!(timeline[1].processes[0].tx_bytes, 50);
+    }
+
+    #[test]
+    fn same_process_client_and_server_keep_two_flows() {
+        let mut model = Model::new(Filter::default(), 0, 100);
+        model.replace_live(vec![
+            obs(1, 10, KernelRole::Client, tuple(40000, "127.0.0.1", 80), 3, 4),
+            obs(2, 10, KernelRole::Server, tuple(80, "127.0.0.1", 40000), 4, 3),
+        ]);
+        model.sample(1);
+        let flows = model.flows();
+        assert_eq!(flows.len(), 2);
+        assert_eq!(model.processes()[0].tx_bytes, 7);
+    }
+
+    #[test]
+    fn unknown_role_is_inferred_from_listeners_and_owner_from_proc() {
+        let mut model = Model::new(Filter::default(), 0, 100);
+        let listener = ProcSocket { tuple: tuple(80, "0.0.0.0", 0), state: tcp_state::LISTEN, inode: 9, pid: Some(10) };
+        model.load_preexisting(vec![listener]);
+        let mut cw = obs(1, 0, KernelRole::Unknown, tuple(80, "10.0.0.9", 5555), 0, 0);
+        cw.state = tcp_state::CLOSE_WAIT;
+        cw.state_since_ns = None;
+        model.replace_live(vec![cw]);
+        assert_eq!(model.unowned().len(), 1);
+        model.assign_owners(&HashMap::from([(tuple(80, "10.0.0.9", 5555), 10)]));
+        assert!(model.unowned().is_empty());
+        model.sample(5_000_000_000);
+        let list = model.close_wait(5_000_000_000);
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].pid, list[0].age_is_lower_bound, list[0].age_secs), (10, true, 5.0));
+        assert_eq!(model.processes()[0].sockets.get("CLOSE_WAIT"), Some(&1));
+        assert_eq!(model.processes()[0].sockets.get("LISTEN"), Some(&1));
+    }
+
+    #[test]
+    fn window_drops_old_samples() {
+        let mut model = Model::new(Filter::default(), 0, 2);
+        let t = tuple(5000, "127.0.0.1", 80);
+        for (i, tx) in [10u64, 20, 30].iter().enumerate() {
+            model.replace_live(vec![obs(1, 10, KernelRole::Client, t, *tx, 0)]);
+            model.sample((i as u64 + 1) * 1_000_000_000);
+        }
+        assert_eq!(model.flows()[0].tx_bytes, 20);
+        assert_eq!(model.cumulative().values().next().map(|c| c.tx_bytes), Some(30));
+        assert!((model.window_secs() - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn filters_apply_per_socket() {
+        let filter = Filter { ports: vec![80], ..Filter::default() };
+        let mut model = Model::new(filter, 0, 10);
+        model.replace_live(vec![
+            obs(1, 10, KernelRole::Client, tuple(40000, "127.0.0.1", 80), 3, 4),
+            obs(2, 10, KernelRole::Client, tuple(40001, "127.0.0.1", 81), 100, 100),
+        ]);
+        model.sample(1);
+        let flows = model.flows();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].tx_bytes, 3);
+    }
+}

@@ -1,0 +1,143 @@
+//! One tracing session, shared by `trace` and `agent`: the collector feeds
+//! the model at each tick (destroyed sockets, the live table, owners from
+//! /proc, process names, TIME_WAIT counts), and reports are built from it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use crate::{
+    analysis::{self, Thresholds},
+    collect::{monotonic_ns, Collector, LoadError, Stats},
+    filter::Filter,
+    model::{Model, Tuple},
+    probes::Backend,
+    procfs,
+    report::{self, HostReport, Report, TracerReport, SCHEMA},
+};
+
+pub struct Session {
+    collector: Collector,
+    model: Model,
+    proc_root: PathBuf,
+    thresholds: Thresholds,
+    started_at: SystemTime,
+    /// Unowned sockets already looked up in /proc without success.
+    owner_misses: HashSet<Tuple>,
+    stats: Stats,
+}
+
+impl Session {
+    /// Attaches, then loads the sockets that already exist.
+    pub fn start(
+        backend: Option<Backend>,
+        filter: Filter,
+        thresholds: Thresholds,
+        interval: Duration,
+        window: Duration,
+    ) -> Result<Self, LoadError> {
+        let collector = Collector::start(backend, crate::probes::kernel_btf_path())?;
+        let started_at = SystemTime::now();
+        let start_ns = monotonic_ns();
+        let max_samples = (window.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 2;
+        let proc_root = PathBuf::from("/proc");
+        let mut model = Model::new(filter, start_ns, max_samples);
+        model.load_preexisting(procfs::scan_sockets(&proc_root));
+        Ok(Session { collector, model, proc_root, thresholds, started_at, owner_misses: HashSet::new(), stats: Stats::default() })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.collector.backend()
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// Waits for destroyed-socket records and hands them to the model, so
+    /// the ring buffer never fills between ticks.
+    pub async fn pump_events(&mut self) {
+        if self.collector.wait_events().await.is_ok() {
+            self.take_closed();
+        }
+    }
+
+    fn take_closed(&mut self) {
+        for (obs, destroyed_ns) in self.collector.drain_closed() {
+            self.model.socket_closed(obs, destroyed_ns);
+        }
+    }
+
+    /// Ends an interval: reads everything and samples the model.
+    pub fn tick(&mut self) {
+        self.take_closed();
+        self.model.replace_live(self.collector.live());
+        self.take_closed();
+        self.resolve_owners();
+        for pid in self.model.pids() {
+            if let Some(comm) = procfs::read_comm(&self.proc_root, pid) {
+                self.model.set_comm(pid, comm);
+            }
+        }
+        self.model.set_host_time_wait(procfs::time_wait_count(&self.proc_root));
+        self.stats = self.collector.stats();
+        self.model.sample(monotonic_ns());
+    }
+
+    /// Accepted sockets that never moved a byte have no owner in their
+    /// record: find who holds them, as `ss -p` does.
+    fn resolve_owners(&mut self) {
+        let unowned: HashSet<Tuple> = self.model.unowned().into_iter().collect();
+        self.owner_misses.retain(|t| unowned.contains(t));
+        if unowned.iter().all(|t| self.owner_misses.contains(t)) {
+            return;
+        }
+        let found: HashMap<Tuple, u32> = procfs::scan_sockets(&self.proc_root)
+            .into_iter()
+            .filter(|s| unowned.contains(&s.tuple))
+            .filter_map(|s| Some((s.tuple, s.pid?)))
+            .collect();
+        self.model.assign_owners(&found);
+        self.owner_misses.extend(unowned.into_iter().filter(|t| !found.contains_key(t)));
+    }
+
+    /// The report over the model's window, as of the last tick.
+    pub fn report(&self) -> Report {
+        let now_ns = monotonic_ns();
+        let flows = self.model.flows();
+        let close_wait = self.model.close_wait(now_ns);
+        let comm = |pid: u32| self.model.comm(pid).to_owned();
+        let findings = analysis::analyze(
+            &analysis::Input { samples: self.model.samples(), close_wait: &close_wait, flows: &flows, comm: &comm },
+            &self.thresholds,
+        );
+        Report {
+            schema: SCHEMA,
+            started_at: report::rfc3339(self.started_at),
+            duration_secs: (self.model.window_secs() * 1000.0).round() / 1000.0,
+            backend: self.backend().as_str(),
+            processes: self.model.processes(),
+            flows,
+            close_wait,
+            timeline: self.model.timeline(),
+            findings,
+            host: HostReport { sockets: self.model.host_sockets() },
+            tracer: TracerReport {
+                events_total: self.stats.events_total,
+                events_dropped: self.stats.events_dropped,
+                map_full_drops: self.stats.map_full_drops,
+                live_sockets: self.model.live_sockets(),
+            },
+        }
+    }
+}
