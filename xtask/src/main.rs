@@ -1,1 +1,126 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | run -- ARGS | test`.
+//!
+//! `setup` makes a fresh machine able to build the eBPF programs: the nightly
+//! toolchain's `rust-src`, and `bpf-linker` built against the nightly
+//! toolchain's own libLLVM (see ../shared/PLATFORM.md). It is idempotent and
+//! fast when everything is in place. `run` and `test` call it first; `test`
+//! also installs the Debian packages the integration tests use.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "tracer project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install rust-src (nightly) and bpf-linker if missing.
+    Setup,
+    /// Build the tracer binary (eBPF programs embedded).
+    Build {
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run tracer with the given arguments (as root).
+    Run {
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for tracer, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Lint, unit tests, and integration tests against the running kernel.
+    Test {
+        /// Skip fmt/clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: $ {}", shown.replace('"', ""));
+    let status = cmd.current_dir(workspace_root()).status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "tracer"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("tracer"))
+}
+
+fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
+    setup::install_test_packages()?;
+    if !no_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    // Unit tests: pure logic, no root needed.
+    run(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
+    // Integration tests load the real programs into the running kernel and
+    // share the host's sockets: one at a time.
+    let tracer = build(false)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--package", "tracer-tests", "--tests", "--"]);
+    if let Some(filter) = filter {
+        cmd.arg(filter);
+    }
+    cmd.args(["--test-threads=1"]).env("TRACER_BIN", &tracer);
+    run(&mut cmd)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => setup::setup().and_then(|()| build(release)).map(|_| ()),
+        Task::Run { release, args } => setup::setup().and_then(|()| build(release)).and_then(|tracer| {
+            let status = Command::new(&tracer).args(&args).status().with_context(|| format!("starting {}", tracer.display()))?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
+            }
+            Ok(())
+        }),
+        Task::Test { no_lint, filter } => setup::setup().and_then(|()| test(no_lint, filter)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
