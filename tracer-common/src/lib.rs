@@ -157,7 +157,11 @@ pub struct KernelOffsets {
     pub tcp_total_retrans: u32,
     /// `tcp_sock.segs_out` (u32).
     pub tcp_segs_out: u32,
-    pub _pad: u32,
+    /// Index of `flags` among `tcp_recvmsg`'s parameters (it lost its
+    /// `nonblock` parameter in 5.19), for the fentry and kprobe backends.
+    pub recvmsg_flags_arg: u32,
+    /// Number of `tcp_recvmsg` parameters: where fexit finds the return value.
+    pub recvmsg_nargs: u32,
 }
 
 /// Indexes into the per-CPU `STATS` array.
@@ -169,6 +173,16 @@ pub mod stat {
     /// New sockets not tracked because the `SOCKETS` map was full.
     pub const MAP_FULL: u32 = 2;
     pub const COUNT: u32 = 3;
+}
+
+/// Arguments of an in-flight `tcp_sendmsg`/`tcp_recvmsg` call, saved by the
+/// kprobe for its kretprobe (keyed by thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallArgs {
+    pub sock: u64,
+    pub flags: i32,
+    pub _pad: u32,
 }
 
 /// Capacity of the `SOCKETS` map.
@@ -185,6 +199,8 @@ mod pod {
     unsafe impl aya::Pod for super::ClosedSock {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CallArgs {}
 }
 
 #[cfg(test)]
@@ -196,6 +212,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockRecord>(), 8 * 4 + 16 * 3 + 4 * 6 + 2 * 3 + 2 + 4 * 4);
         assert_eq!(core::mem::size_of::<SockRecord>() % 8, 0);
         assert_eq!(core::mem::size_of::<ClosedSock>(), 16 + core::mem::size_of::<SockRecord>());
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 14 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 15 * 4);
     }
 }

@@ -18,13 +18,13 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_buf, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    flags, role, stat, tcp_state, ClosedSock, KernelOffsets, SockRecord, AF_INET, AF_INET6,
+    flags, role, stat, tcp_state, CallArgs, ClosedSock, KernelOffsets, SockRecord, AF_INET, AF_INET6,
     CLOSED_RING_BYTES, IPPROTO_TCP, MAX_SOCKETS, MSG_PEEK,
 };
 
@@ -63,7 +63,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_protocol: 0,
     tcp_total_retrans: 0,
     tcp_segs_out: 0,
-    _pad: 0,
+    recvmsg_flags_arg: 3,
+    recvmsg_nargs: 5,
 };
 
 /// Reads one offset; volatile so the compiler does not fold the zero above.
@@ -206,30 +207,25 @@ fn record_of(sk: *const u8, now: u64) -> Option<*mut SockRecord> {
     insert(key, new_record(sk, now)?)
 }
 
-/// `sock:sock_send_length(struct sock *sk, int ret, int flags)` and
-/// `sock:sock_recv_length(...)` (kernel >= 6.3): `ret` is what the syscall
-/// moved.
+/// Counts what one send or receive call moved on `sk`. `moved` is the
+/// call's return value; `msg_flags` the receive flags (`MSG_PEEK` reads
+/// move nothing). `checked_tcp` says the caller knows `sk` is TCP.
 #[inline(always)]
-fn on_data(ctx: &BtfTracePointContext, sending: bool) {
-    let sk: *const u8 = ctx.arg(0);
-    let moved: i32 = ctx.arg(1);
-    if moved <= 0 {
+fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp: bool) {
+    if moved <= 0 || sk.is_null() {
         return;
     }
-    if !sending {
-        let msg_flags: i32 = ctx.arg(2);
-        if msg_flags & MSG_PEEK != 0 {
-            return;
-        }
+    if !sending && msg_flags & MSG_PEEK != 0 {
+        return;
     }
-    if !is_inet(sk) {
+    if !checked_tcp && !is_inet(sk) {
         return;
     }
     let key = sk as u64;
     let record = match SOCKETS.get_ptr_mut(&key) {
         Some(record) => record,
         None => {
-            if read::<u16>(sk, offset!(sk_protocol)) != Some(IPPROTO_TCP) {
+            if !checked_tcp && read::<u16>(sk, offset!(sk_protocol)) != Some(IPPROTO_TCP) {
                 return;
             }
             let Some(fresh) = new_record(sk, bpf_now()) else { return };
@@ -252,22 +248,97 @@ fn on_data(ctx: &BtfTracePointContext, sending: bool) {
     count(stat::EVENTS, 1);
 }
 
+// ---- Backend "tracepoint": sock:sock_send_length / sock:sock_recv_length
+// (kernel >= 6.3). They fire for every socket family, hence the TCP check.
+
+/// `sock:sock_send_length(struct sock *sk, int ret, int flags)`.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_data(ctx.arg(0), ctx.arg(1), 0, true, false);
+    0
+}
+
+/// `sock:sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_data(ctx.arg(0), ctx.arg(1), ctx.arg(2), false, false);
+    0
+}
+
+// ---- Backend "fentry": fexit on the TCP functions themselves (BTF kernels
+// >= 5.5); the return value follows the arguments in the context.
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
+    on_data(ctx.arg(0), ctx.arg(3), 0, true, true);
+    0
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
+/// int flags, int *addr_len)` (>= 5.19), or with `int nonblock` before
+/// `flags` (older kernels): `OFFSETS` says which.
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
+    // Constant indexes in each branch: the verifier only allows fixed
+    // context offsets, and prunes the branch the read-only global rules out.
+    let (msg_flags, moved): (i32, i32) =
+        if offset!(recvmsg_nargs) == 6 { (ctx.arg(4), ctx.arg(6)) } else { (ctx.arg(3), ctx.arg(5)) };
+    on_data(ctx.arg(0), moved, msg_flags, false, true);
+    0
+}
+
+// ---- Backend "kprobe": kprobe + kretprobe on the same functions (any
+// kernel with kprobes). The entry probe saves the arguments per thread.
+
+#[map]
+static CALLS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16_384, 0);
+
+#[inline(always)]
+fn save_call(sock: Option<u64>, flags: i32) {
+    if let Some(sock) = sock {
+        let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &CallArgs { sock, flags, _pad: 0 }, 0);
+    }
+}
+
+#[inline(always)]
+fn finish_call(moved: i32, sending: bool) {
+    let thread = bpf_get_current_pid_tgid();
+    // SAFETY: the entry is this thread's own; read by value.
+    let Some(call) = (unsafe { CALLS.get(&thread) }).copied() else { return };
+    let _ = CALLS.remove(&thread);
+    on_data(call.sock as *const u8, moved, call.flags, sending, true);
+}
+
+#[kprobe(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
+    save_call(ctx.arg::<u64>(0), 0);
+    0
+}
+
+#[kretprobe(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
+    finish_call(ctx.ret::<i32>(), true);
+    0
+}
+
+#[kprobe(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_entry(ctx: ProbeContext) -> u32 {
+    let flags = if offset!(recvmsg_flags_arg) == 4 { ctx.arg::<i32>(4) } else { ctx.arg::<i32>(3) };
+    save_call(ctx.arg::<u64>(0), flags.unwrap_or(0));
+    0
+}
+
+#[kretprobe(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_return(ctx: RetProbeContext) -> u32 {
+    finish_call(ctx.ret::<i32>(), false);
+    0
+}
+
 #[inline(always)]
 fn bpf_now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
-}
-
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_data(&ctx, true);
-    0
-}
-
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_data(&ctx, false);
-    0
 }
 
 /// `sock:inet_sock_set_state(const struct sock *sk, const int oldstate,

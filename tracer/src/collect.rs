@@ -12,7 +12,7 @@ use std::{
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FExit, KProbe, ProgramError},
     Ebpf, EbpfLoader,
 };
 use log::{debug, warn};
@@ -24,7 +24,7 @@ use crate::{
     addr,
     btf::{Btf, BtfError},
     model::{Counters, KernelRole, SocketObs, Tuple},
-    probes::{self, Backend, BACKEND_ORDER, PROBES},
+    probes::{self, Backend, HookKind, Probe, BACKEND_ORDER, PROBES},
 };
 
 /// The compiled eBPF object, embedded at build time.
@@ -94,8 +94,8 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Picks the backend: the one asked for, or the cheapest that the kernel
-/// supports.
+/// The backend `auto` picks as far as the kernel tells before loading: the
+/// cheapest without a known blocker.
 pub fn choose_backend(requested: Option<Backend>, btf: &Btf) -> Result<Backend, LoadError> {
     if let Some(backend) = requested {
         return match probes::backend_blocker(backend, btf) {
@@ -113,30 +113,115 @@ pub fn choose_backend(requested: Option<Backend>, btf: &Btf) -> Result<Backend, 
     Err(LoadError::NoBackend(reasons.join("; ")))
 }
 
+/// Loads and attaches one program; a kernel refusal comes back as text.
+fn attach_probe(ebpf: &mut Ebpf, btf: &aya::Btf, probe: &Probe) -> Result<(), String> {
+    let program = ebpf.program_mut(probe.program).ok_or("program missing from the eBPF object")?;
+    let refused = |e: ProgramError| {
+        let text = format!("{e:#}");
+        let text = text.trim_end_matches(". Verifier output: ").trim_end().to_owned();
+        if is_permission_error(&text) { format!("refused by the kernel ({text})") } else { text }
+    };
+    match probe.kind {
+        HookKind::TpBtf => {
+            let program: &mut BtfTracePoint = program.try_into().map_err(refused)?;
+            program.load(probe.hook, btf).map_err(refused)?;
+            program.attach().map_err(refused)?;
+        }
+        HookKind::FExit => {
+            let program: &mut FExit = program.try_into().map_err(refused)?;
+            program.load(probe.hook, btf).map_err(refused)?;
+            program.attach().map_err(refused)?;
+        }
+        HookKind::KProbe | HookKind::KRetProbe => {
+            let program: &mut KProbe = program.try_into().map_err(refused)?;
+            program.load().map_err(refused)?;
+            program.attach(probe.hook, 0).map_err(refused)?;
+        }
+    }
+    Ok(())
+}
+
+/// Unloads (and so detaches) a program if it was loaded.
+fn unload_probe(ebpf: &mut Ebpf, probe: &Probe) {
+    if let Some(program) = ebpf.program_mut(probe.program) {
+        let result = match probe.kind {
+            HookKind::TpBtf => <&mut BtfTracePoint>::try_from(program).map(|p| p.unload()),
+            HookKind::FExit => <&mut FExit>::try_from(program).map(|p| p.unload()),
+            HookKind::KProbe | HookKind::KRetProbe => <&mut KProbe>::try_from(program).map(|p| p.unload()),
+        };
+        if let Ok(Err(e)) = result {
+            debug!("unloading {}: {e}", probe.program);
+        }
+    }
+}
+
+/// Attaches every send/receive program of `backend`, or none of them.
+fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<(), String> {
+    let probes: Vec<&Probe> = PROBES.iter().filter(|p| p.backend == Some(backend)).collect();
+    for (done, probe) in probes.iter().enumerate() {
+        if let Err(reason) = attach_probe(ebpf, btf, probe) {
+            for attached in &probes[..=done] {
+                unload_probe(ebpf, attached);
+            }
+            return Err(format!("{} on {}: {reason}", probe.kind.as_str(), probe.hook));
+        }
+    }
+    Ok(())
+}
+
+/// Loads the eBPF object with this kernel's offsets.
+fn load_object(btf: &Btf, aya_btf: &aya::Btf) -> Result<Ebpf, LoadError> {
+    let offsets = probes::resolve_offsets(btf)?;
+    debug!("kernel offsets: {offsets:?}");
+    EbpfLoader::new().btf(Some(aya_btf)).override_global("OFFSETS", &offsets, true).load(EBPF_OBJECT).map_err(|e| {
+        let text = format!("{e:#}");
+        if is_permission_error(&text) { LoadError::NotPrivileged } else { LoadError::Load(text) }
+    })
+}
+
+fn read_btf(btf_path: &Path) -> Result<(Btf, aya::Btf), LoadError> {
+    if !btf_path.exists() {
+        return Err(LoadError::NoBtf(btf_path.display().to_string()));
+    }
+    let btf = Btf::from_file(btf_path)?;
+    let aya_btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
+        .map_err(|e| LoadError::Load(format!("parsing {}: {e}", btf_path.display())))?;
+    Ok((btf, aya_btf))
+}
+
+/// Tries every backend for real (load and attach, then detach): what
+/// `doctor` reports. Needs privileges.
+pub fn trial_backends(btf_path: &Path) -> Result<Vec<(Backend, Result<(), String>)>, LoadError> {
+    if !privileged() {
+        return Err(LoadError::NotPrivileged);
+    }
+    let (btf, aya_btf) = read_btf(btf_path)?;
+    let mut ebpf = load_object(&btf, &aya_btf)?;
+    let mut results = Vec::new();
+    for &backend in BACKEND_ORDER {
+        let result = match probes::backend_blocker(backend, &btf) {
+            Some(reason) => Err(reason),
+            None => attach_backend(&mut ebpf, &aya_btf, backend).map(|()| {
+                for probe in PROBES.iter().filter(|p| p.backend == Some(backend)) {
+                    unload_probe(&mut ebpf, probe);
+                }
+            }),
+        };
+        results.push((backend, result));
+    }
+    Ok(results)
+}
+
 impl Collector {
-    /// Loads and attaches. Needs a tokio runtime (ring buffers are polled).
+    /// Loads and attaches: the backend asked for, or the cheapest that
+    /// works, falling back when the kernel refuses one. Needs a tokio
+    /// runtime (ring buffers are polled).
     pub fn start(requested: Option<Backend>, btf_path: &Path) -> Result<Self, LoadError> {
         if !privileged() {
             return Err(LoadError::NotPrivileged);
         }
-        if !btf_path.exists() {
-            return Err(LoadError::NoBtf(btf_path.display().to_string()));
-        }
-        let btf = Btf::from_file(btf_path)?;
-        let backend = choose_backend(requested, &btf)?;
-        let offsets = probes::resolve_offsets(&btf)?;
-        debug!("kernel offsets: {offsets:?}");
-        let aya_btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
-            .map_err(|e| LoadError::Load(format!("parsing {}: {e}", btf_path.display())))?;
-
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
-            .override_global("OFFSETS", &offsets, true)
-            .load(EBPF_OBJECT)
-            .map_err(|e| {
-                let text = format!("{e:#}");
-                if is_permission_error(&text) { LoadError::NotPrivileged } else { LoadError::Load(text) }
-            })?;
+        let (btf, aya_btf) = read_btf(btf_path)?;
+        let mut ebpf = load_object(&btf, &aya_btf)?;
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             // SAFETY: the logger owns its ring buffer fd and keeps it open
@@ -148,22 +233,43 @@ impl Collector {
             }
         };
 
-        for probe in PROBES.iter().filter(|p| p.backend.is_none() || p.backend == Some(backend)) {
-            let result = (|| -> Result<(), String> {
-                let program: &mut BtfTracePoint = ebpf
-                    .program_mut(probe.program)
-                    .ok_or("program missing from the eBPF object")?
-                    .try_into()
-                    .map_err(|e| format!("{e}"))?;
-                program.load(probe.hook, &aya_btf).map_err(|e| format!("{e:#}"))?;
-                program.attach().map_err(|e| format!("{e:#}"))?;
-                Ok(())
-            })();
-            if let Err(reason) = result {
+        let candidates: Vec<Backend> = match requested {
+            Some(backend) => vec![backend],
+            None => BACKEND_ORDER.to_vec(),
+        };
+        let mut reasons = Vec::new();
+        let mut chosen = None;
+        for backend in candidates {
+            let attempt = match probes::backend_blocker(backend, &btf) {
+                Some(reason) => Err(reason),
+                None => attach_backend(&mut ebpf, &aya_btf, backend),
+            };
+            match attempt {
+                Ok(()) => {
+                    chosen = Some(backend);
+                    break;
+                }
+                Err(reason) => {
+                    debug!("backend {} cannot run: {reason}", backend.as_str());
+                    reasons.push((backend, reason));
+                }
+            }
+        }
+        let backend = match (chosen, requested) {
+            (Some(backend), _) => backend,
+            (None, Some(backend)) => {
+                let reason = reasons.pop().map(|(_, r)| r).unwrap_or_default();
+                return Err(LoadError::BackendUnavailable { backend: backend.as_str(), reason });
+            }
+            (None, None) => {
+                let all: Vec<String> = reasons.iter().map(|(b, r)| format!("{}: {r}", b.as_str())).collect();
+                return Err(LoadError::NoBackend(all.join("; ")));
+            }
+        };
+
+        for probe in PROBES.iter().filter(|p| p.backend.is_none()) {
+            if let Err(reason) = attach_probe(&mut ebpf, &aya_btf, probe) {
                 if probe.required {
-                    if is_permission_error(&reason) {
-                        return Err(LoadError::NotPrivileged);
-                    }
                     return Err(LoadError::Attach { program: probe.program, hook: probe.hook, reason });
                 }
                 warn!("{} not attached ({}): {reason}", probe.hook, probe.purpose);

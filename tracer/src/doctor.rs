@@ -10,13 +10,14 @@ use crate::{
     btf::Btf,
     cli::{DoctorArgs, Format},
     collect,
-    probes::{self, BACKEND_ORDER, PROBES},
+    probes::{self, Backend, BACKEND_ORDER, PROBES},
 };
 
 #[derive(Serialize)]
 struct HookStatus {
     hook: &'static str,
     kind: &'static str,
+    backend: Option<&'static str>,
     purpose: &'static str,
     required: bool,
     available: bool,
@@ -49,23 +50,38 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| HookStatus {
             hook: p.hook,
-            kind: "tp_btf",
+            kind: p.kind.as_str(),
+            backend: p.backend.map(|b| b.as_str()),
             purpose: p.purpose,
             required: p.required,
-            available: btf.as_ref().is_some_and(|b| probes::has_tracepoint(b, p.hook)),
+            available: btf.as_ref().is_some_and(|b| probes::hook_available(p, b)),
         })
         .collect();
-    let backends: Vec<serde_json::Value> = BACKEND_ORDER
+    // With privileges, try each backend for real: the kernel may refuse one
+    // that looks available (fentry under some lockdown or LSM policies).
+    let trials = collect::trial_backends(btf_path);
+    let trial_note = match &trials {
+        Ok(_) => "each backend was loaded and attached for real".to_owned(),
+        Err(e) => format!("backends not tried for real: {e}"),
+    };
+    let backends: Vec<(Backend, Option<String>)> = match trials {
+        Ok(results) => results.into_iter().map(|(b, r)| (b, r.err())).collect(),
+        Err(_) => BACKEND_ORDER
+            .iter()
+            .map(|&b| {
+                let blocker = match &btf {
+                    Some(btf) => probes::backend_blocker(b, btf),
+                    None => Some("no BTF".into()),
+                };
+                (b, blocker)
+            })
+            .collect(),
+    };
+    let chosen = backends.iter().find(|(_, blocker)| blocker.is_none()).map(|(b, _)| b.as_str());
+    let backends: Vec<serde_json::Value> = backends
         .iter()
-        .map(|&b| {
-            let blocker = match &btf {
-                Some(btf) => probes::backend_blocker(b, btf),
-                None => Some("no BTF".into()),
-            };
-            json!({ "backend": b.as_str(), "usable": blocker.is_none(), "reason": blocker })
-        })
+        .map(|(b, blocker)| json!({ "backend": b.as_str(), "usable": blocker.is_none(), "reason": blocker }))
         .collect();
-    let chosen = btf.as_ref().and_then(|btf| collect::choose_backend(None, btf).ok()).map(|b| b.as_str());
     let offsets_ok = btf.as_ref().map(|b| probes::resolve_offsets(b).map(|_| ()).map_err(|e| e.to_string()));
     let report = json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -78,6 +94,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         "hooks": hooks,
         "backends": backends,
         "auto_backend": chosen,
+        "note": trial_note,
     });
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -91,7 +108,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             println!("hooks:");
             for hook in &hooks {
                 println!(
-                    "  {:<22} {:<7} {:<10} {}{}",
+                    "  {:<22} {:<9} {:<10} {}{}",
                     hook.hook,
                     hook.kind,
                     if hook.available { "available" } else { "MISSING" },
@@ -104,8 +121,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 let reason = b["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
                 println!("  {:<11} {}{}", b["backend"].as_str().unwrap_or(""), if b["usable"] == true { "usable" } else { "not usable" }, reason);
             }
+            println!("  ({trial_note})");
             match chosen {
-                Some(b) => println!("auto would use: {b}"),
+                Some(b) => println!("auto would use: {b} (the cheapest that works)"),
                 None => println!("auto would use: nothing works on this kernel"),
             }
         }

@@ -29,11 +29,36 @@ impl Backend {
     }
 }
 
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    /// BTF tracepoint (`tp_btf`); the kernel has `btf_trace_<hook>`.
+    TpBtf,
+    /// fexit on a kernel function (BPF trampoline).
+    FExit,
+    /// kprobe on a kernel function's entry.
+    KProbe,
+    /// kretprobe on a kernel function's return.
+    KRetProbe,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::TpBtf => "tp_btf",
+            HookKind::FExit => "fexit",
+            HookKind::KProbe => "kprobe",
+            HookKind::KRetProbe => "kretprobe",
+        }
+    }
+}
+
 /// One program and where it attaches.
 pub struct Probe {
     /// Program name in the eBPF object.
     pub program: &'static str,
-    /// BTF tracepoint it attaches to (the kernel has `btf_trace_<hook>`).
+    pub kind: HookKind,
+    /// Tracepoint or kernel function it attaches to.
     pub hook: &'static str,
     /// Which backend needs it; `None` for programs every backend uses.
     pub backend: Option<Backend>,
@@ -43,57 +68,35 @@ pub struct Probe {
     pub purpose: &'static str,
 }
 
-/// Every program tracer loads.
+const fn probe(
+    program: &'static str,
+    kind: HookKind,
+    hook: &'static str,
+    backend: Option<Backend>,
+    required: bool,
+    purpose: &'static str,
+) -> Probe {
+    Probe { program, kind, hook, backend, required, purpose }
+}
+
+use HookKind::{FExit, KProbe, KRetProbe, TpBtf};
+
+/// Every program tracer loads: the send/receive path of each backend, then
+/// the lifecycle programs every backend shares.
 pub const PROBES: &[Probe] = &[
-    Probe {
-        program: "sock_send_length",
-        hook: "sock_send_length",
-        backend: Some(Backend::Tracepoint),
-        required: true,
-        purpose: "bytes sent (kernel >= 6.3)",
-    },
-    Probe {
-        program: "sock_recv_length",
-        hook: "sock_recv_length",
-        backend: Some(Backend::Tracepoint),
-        required: true,
-        purpose: "bytes received (kernel >= 6.3)",
-    },
-    Probe {
-        program: "inet_sock_set_state",
-        hook: "inet_sock_set_state",
-        backend: None,
-        required: true,
-        purpose: "TCP state changes, connects, accepts",
-    },
-    Probe {
-        program: "tcp_destroy_sock",
-        hook: "tcp_destroy_sock",
-        backend: None,
-        required: true,
-        purpose: "final counts of destroyed sockets",
-    },
-    Probe {
-        program: "tcp_retransmit_skb",
-        hook: "tcp_retransmit_skb",
-        backend: None,
-        required: false,
-        purpose: "retransmitted segments",
-    },
-    Probe {
-        program: "tcp_send_reset",
-        hook: "tcp_send_reset",
-        backend: None,
-        required: false,
-        purpose: "resets sent",
-    },
-    Probe {
-        program: "tcp_receive_reset",
-        hook: "tcp_receive_reset",
-        backend: None,
-        required: false,
-        purpose: "resets received",
-    },
+    probe("sock_send_length", TpBtf, "sock_send_length", Some(Backend::Tracepoint), true, "bytes sent (kernel >= 6.3)"),
+    probe("sock_recv_length", TpBtf, "sock_recv_length", Some(Backend::Tracepoint), true, "bytes received (kernel >= 6.3)"),
+    probe("tcp_sendmsg_exit", FExit, "tcp_sendmsg", Some(Backend::Fentry), true, "bytes sent (fexit, kernel >= 5.5)"),
+    probe("tcp_recvmsg_exit", FExit, "tcp_recvmsg", Some(Backend::Fentry), true, "bytes received (fexit, kernel >= 5.5)"),
+    probe("tcp_sendmsg_entry", KProbe, "tcp_sendmsg", Some(Backend::Kprobe), true, "send arguments (kprobe)"),
+    probe("tcp_sendmsg_return", KRetProbe, "tcp_sendmsg", Some(Backend::Kprobe), true, "bytes sent (kretprobe)"),
+    probe("tcp_recvmsg_entry", KProbe, "tcp_recvmsg", Some(Backend::Kprobe), true, "receive arguments (kprobe)"),
+    probe("tcp_recvmsg_return", KRetProbe, "tcp_recvmsg", Some(Backend::Kprobe), true, "bytes received (kretprobe)"),
+    probe("inet_sock_set_state", TpBtf, "inet_sock_set_state", None, true, "TCP state changes, connects, accepts"),
+    probe("tcp_destroy_sock", TpBtf, "tcp_destroy_sock", None, true, "final counts of destroyed sockets"),
+    probe("tcp_retransmit_skb", TpBtf, "tcp_retransmit_skb", None, false, "retransmitted segments"),
+    probe("tcp_send_reset", TpBtf, "tcp_send_reset", None, false, "resets sent"),
+    probe("tcp_receive_reset", TpBtf, "tcp_receive_reset", None, false, "resets received"),
 ];
 
 /// Backends in order of cost, cheapest first.
@@ -104,25 +107,48 @@ pub fn has_tracepoint(btf: &Btf, hook: &str) -> bool {
     btf.has_type(&format!("btf_trace_{hook}"))
 }
 
-/// Why `backend` cannot run here, or `None` if it can as far as the kernel
-/// says before trying.
-pub fn backend_blocker(backend: Backend, btf: &Btf) -> Option<String> {
-    match backend {
-        Backend::Tracepoint => {
-            let missing: Vec<&str> = PROBES
-                .iter()
-                .filter(|p| p.backend == Some(Backend::Tracepoint) && !has_tracepoint(btf, p.hook))
-                .map(|p| p.hook)
-                .collect();
-            (!missing.is_empty()).then(|| {
-                format!("tracepoints {} are missing (they appeared in Linux 6.3)", missing.join(", "))
-            })
-        }
-        Backend::Fentry | Backend::Kprobe => Some(format!(
-            "the {} backend is not built into this version of tracer yet; use a kernel >= 6.3 (tracepoint backend)",
-            backend.as_str()
-        )),
+/// Where the kernel exposes the kprobe PMU that kprobes attach through.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+/// Whether the hook of `probe` exists on this kernel, as far as can be told
+/// without loading anything.
+pub fn hook_available(probe: &Probe, btf: &Btf) -> bool {
+    match probe.kind {
+        TpBtf => has_tracepoint(btf, probe.hook),
+        FExit => btf.function_params(probe.hook).is_some(),
+        KProbe | KRetProbe => Path::new(KPROBE_PMU).exists() && kallsyms_has(probe.hook),
     }
+}
+
+fn kallsyms_has(function: &str) -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .map(|text| text.lines().any(|l| l.split_whitespace().nth(2) == Some(function)))
+        .unwrap_or(false)
+}
+
+/// Why `backend` cannot run here, or `None` if it can as far as the kernel
+/// says before trying (the kernel may still refuse at load).
+pub fn backend_blocker(backend: Backend, btf: &Btf) -> Option<String> {
+    if backend == Backend::Kprobe && !Path::new(KPROBE_PMU).exists() {
+        return Some("kprobes are not built into this kernel (CONFIG_KPROBES is not set)".into());
+    }
+    let missing: Vec<&str> = PROBES
+        .iter()
+        .filter(|p| p.backend == Some(backend) && !hook_available(p, btf))
+        .map(|p| p.hook)
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let mut missing = missing;
+    missing.dedup();
+    Some(match backend {
+        Backend::Tracepoint => {
+            format!("tracepoints {} are missing (they appeared in Linux 6.3)", missing.join(", "))
+        }
+        Backend::Fentry => format!("kernel functions {} are not in the kernel's BTF", missing.join(", ")),
+        Backend::Kprobe => format!("kernel functions {} cannot be probed", missing.join(", ")),
+    })
 }
 
 /// Resolves every struct offset the programs read.
@@ -130,6 +156,9 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let common = |member: &str| btf.member_offset("sock_common", member);
     // `struct sock` starts with `struct sock_common __sk_common`.
     let sk_common = btf.member_offset("sock", "__sk_common")?;
+    // Only the fentry and kprobe backends read these; a kernel without the
+    // function in its BTF cannot run them anyway.
+    let recvmsg = btf.function_params("tcp_recvmsg").unwrap_or_default();
     Ok(KernelOffsets {
         skc_family: sk_common + common("skc_family")?,
         skc_state: sk_common + common("skc_state")?,
@@ -144,7 +173,8 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sk_protocol: btf.member_offset("sock", "sk_protocol")?,
         tcp_total_retrans: btf.member_offset("tcp_sock", "total_retrans")?,
         tcp_segs_out: btf.member_offset("tcp_sock", "segs_out")?,
-        _pad: 0,
+        recvmsg_flags_arg: recvmsg.iter().position(|p| p == "flags").unwrap_or(3) as u32,
+        recvmsg_nargs: if recvmsg.is_empty() { 5 } else { recvmsg.len() as u32 },
     })
 }
 
