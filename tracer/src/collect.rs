@@ -189,9 +189,12 @@ fn read_btf(btf_path: &Path) -> Result<(Btf, aya::Btf), LoadError> {
     Ok((btf, aya_btf))
 }
 
+/// A backend and whether it loaded and attached (or why not).
+pub type BackendTrial = (Backend, Result<(), String>);
+
 /// Tries every backend for real (load and attach, then detach): what
 /// `doctor` reports. Needs privileges.
-pub fn trial_backends(btf_path: &Path) -> Result<Vec<(Backend, Result<(), String>)>, LoadError> {
+pub fn trial_backends(btf_path: &Path) -> Result<Vec<BackendTrial>, LoadError> {
     if !privileged() {
         return Err(LoadError::NotPrivileged);
     }

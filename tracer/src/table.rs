@@ -62,7 +62,7 @@ pub fn render(report: &Report, top: usize) -> String {
         let _ = writeln!(out, "  none");
     }
     let mut findings: Vec<_> = report.findings.iter().collect();
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     for finding in findings {
         let _ = writeln!(out, "  [{}] {}: {}", finding.severity.as_str(), finding.kind, printable(&finding.summary));
     }
