@@ -412,7 +412,11 @@ impl Model {
             let attributed = socket.attributed;
             self.remember_thread_comm(&obs);
             let pid = self.owner_of(&obs);
-            if !self.matches(pid, &obs.tuple) {
+            // An accepted socket has no owner until its process uses it or
+            // is found holding it (it may still wait in the accept queue):
+            // hold its counts back rather than charge them to no one; they
+            // go to the owner once known, or at destruction.
+            if pid == 0 || !self.matches(pid, &obs.tuple) {
                 continue;
             }
             let Some(key) = self.flow_key(&obs, pid) else { continue };
@@ -737,6 +741,24 @@ mod tests {
         assert_eq!((list[0].pid, list[0].age_is_lower_bound, list[0].age_secs), (10, true, 5.0));
         assert_eq!(model.processes()[0].sockets.get("CLOSE_WAIT"), Some(&1));
         assert_eq!(model.processes()[0].sockets.get("LISTEN"), Some(&1));
+    }
+
+    #[test]
+    fn counts_of_an_unowned_socket_wait_for_its_owner() {
+        let mut model = Model::new(Filter::default(), 0, 100);
+        let t = tuple(80, "10.0.0.1", 40000);
+        let mut accepted = obs(1, 0, KernelRole::Server, t, 0, 0);
+        accepted.counters.opened = 1;
+        model.replace_live(vec![accepted.clone()]);
+        model.sample(1);
+        assert!(model.flows().is_empty());
+        accepted.pid = 10;
+        accepted.counters.rx_bytes = 5;
+        model.replace_live(vec![accepted]);
+        model.sample(2);
+        let flows = model.flows();
+        assert_eq!(flows.len(), 1);
+        assert_eq!((flows[0].pid, flows[0].connections_opened, flows[0].rx_bytes), (10, 1, 5));
     }
 
     #[test]

@@ -1,0 +1,333 @@
+//! `traffic`: the loopback traffic generator the integration tests spawn when
+//! a scenario needs its own process (its own pid, name or network
+//! namespace). It moves exact byte counts and says what it did in
+//! `word key=value` lines on stdout, e.g. `ready port=40123 pid=777`.
+//!
+//! Commands read lines on stdin where they wait for the test (`go`,
+//! `close`), and once done they stay alive, holding their sockets, until
+//! stdin closes, so the tracer can still read their names. Every loop is
+//! bounded in count, and the whole process exits after `--max-secs`
+//! (default 300) whatever happens.
+//!
+//! ```text
+//! traffic server        [--bind ADDR] [--read N] [--answer M] [--conns C]
+//! traffic cw-server     [--bind ADDR] --conns K          accept K, never close
+//! traffic client        --connect ADDR [--bind IP] [--send N] [--expect M]
+//!                       [--half-close] [--peek] [--name NAME] [--wait-go] [--wait-close]
+//! traffic hold-client   --connect ADDR --conns K         connect K, never close
+//! traffic leaky-client  --connect ADDR --count C [--every-ms 100]
+//! traffic polite-client --connect ADDR --count C [--every-ms 100] [--send N] [--expect M]
+//! traffic refused       --connect ADDR                   expects ECONNREFUSED
+//! traffic churn         --connect ADDR --count C [--send N]
+//! ```
+//! A server without `--read` reads each connection to EOF; it answers
+//! `--answer` bytes, then closes.
+
+use std::{
+    collections::HashMap,
+    io::BufRead,
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::exit,
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tracer_tests::{connect_from, receive_exactly, receive_to_end, send_exactly, set_process_name};
+
+/// `--key value` options and `--flag`s after the command word.
+struct Options {
+    values: HashMap<String, String>,
+}
+
+impl Options {
+    const FLAGS: [&'static str; 5] = ["half-close", "peek", "wait-go", "wait-close", "help"];
+
+    fn parse(args: &[String]) -> Options {
+        let mut values = HashMap::new();
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let Some(key) = arg.strip_prefix("--") else { fail(&format!("unexpected argument {arg:?}")) };
+            if Self::FLAGS.contains(&key) {
+                values.insert(key.to_owned(), String::new());
+            } else {
+                let value = iter.next().unwrap_or_else(|| fail(&format!("--{key} needs a value")));
+                values.insert(key.to_owned(), value.clone());
+            }
+        }
+        Options { values }
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    fn text(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn num(&self, key: &str, default: u64) -> u64 {
+        match self.text(key) {
+            None => default,
+            Some(text) => text.parse().unwrap_or_else(|_| fail(&format!("--{key} {text:?} is not a number"))),
+        }
+    }
+
+    fn addr(&self, key: &str, default: Option<&str>) -> SocketAddr {
+        let text = self.text(key).or(default).unwrap_or_else(|| fail(&format!("--{key} ADDR is required")));
+        text.parse().unwrap_or_else(|_| fail(&format!("--{key} {text:?} is not an address")))
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("traffic: {message}");
+    exit(2)
+}
+
+/// Lines from stdin; the channel closes when stdin does.
+fn stdin_lines() -> Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+struct Control {
+    stdin: Receiver<String>,
+}
+
+impl Control {
+    /// Waits for the test's next command line (`go`, `close`).
+    fn wait_for(&self, word: &str) {
+        match self.stdin.recv() {
+            Ok(line) if line.trim() == word => {}
+            Ok(line) => fail(&format!("expected {word:?} on stdin, got {line:?}")),
+            Err(_) => fail(&format!("stdin closed while waiting for {word:?}")),
+        }
+    }
+
+    /// Stays alive (holding whatever the caller holds) until stdin closes.
+    fn hold(&self) {
+        while self.stdin.recv().is_ok() {}
+    }
+}
+
+fn pid() -> u32 {
+    std::process::id()
+}
+
+fn connect(options: &Options, target: SocketAddr) -> TcpStream {
+    let result = match options.text("bind") {
+        Some(ip) => {
+            let ip: IpAddr = ip.parse().unwrap_or_else(|_| fail(&format!("--bind {ip:?} is not an IP")));
+            connect_from(ip, target)
+        }
+        None => TcpStream::connect(target),
+    };
+    result.unwrap_or_else(|e| fail(&format!("connect to {target}: {e}")))
+}
+
+fn listen(options: &Options) -> TcpListener {
+    let bind = options.addr("bind", Some("127.0.0.1:0"));
+    let listener = TcpListener::bind(bind).unwrap_or_else(|e| fail(&format!("listen on {bind}: {e}")));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| fail(&format!("local address: {e}")));
+    println!("ready port={port} pid={}", pid());
+    listener
+}
+
+fn accept(listener: &TcpListener) -> TcpStream {
+    listener.accept().map(|(stream, _)| stream).unwrap_or_else(|e| fail(&format!("accept: {e}")))
+}
+
+/// Accepts `--conns` connections, each served in its own thread: read
+/// `--read` bytes (or to EOF), answer `--answer` bytes, close.
+fn server(options: &Options, control: &Control) {
+    let listener = listen(options);
+    let read = options.text("read").map(|_| options.num("read", 0));
+    let answer = options.num("answer", 0);
+    let conns = options.num("conns", 1);
+    let mut workers = Vec::new();
+    for _ in 0..conns {
+        let mut stream = accept(&listener);
+        workers.push(thread::spawn(move || {
+            let got = match read {
+                Some(count) => {
+                    receive_exactly(&mut stream, count);
+                    count
+                }
+                None => receive_to_end(&mut stream),
+            };
+            send_exactly(&mut stream, answer);
+            got
+        }));
+    }
+    let received: u64 =
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| fail("a server thread panicked"))).sum();
+    println!("served n={conns} rx={received} tx={}", conns * answer);
+    control.hold();
+}
+
+/// Accepts `--conns` connections and never reads or closes them: when the
+/// clients close, they sit in CLOSE_WAIT.
+fn cw_server(options: &Options, control: &Control) {
+    let listener = listen(options);
+    let conns = options.num("conns", 1);
+    let held: Vec<TcpStream> = (0..conns).map(|_| accept(&listener)).collect();
+    println!("accepted n={} pid={}", held.len(), pid());
+    control.hold();
+    drop(held);
+}
+
+fn client(options: &Options, control: &Control) {
+    if let Some(name) = options.text("name") {
+        set_process_name(name.as_bytes());
+    }
+    let target = options.addr("connect", None);
+    let send = options.num("send", 0);
+    let expect = options.num("expect", 0);
+    let mut stream = connect(options, target);
+    let local = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("connected pid={} port={local}", pid());
+    if options.flag("wait-go") {
+        control.wait_for("go");
+    }
+    send_exactly(&mut stream, send);
+    if options.flag("half-close") {
+        stream.shutdown(Shutdown::Write).unwrap_or_else(|e| fail(&format!("shutdown(SHUT_WR): {e}")));
+    }
+    if options.flag("peek") && expect > 0 {
+        peek_until(&stream, expect);
+    }
+    receive_exactly(&mut stream, expect);
+    let extra = receive_to_end(&mut stream);
+    if extra != 0 {
+        fail(&format!("the server sent {extra} bytes more than --expect {expect}"));
+    }
+    println!("received n={expect}");
+    if options.flag("wait-close") {
+        control.wait_for("close");
+    }
+    drop(stream);
+    println!("closed pid={}", pid());
+    control.hold();
+}
+
+/// Peeks (recv with MSG_PEEK) until `count` bytes are queued, a bounded
+/// number of times; those reads must not be counted.
+fn peek_until(stream: &TcpStream, count: u64) {
+    let mut buf = vec![0u8; usize::try_from(count).unwrap_or(usize::MAX).min(1 << 20)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut peeks = 0u32;
+    loop {
+        let seen = stream.peek(&mut buf).unwrap_or_else(|e| fail(&format!("peek: {e}")));
+        peeks += 1;
+        if seen as u64 >= count.min(buf.len() as u64) && peeks >= 3 {
+            println!("peeked n={seen} times={peeks}");
+            return;
+        }
+        if Instant::now() > deadline {
+            fail(&format!("only {seen} of {count} bytes arrived in 10 s"));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn hold_client(options: &Options, control: &Control) {
+    let target = options.addr("connect", None);
+    let held: Vec<TcpStream> = (0..options.num("conns", 1)).map(|_| connect(options, target)).collect();
+    println!("connected n={} pid={}", held.len(), pid());
+    control.hold();
+    drop(held);
+}
+
+/// Opens a connection every `--every-ms` and never closes one.
+fn leaky_client(options: &Options, control: &Control) {
+    let target = options.addr("connect", None);
+    let every = Duration::from_millis(options.num("every-ms", 100));
+    println!("ready pid={}", pid());
+    let mut held = Vec::new();
+    for _ in 0..options.num("count", 1) {
+        held.push(connect(options, target));
+        thread::sleep(every);
+    }
+    println!("done n={} pid={}", held.len(), pid());
+    control.hold();
+}
+
+/// Every `--every-ms`: connect, send, read the answer, close.
+fn polite_client(options: &Options, control: &Control) {
+    let target = options.addr("connect", None);
+    let every = Duration::from_millis(options.num("every-ms", 100));
+    let (send, expect) = (options.num("send", 0), options.num("expect", 0));
+    println!("ready pid={}", pid());
+    let count = options.num("count", 1);
+    for _ in 0..count {
+        let mut stream = connect(options, target);
+        send_exactly(&mut stream, send);
+        receive_exactly(&mut stream, expect);
+        receive_to_end(&mut stream);
+        drop(stream);
+        thread::sleep(every);
+    }
+    println!("done n={count} pid={}", pid());
+    control.hold();
+}
+
+fn refused(options: &Options, control: &Control) {
+    let target = options.addr("connect", None);
+    match TcpStream::connect(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("refused pid={}", pid()),
+        Err(e) => fail(&format!("connect to {target} failed, but not with a refusal: {e}")),
+        Ok(_) => fail(&format!("connect to {target} succeeded; expected a refusal")),
+    }
+    control.hold();
+}
+
+/// `--count` short connections, one after another: connect, send `--send`
+/// bytes, read until the server closes, close.
+fn churn(options: &Options, control: &Control, deadline: Instant) {
+    let target = options.addr("connect", None);
+    let (count, send) = (options.num("count", 1), options.num("send", 0));
+    let started = Instant::now();
+    let mut done = 0;
+    // Leave time for the test to read the result before the watchdog fires.
+    while done < count && Instant::now() + Duration::from_secs(30) < deadline {
+        let mut stream = connect(options, target);
+        send_exactly(&mut stream, send);
+        receive_to_end(&mut stream);
+        done += 1;
+    }
+    println!("done n={done} pid={} secs={:.2}", pid(), started.elapsed().as_secs_f64());
+    control.hold();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else { fail("usage: traffic COMMAND [--option value]...") };
+    let options = Options::parse(rest);
+    let max = Duration::from_secs(options.num("max-secs", 300));
+    let deadline = Instant::now() + max;
+    thread::spawn(move || {
+        thread::sleep(max);
+        eprintln!("traffic: still running after {max:?}; exiting");
+        exit(3);
+    });
+    let control = Control { stdin: stdin_lines() };
+    match command.as_str() {
+        "server" => server(&options, &control),
+        "cw-server" => cw_server(&options, &control),
+        "client" => client(&options, &control),
+        "hold-client" => hold_client(&options, &control),
+        "leaky-client" => leaky_client(&options, &control),
+        "polite-client" => polite_client(&options, &control),
+        "refused" => refused(&options, &control),
+        "churn" => churn(&options, &control, deadline),
+        other => fail(&format!("unknown command {other:?}")),
+    }
+}

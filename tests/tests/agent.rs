@@ -1,0 +1,746 @@
+//! `tracer agent` against real traffic: exact byte counters in `/metrics`
+//! that keep their values after the sockets close, the JSON API, errors,
+//! the dashboard, escaping of an untrusted process name, `promtool check
+//! metrics`, a real Prometheus server scraping the agent, and a clean exit
+//! on SIGTERM.
+//!
+//! Needs root (the agent loads eBPF programs) and fails, never skips, when
+//! the agent cannot start. The agent runs with `--pid <this test process>`
+//! so other traffic on the host cannot push the test's flows out of the
+//! top-n. promtool, the Prometheus server and Chromium come from Debian's
+//! `prometheus` and `chromium` packages; each check runs when its binary is
+//! installed (the test setup installs them).
+//!
+//! The tracer binary is `TRACER_BIN`, else `target/<profile>/tracer` next to
+//! this test's directory: build it first (`cargo build -p tracer`).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The agent's `--interval` in these tests.
+const INTERVAL: Duration = Duration::from_secs(1);
+/// Attaching can take a while on a loaded machine.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a counter may take to show a transfer (a few intervals).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn tracer_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TRACER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/debug/deps/agent-HASH -> target/debug/tracer
+    let path = exe.parent().and_then(Path::parent).map(|dir| dir.join("tracer")).expect("target/<profile>/deps");
+    assert!(
+        path.exists(),
+        "no tracer binary at {}: run `cargo build -p tracer` first or set TRACER_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A binary on PATH, if installed.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+fn send_signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child),
+    // so the pid cannot have been reused.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill({signal}) failed: {}", std::io::Error::last_os_error());
+}
+
+/// A running `tracer agent`, killed if dropped without [`Agent::terminate`].
+struct Agent {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    fn start(args: &[&str]) -> Agent {
+        let mut child = Command::new(tracer_bin())
+            .args(["agent", "--listen", "127.0.0.1:0", "--interval", "1s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", tracer_bin().display()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (lines_tx, lines) = mpsc::channel::<String>();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let transcript = Arc::clone(&stderr);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut text) = transcript.lock() {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                let _ = lines_tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("tracer: agent listening on http://") {
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        assert!(rest.ends_with("backend)"), "unexpected listening line: {line}");
+                        break addr.parse::<SocketAddr>().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+                    }
+                }
+                Err(_) => {
+                    let status = wait_bounded(&mut child, Duration::from_secs(2));
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "the agent did not start ({status:?}); stderr:\n{}",
+                        stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        Agent { child, addr, stderr }
+    }
+
+    fn get(&self, path: &str) -> Response {
+        http_get(self.addr, path)
+    }
+
+    fn metrics(&self) -> Vec<PromSample> {
+        let response = self.get("/metrics");
+        assert_eq!(response.status, 200, "{}", response.body);
+        parse_exposition(&response.body)
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// SIGTERM; returns the exit status and how long the exit took.
+    fn terminate(mut self) -> (ExitStatus, Duration) {
+        let sent = Instant::now();
+        send_signal(&self.child, libc::SIGTERM);
+        let status = wait_bounded(&mut self.child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the agent ignored SIGTERM; stderr:\n{}", self.stderr()));
+        (status, sent.elapsed())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// One HTTP/1.1 GET with `Connection: close` (chunked bodies decoded).
+fn http_get(addr: SocketAddr, path: &str) -> Response {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    stream.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no header end in GET {path}"));
+    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    let status =
+        headers.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line: {headers}"));
+    Response { status, headers, body: String::from_utf8(body).expect("UTF-8 body") }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..100_000 {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < end + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[(end + 4 + size).min(data.len())..];
+    }
+    out
+}
+
+/// One sample of the text exposition, label values unescaped.
+#[derive(Debug, Clone)]
+struct PromSample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn parse_exposition(text: &str) -> Vec<PromSample> {
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) => line.split_at(i),
+            None => panic!("bad sample line {line:?}"),
+        };
+        let mut labels = BTreeMap::new();
+        let mut rest = rest;
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut chars = inner.char_indices();
+            let mut key = String::new();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '}' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    ',' => {}
+                    '=' => {
+                        assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line}");
+                        let mut value = String::new();
+                        loop {
+                            match chars.next().map(|(_, c)| c) {
+                                Some('\\') => match chars.next().map(|(_, c)| c) {
+                                    Some('n') => value.push('\n'),
+                                    Some(other) => value.push(other),
+                                    None => panic!("{line}"),
+                                },
+                                Some('"') => break,
+                                Some(other) => value.push(other),
+                                None => panic!("unterminated label value in {line:?}"),
+                            }
+                        }
+                        labels.insert(std::mem::take(&mut key), value);
+                    }
+                    c => key.push(c),
+                }
+            }
+            rest = &inner[end.unwrap_or_else(|| panic!("no closing brace in {line:?}"))..];
+        }
+        let value = rest.trim().parse::<f64>().unwrap_or_else(|e| panic!("bad value in {line:?}: {e}"));
+        samples.push(PromSample { name: name.to_owned(), labels, value });
+    }
+    samples
+}
+
+/// The value of the one sample `name{labels...}` (a subset match), if any.
+fn value(samples: &[PromSample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<&PromSample> = samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .collect();
+    assert!(found.len() <= 1, "more than one {name}{labels:?}: {found:?}");
+    found.first().map(|s| s.value)
+}
+
+/// Counters must never decrease between two scrapes.
+fn assert_monotonic(before: &[PromSample], after: &[PromSample]) {
+    for old in before.iter().filter(|s| s.name.ends_with("_total")) {
+        if let Some(new) = after.iter().find(|s| s.name == old.name && s.labels == old.labels) {
+            assert!(
+                new.value >= old.value,
+                "{}{:?} went backwards: {} -> {}",
+                old.name,
+                old.labels,
+                old.value,
+                new.value
+            );
+        }
+    }
+}
+
+/// A client in this process sends `sent` bytes to a server in this process,
+/// which answers `answered` bytes; returns the server port and both open
+/// sockets (the server's after it has read everything).
+fn transfer(sent: usize, answered: usize) -> (u16, TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind server");
+    let port = listener.local_addr().expect("server addr").port();
+    let server = thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("accept");
+        let mut request = vec![0u8; sent];
+        socket.read_exact(&mut request).expect("server reads the request");
+        socket.write_all(&vec![b'r'; answered]).expect("server answers");
+        socket
+    });
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client.write_all(&vec![b'q'; sent]).expect("client sends");
+    let mut answer = vec![0u8; answered];
+    client.read_exact(&mut answer).expect("client reads the answer");
+    let server_socket = server.join().expect("server thread");
+    (port, client, server_socket)
+}
+
+/// Scrapes until `name{labels}` reaches `at_least` or the time is up.
+fn scrape_until(agent: &Agent, name: &str, labels: &[(&str, &str)], at_least: f64) -> Vec<PromSample> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let samples = agent.metrics();
+        let reached = value(&samples, name, labels).is_some_and(|v| v >= at_least);
+        if reached || Instant::now() >= deadline {
+            return samples;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn own_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm").expect("read /proc/self/comm").trim_end_matches('\n').to_owned()
+}
+
+fn set_own_comm(name: &str) {
+    // /proc/self/comm names the thread-group leader, which the tracer
+    // reports (the test itself runs on another thread).
+    std::fs::write("/proc/self/comm", name.as_bytes()).expect("write /proc/self/comm");
+}
+
+fn promtool_check(scrape: &str) {
+    let Some(promtool) = which("promtool") else {
+        eprintln!("promtool not installed (Debian package `prometheus`): metrics lint skipped");
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child.stdin.take().expect("stdin").write_all(scrape.as_bytes()).expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool output");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}\nscrape:\n{scrape}",
+        output.status
+    );
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// Starts Debian's Prometheus server scraping the agent every second and
+/// waits until PromQL returns `expected` for `query`.
+fn prometheus_scrapes(agent: &Agent, query: &str, expected: f64) {
+    let Some(prometheus) = which("prometheus") else {
+        eprintln!("prometheus not installed (Debian package `prometheus`): real-server check skipped");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("tracer-agent-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tracer\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{}']\n",
+            agent.addr
+        ),
+    )
+    .expect("write config");
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+    let mut child = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={listen}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    let path = format!("/api/v1/query?query={}", percent_encode(query));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = String::from("(no answer)");
+    let mut found = None;
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        if let Ok(Some(status)) = child.try_wait() {
+            last = format!("prometheus exited: {status}");
+            break;
+        }
+        if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+            continue;
+        }
+        let response = http_get(listen, &path);
+        last = response.body.clone();
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&response.body) else { continue };
+        let result = &json["data"]["result"];
+        if let Some(series) = result.as_array().filter(|r| r.len() == 1) {
+            let value = series[0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok());
+            if value == Some(expected) {
+                found = Some(series[0].clone());
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let series = found.unwrap_or_else(|| {
+        panic!("PromQL {query} never returned {expected}; last answer: {last}\nprometheus log:\n{log}")
+    });
+    eprintln!("prometheus: {query} = {expected} ({series})");
+}
+
+/// Loads the dashboard in headless Chromium: the page must have loaded a
+/// report, drawn its charts, and shown `comm` as text.
+fn chromium_renders(agent: &Agent, comm_fragment_escaped: &str) {
+    let Some(chromium) = which("chromium").or_else(|| which("chromium-browser")) else {
+        eprintln!("chromium not installed (Debian package `chromium`): browser check skipped");
+        return;
+    };
+    let url = format!("http://{}/", agent.addr);
+    let profile = std::env::temp_dir().join(format!("tracer-agent-chromium-{}", std::process::id()));
+    let artifacts = tracer_bin().parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+    let screenshot = artifacts.join("agent-dashboard.png");
+    let run = |extra: &[String]| -> String {
+        let mut child = Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=8000"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let reader = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        let status = wait_bounded(&mut child, Duration::from_secs(90));
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let text = reader.join().unwrap_or_default();
+        assert!(status.is_some_and(|s| s.success()), "chromium failed or hung ({status:?})");
+        text
+    };
+    let dom = run(&["--dump-dom".to_owned()]);
+    let _ = run(&[format!("--screenshot={}", screenshot.display()), "--window-size=1400,2400".to_owned()]);
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(dom.contains("data-loaded=\"true\""), "the dashboard never loaded a report:\n{dom}");
+    for chart in ["chart-tx", "chart-rx", "chart-sockets", "chart-ports"] {
+        let tag = dom.split(&format!("id=\"{chart}\"")).nth(1).and_then(|rest| rest.split('>').next()).unwrap_or("");
+        let points =
+            tag.split("data-points=\"").nth(1).and_then(|v| v.split('"').next()).and_then(|v| v.parse::<u64>().ok());
+        assert!(points.is_some_and(|p| p > 0), "chart {chart} drew nothing: {tag}");
+    }
+    assert!(dom.contains(comm_fragment_escaped), "process name not shown as text ({comm_fragment_escaped}):\n{dom}");
+    assert!(!dom.contains("<svg"), "a process name became markup:\n{dom}");
+    eprintln!("chromium: dashboard rendered; screenshot at {}", screenshot.display());
+}
+
+#[test]
+fn agent_exports_exact_counters_api_and_dashboard() {
+    let comm = own_comm();
+    let pid = std::process::id().to_string();
+    let agent = Agent::start(&["--pid", &pid]);
+
+    // Endpoints have data from the first tick on.
+    let health = agent.get("/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    let first_scrape = agent.metrics();
+    assert_eq!(value(&first_scrape, "tracer_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    assert!(first_scrape.iter().any(|s| s.name == "tracer_backend_info"));
+
+    // A known transfer, sockets still open.
+    const SENT: usize = 1_234_567;
+    const ANSWERED: usize = 765_431;
+    let (port, client, server) = transfer(SENT, ANSWERED);
+    let port_label = port.to_string();
+    let client_labels =
+        [("comm", comm.as_str()), ("role", "client"), ("remote", "127.0.0.1"), ("port", port_label.as_str())];
+    let server_labels =
+        [("comm", comm.as_str()), ("role", "server"), ("remote", "127.0.0.1"), ("port", port_label.as_str())];
+    let open = scrape_until(&agent, "tracer_tcp_received_bytes_total", &server_labels, SENT as f64);
+    let open = if value(&open, "tracer_tcp_sent_bytes_total", &server_labels) == Some(ANSWERED as f64) {
+        open
+    } else {
+        scrape_until(&agent, "tracer_tcp_sent_bytes_total", &server_labels, ANSWERED as f64)
+    };
+    assert_eq!(value(&open, "tracer_tcp_sent_bytes_total", &client_labels), Some(SENT as f64), "client sent");
+    assert_eq!(
+        value(&open, "tracer_tcp_received_bytes_total", &client_labels),
+        Some(ANSWERED as f64),
+        "client received"
+    );
+    assert_eq!(value(&open, "tracer_tcp_sent_bytes_total", &server_labels), Some(ANSWERED as f64), "server sent");
+    assert_eq!(value(&open, "tracer_tcp_received_bytes_total", &server_labels), Some(SENT as f64), "server received");
+    assert_eq!(value(&open, "tracer_tcp_connections_opened_total", &client_labels), Some(1.0));
+    assert!(
+        value(&open, "tracer_tcp_sockets", &[("comm", comm.as_str()), ("state", "ESTABLISHED")])
+            .is_some_and(|n| n >= 2.0),
+        "both ends are ESTABLISHED sockets of this process"
+    );
+    assert!(open.iter().filter(|s| s.name.starts_with("tracer_tcp_")).all(|s| !s.labels.contains_key("pid")));
+    assert_monotonic(&first_scrape, &open);
+    eprintln!("open: client sent {SENT} / received {ANSWERED} on port {port}, exact");
+
+    // Closed: the counts stay (the final counts are folded in).
+    drop(client);
+    drop(server);
+    thread::sleep(INTERVAL * 3);
+    let closed = agent.metrics();
+    assert_eq!(value(&closed, "tracer_tcp_sent_bytes_total", &client_labels), Some(SENT as f64), "after close");
+    assert_eq!(value(&closed, "tracer_tcp_received_bytes_total", &client_labels), Some(ANSWERED as f64), "after close");
+    assert_eq!(value(&closed, "tracer_tcp_sent_bytes_total", &server_labels), Some(ANSWERED as f64), "after close");
+    assert_eq!(value(&closed, "tracer_tcp_received_bytes_total", &server_labels), Some(SENT as f64), "after close");
+    assert_monotonic(&open, &closed);
+    let raw_scrape = agent.get("/metrics");
+    assert!(
+        raw_scrape.headers.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"),
+        "{}",
+        raw_scrape.headers
+    );
+    promtool_check(&raw_scrape.body);
+
+    // The JSON API.
+    let report = agent.get("/api/v1/report");
+    assert_eq!(report.status, 200);
+    let report: serde_json::Value = serde_json::from_str(&report.body).expect("report is JSON");
+    assert_eq!(report["schema"], "tracer.report/v1");
+    let flow = report["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .find(|f| f["role"] == "client" && f["remote_port"] == port && f["remote_addr"] == "127.0.0.1")
+        .unwrap_or_else(|| panic!("no client flow to port {port} in {report}"));
+    assert_eq!((flow["tx_bytes"].as_u64(), flow["rx_bytes"].as_u64()), (Some(SENT as u64), Some(ANSWERED as u64)));
+    let findings = agent.get("/api/v1/findings");
+    assert_eq!(findings.status, 200);
+    assert!(serde_json::from_str::<serde_json::Value>(&findings.body).expect("findings JSON").is_array());
+    let missing = agent.get("/no/such/thing");
+    assert_eq!(missing.status, 404);
+    assert!(serde_json::from_str::<serde_json::Value>(&missing.body).expect("404 is JSON")["error"].is_string());
+    let dashboard = agent.get("/");
+    assert_eq!(dashboard.status, 200);
+    assert!(dashboard.body.contains("<canvas"), "no charts in the dashboard");
+    assert!(
+        !dashboard.body.contains("http://") && !dashboard.body.contains("https://"),
+        "the dashboard refers to another origin"
+    );
+
+    // A real Prometheus scrapes the agent.
+    prometheus_scrapes(
+        &agent,
+        &format!("tracer_tcp_sent_bytes_total{{port=\"{port}\",role=\"client\",remote=\"127.0.0.1\"}}"),
+        SENT as f64,
+    );
+
+    // An untrusted process name: quotes, backslash, newline, markup.
+    let hostile = "t\"q\\b\nx<svg>";
+    set_own_comm(hostile);
+    let renamed = own_comm();
+    assert_eq!(renamed, hostile, "the kernel kept the name as written");
+    const SENT_AGAIN: usize = 4_321;
+    let (port2, client2, server2) = transfer(SENT_AGAIN, 17);
+    let port2_label = port2.to_string();
+    let hostile_labels =
+        [("comm", hostile), ("role", "client"), ("remote", "127.0.0.1"), ("port", port2_label.as_str())];
+    let scrape = scrape_until(&agent, "tracer_tcp_sent_bytes_total", &hostile_labels, SENT_AGAIN as f64);
+    assert_eq!(
+        value(&scrape, "tracer_tcp_sent_bytes_total", &hostile_labels),
+        Some(SENT_AGAIN as f64),
+        "escaped comm label"
+    );
+    let raw = agent.get("/metrics").body;
+    assert!(raw.contains(r#"comm="t\"q\\b\nx<svg>""#), "label value not escaped as the format says");
+    promtool_check(&raw);
+    let report: serde_json::Value = serde_json::from_str(&agent.get("/api/v1/report").body).expect("report JSON");
+    let flow = report["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .find(|f| f["role"] == "client" && f["remote_port"] == port2)
+        .unwrap_or_else(|| panic!("no flow to port {port2}"));
+    assert_eq!(flow["comm"].as_str(), Some(hostile), "JSON round-trips the name exactly");
+    chromium_renders(&agent, "x&lt;svg&gt;");
+    drop(client2);
+    drop(server2);
+    set_own_comm(&comm);
+
+    let after = agent.metrics();
+    assert_monotonic(&closed, &after);
+    let (status, took) = agent.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+    assert!(took < Duration::from_secs(2), "the agent took {took:?} to exit");
+    eprintln!("SIGTERM: exit 0 in {took:?}");
+}
+
+#[test]
+fn agent_reports_a_taken_port_in_one_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let mut child = Command::new(tracer_bin())
+        .args(["agent", "--listen", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tracer");
+    let status = wait_bounded(&mut child, Duration::from_secs(30));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot listen on") && stderr.contains(&addr.to_string()), "{stderr}");
+}
+
+/// Environment variable that turns this test binary into a short-lived
+/// client for [`cardinality_stays_bounded`]: `NAME PORT BYTES`.
+const HELPER_ENV: &str = "TRACER_AGENT_TEST_HELPER";
+
+#[test]
+#[ignore = "helper process of cardinality_stays_bounded"]
+fn helper_short_lived_client() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else { return };
+    let mut parts = spec.split(' ');
+    let (Some(name), Some(port), Some(bytes)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("bad helper spec {spec:?}")
+    };
+    // The tracer names an exited process after the thread that used the
+    // socket, a live one after its leader: name both.
+    set_own_comm(name);
+    std::fs::write("/proc/thread-self/comm", name).expect("name this thread");
+    let mut stream = TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port"))).expect("connect");
+    stream.write_all(&vec![b'h'; bytes.parse().expect("bytes")]).expect("send");
+}
+
+/// 2,000 connections from distinct ephemeral ports and 50 short-lived
+/// processes with distinct names: every flow metric stays within top-n
+/// named series plus the overflow ones, and nothing is lost on the way.
+#[test]
+fn cardinality_stays_bounded() {
+    const TOP_N: usize = 10;
+    const CONNECTIONS: usize = 2_000;
+    const PROCESSES: usize = 50;
+    const PER_CONNECTION: usize = 10;
+    const PER_PROCESS: usize = 1_000;
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let expected_connections = CONNECTIONS + PROCESSES;
+    let server = thread::spawn(move || {
+        let mut received = 0usize;
+        for _ in 0..expected_connections {
+            let (mut socket, _) = listener.accept().expect("accept");
+            socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut sink = Vec::new();
+            received += socket.read_to_end(&mut sink).expect("read to EOF");
+        }
+        received
+    });
+
+    let port_label = port.to_string();
+    let agent = Agent::start(&["--port", &port_label, "--metrics-top-n", &TOP_N.to_string()]);
+    for _ in 0..CONNECTIONS {
+        let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        client.write_all(&[b'c'; PER_CONNECTION]).expect("send");
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    for i in 0..PROCESSES {
+        let status = Command::new(&exe)
+            .args(["--exact", "helper_short_lived_client", "--ignored", "--test-threads=1", "--quiet"])
+            .env(HELPER_ENV, format!("shortlived-{i:02} {port} {PER_PROCESS}"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run helper");
+        assert!(status.success(), "helper {i} failed");
+    }
+    let received = server.join().expect("server");
+    let total = CONNECTIONS * PER_CONNECTION + PROCESSES * PER_PROCESS;
+    assert_eq!(received, total);
+
+    let sum = |samples: &[PromSample], name: &str| -> f64 {
+        samples.iter().filter(|s| s.name == name).map(|s| s.value).sum()
+    };
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let samples = loop {
+        let samples = agent.metrics();
+        let done = sum(&samples, "tracer_tcp_sent_bytes_total") >= total as f64
+            && sum(&samples, "tracer_tcp_received_bytes_total") >= total as f64;
+        if done || Instant::now() >= deadline {
+            break samples;
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(sum(&samples, "tracer_tcp_sent_bytes_total"), total as f64, "sent bytes across all series");
+    assert_eq!(sum(&samples, "tracer_tcp_received_bytes_total"), total as f64, "received bytes across all series");
+    let mut counts = BTreeMap::new();
+    for name in [
+        "tracer_tcp_sent_bytes_total",
+        "tracer_tcp_received_bytes_total",
+        "tracer_tcp_retransmits_total",
+        "tracer_tcp_connections_opened_total",
+        "tracer_tcp_failed_connects_total",
+        "tracer_tcp_resets_total",
+    ] {
+        let series: Vec<&PromSample> = samples.iter().filter(|s| s.name == name).collect();
+        assert!(series.len() <= TOP_N + 2, "{name} has {} series: {series:?}", series.len());
+        assert!(series.iter().all(|s| s.labels.get("port").is_some_and(|p| p == &port_label || p == "other")));
+        counts.insert(name, series.len());
+    }
+    let overflow = value(&samples, "tracer_tcp_sent_bytes_total", &[("comm", "other"), ("role", "client")]);
+    assert!(overflow.is_some_and(|v| v > 0.0), "the processes past the top-n are summed into comm=\"other\"");
+    let all_series = samples.iter().filter(|s| s.name.starts_with("tracer_")).count();
+    eprintln!(
+        "cardinality: {CONNECTIONS} connections + {PROCESSES} processes -> {counts:?} flow series per metric, {all_series} series in all (top-n {TOP_N})"
+    );
+    promtool_check(&agent.get("/metrics").body);
+    let (status, _) = agent.terminate();
+    assert_eq!(status.code(), Some(0));
+}

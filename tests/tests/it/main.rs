@@ -1,0 +1,38 @@
+//! tracer's integration tests, all in one binary (ripgrep style). They run
+//! the real `tracer` as root against real loopback traffic and check its
+//! JSON report number by number. Run them one at a time:
+//! `cargo test -p tracer-tests --tests -- --test-threads=1` (as
+//! `cargo xtask test` does).
+//!
+//! - `bytes`: per-flow byte accounting and filters (issue 2);
+//! - `lifecycle`: socket states, CLOSE_WAIT, failed connects, resets,
+//!   churn, retransmits, sockets that predate the tracer (issue 3);
+//! - `cli`: flags, exit codes, `--version`, `doctor`.
+
+mod bytes;
+mod cli;
+mod lifecycle;
+
+use std::{process::Command, time::Duration};
+
+use tracer_tests::Proc;
+
+/// How long a traffic process may take to print a line it owes us.
+const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The traffic generator of this crate (`src/bin/traffic.rs`).
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_traffic");
+
+/// Spawns `traffic ARGS` in the host's network namespace.
+fn traffic(name: &str, args: &[&str]) -> Proc {
+    let mut command = Command::new(TRAFFIC);
+    command.args(args);
+    Proc::spawn(name, command)
+}
+
+/// Starts `traffic server ARGS` and returns it with its port and pid.
+fn server(args: &[&str]) -> (Proc, u16, u32) {
+    let mut server = traffic("server", &[&["server"], args].concat());
+    let ready = server.expect("ready", LINE_TIMEOUT);
+    (server, ready.num("port"), ready.num("pid"))
+}
