@@ -32,6 +32,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a counter may take to show a transfer (a few intervals).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Tests that start an agent hold this: agents running side by side would
+/// see each other's programs (the bpftool check) and traffic.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn tracer_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("TRACER_BIN") {
         return PathBuf::from(path);
@@ -83,6 +91,7 @@ impl Agent {
     fn start(args: &[&str]) -> Agent {
         let mut child = Command::new(tracer_bin())
             .args(["agent", "--listen", "127.0.0.1:0", "--interval", "1s"])
+            .env("RUST_LOG", "tracer::agent=debug")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -141,13 +150,16 @@ impl Agent {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// SIGTERM; returns the exit status and how long the exit took.
-    fn terminate(mut self) -> (ExitStatus, Duration) {
+    /// SIGTERM; returns the exit status, how long the exit took and stderr.
+    fn terminate(mut self) -> (ExitStatus, Duration, String) {
         let sent = Instant::now();
         send_signal(&self.child, libc::SIGTERM);
         let status = wait_bounded(&mut self.child, Duration::from_secs(10))
             .unwrap_or_else(|| panic!("the agent ignored SIGTERM; stderr:\n{}", self.stderr()));
-        (status, sent.elapsed())
+        let took = sent.elapsed();
+        // The reader thread may still hold the last lines.
+        thread::sleep(Duration::from_millis(50));
+        (status, took, self.stderr())
     }
 }
 
@@ -328,8 +340,7 @@ fn set_own_comm(name: &str) {
 
 fn promtool_check(scrape: &str) {
     let Some(promtool) = which("promtool") else {
-        eprintln!("promtool not installed (Debian package `prometheus`): metrics lint skipped");
-        return;
+        panic!("a test tool is missing: run the tests with `cargo xtask test`, which installs it");
     };
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
@@ -368,8 +379,7 @@ fn free_port() -> u16 {
 /// waits until PromQL returns `expected` for `query`.
 fn prometheus_scrapes(agent: &Agent, query: &str, expected: f64) {
     let Some(prometheus) = which("prometheus") else {
-        eprintln!("prometheus not installed (Debian package `prometheus`): real-server check skipped");
-        return;
+        panic!("a test tool is missing: run the tests with `cargo xtask test`, which installs it");
     };
     let dir = std::env::temp_dir().join(format!("tracer-agent-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -433,8 +443,7 @@ fn prometheus_scrapes(agent: &Agent, query: &str, expected: f64) {
 /// report, drawn its charts, and shown `comm` as text.
 fn chromium_renders(agent: &Agent, comm_fragment_escaped: &str) {
     let Some(chromium) = which("chromium").or_else(|| which("chromium-browser")) else {
-        eprintln!("chromium not installed (Debian package `chromium`): browser check skipped");
-        return;
+        panic!("a test tool is missing: run the tests with `cargo xtask test`, which installs it");
     };
     let url = format!("http://{}/", agent.addr);
     let profile = std::env::temp_dir().join(format!("tracer-agent-chromium-{}", std::process::id()));
@@ -481,11 +490,38 @@ fn chromium_renders(agent: &Agent, comm_fragment_escaped: &str) {
     eprintln!("chromium: dashboard rendered; screenshot at {}", screenshot.display());
 }
 
+/// Loaded BPF programs (id -> name) per Debian's `bpftool`, if installed.
+fn bpf_programs() -> Option<BTreeMap<u64, String>> {
+    let Some(bpftool) = which("bpftool").or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file())) else {
+        panic!("a test tool is missing (bpftool): run the tests with `cargo xtask test`, which installs it");
+    };
+    let output = Command::new(bpftool).args(["-j", "prog", "show"]).output().expect("run bpftool");
+    assert!(output.status.success(), "bpftool prog show: {}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    let programs = json.as_array().expect("a list of programs");
+    Some(
+        programs
+            .iter()
+            .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str().unwrap_or_default().to_owned())))
+            .collect(),
+    )
+}
+
 #[test]
 fn agent_exports_exact_counters_api_and_dashboard() {
+    let _serial = serial();
     let comm = own_comm();
     let pid = std::process::id().to_string();
+    let programs_before = bpf_programs();
     let agent = Agent::start(&["--pid", &pid]);
+    // Programs are attached before the agent says it listens.
+    let agent_programs: Option<BTreeMap<u64, String>> = programs_before.map(|before| {
+        let now = bpf_programs().expect("bpftool");
+        now.into_iter().filter(|(id, _)| !before.contains_key(id)).collect()
+    });
+    if let Some(loaded) = &agent_programs {
+        assert!(!loaded.is_empty(), "bpftool shows no program loaded by the agent");
+    }
 
     // Endpoints have data from the first tick on.
     let health = agent.get("/healthz");
@@ -612,9 +648,17 @@ fn agent_exports_exact_counters_api_and_dashboard() {
 
     let after = agent.metrics();
     assert_monotonic(&closed, &after);
-    let (status, took) = agent.terminate();
+    let collect_secs = value(&after, "tracer_collect_duration_seconds", &[]).expect("collect duration");
+    eprintln!("last collection took {collect_secs:.3} s");
+    let (status, took, stderr) = agent.terminate();
+    eprintln!("{stderr}");
     assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
     assert!(took < Duration::from_secs(2), "the agent took {took:?} to exit");
+    if let (Some(loaded), Some(now)) = (&agent_programs, bpf_programs()) {
+        let left: Vec<_> = loaded.iter().filter(|(id, _)| now.contains_key(id)).collect();
+        assert!(left.is_empty(), "programs still loaded after the agent exited: {left:?}");
+        eprintln!("bpftool: all {} programs of the agent are gone", loaded.len());
+    }
     eprintln!("SIGTERM: exit 0 in {took:?}");
 }
 
@@ -665,6 +709,7 @@ fn helper_short_lived_client() {
 /// named series plus the overflow ones, and nothing is lost on the way.
 #[test]
 fn cardinality_stays_bounded() {
+    let _serial = serial();
     const TOP_N: usize = 10;
     const CONNECTIONS: usize = 2_000;
     const PROCESSES: usize = 50;
@@ -741,6 +786,6 @@ fn cardinality_stays_bounded() {
         "cardinality: {CONNECTIONS} connections + {PROCESSES} processes -> {counts:?} flow series per metric, {all_series} series in all (top-n {TOP_N})"
     );
     promtool_check(&agent.get("/metrics").body);
-    let (status, _) = agent.terminate();
+    let (status, _, _) = agent.terminate();
     assert_eq!(status.code(), Some(0));
 }

@@ -12,6 +12,8 @@ pub mod cli;
 pub mod collect;
 pub mod doctor;
 pub mod filter;
+pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod probes;
 pub mod procfs;

@@ -11,11 +11,17 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::run;
 
-/// Debian packages the integration tests call: `ss`/`ip`/`nstat`
-/// (iproute2), packet loss for retransmit tests (iptables, nftables), and a
-/// real Prometheus server plus `promtool` for the agent's tests.
-const TEST_PACKAGES: &[(&str, &str)] =
-    &[("iproute2", "ss"), ("iptables", "iptables"), ("nftables", "nft"), ("prometheus", "promtool")];
+/// Debian packages the integration tests call, with a command each
+/// provides: `ss`/`ip` (iproute2), packet loss for retransmit tests
+/// (nftables), a real Prometheus server plus `promtool` and a real browser
+/// for the agent's tests, and bpftool to see programs detach.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ss"),
+    ("nftables", "nft"),
+    ("prometheus", "promtool"),
+    ("chromium", "chromium"),
+    ("bpftool", "bpftool"),
+];
 
 fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");

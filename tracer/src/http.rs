@@ -1,0 +1,401 @@
+//! The agent's HTTP side: the routes (`/metrics`, `/api/v1/report`,
+//! `/api/v1/findings`, `/healthz`, `/` dashboard) and the server that runs
+//! them with bounded headers, bodies, connections and time.
+//!
+//! Handlers only read [`Published`], which the collection loop replaces
+//! whole after each tick through a `watch` channel: the HTTP side never
+//! touches the session, and a response is always one consistent tick.
+//!
+//! The accept loop is hyper's HTTP/1 connection (axum's `serve` sets no
+//! timer, so it cannot time out slow clients): headers must arrive within
+//! [`Limits::header_read_timeout`] (this also closes idle keep-alive
+//! connections), a connection lives at most [`Limits::max_connection_age`],
+//! and at most [`Limits::max_connections`] are served at once. On shutdown
+//! the listener closes first, then in-flight requests finish within
+//! [`Limits::drain_timeout`].
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use bytes::Bytes;
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+    time::{sleep, Instant},
+};
+
+use crate::metrics;
+
+/// The dashboard: one self-contained page (no external requests).
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// What the endpoints serve, as of the last tick.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// The JSON report (schema `tracer.report/v1`).
+    pub report_json: Bytes,
+    /// The report's findings, a JSON array.
+    pub findings_json: Bytes,
+    /// The Prometheus exposition.
+    pub metrics_text: Bytes,
+}
+
+/// The HTTP side's view of the last tick.
+pub type Feed = watch::Receiver<Arc<Published>>;
+
+/// Bounds on what a client may cost.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A request's headers must arrive within this; also the idle time
+    /// allowed between keep-alive requests.
+    pub header_read_timeout: Duration,
+    /// A connection is asked to close after this, whatever it does (bounds
+    /// clients that read responses slowly).
+    pub max_connection_age: Duration,
+    /// Time a connection asked to close gets to finish its request.
+    pub close_grace: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Bytes of request line and headers (hyper answers 431 past it).
+    pub max_header_bytes: usize,
+    /// On shutdown, how long in-flight requests get to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(120),
+            close_grace: Duration::from_secs(5),
+            max_connections: 128,
+            max_header_bytes: 16 * 1024,
+            // SIGTERM must end the agent within 2 s.
+            drain_timeout: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// hyper refuses buffers smaller than this.
+const MIN_HEADER_BUFFER: usize = 8192;
+
+/// The agent's routes.
+pub fn router(feed: Feed) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/report", get(report))
+        .route("/api/v1/findings", get(findings))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(no_request_bodies))
+        .layer(middleware::map_response(common_headers))
+        .with_state(feed)
+}
+
+fn current(feed: &Feed) -> Arc<Published> {
+    Arc::clone(&feed.borrow())
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The page needs nothing but itself and this origin's API.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        DASHBOARD_HTML,
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(feed): State<Feed>) -> Response {
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], current(&feed).metrics_text.clone()).into_response()
+}
+
+async fn report(State(feed): State<Feed>) -> Response {
+    json(current(&feed).report_json.clone())
+}
+
+async fn findings(State(feed): State<Feed>) -> Response {
+    json(current(&feed).findings_json.clone())
+}
+
+async fn healthz() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint; see /, /metrics, /api/v1/report, /api/v1/findings, /healthz")
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; this API only answers GET and HEAD")
+}
+
+fn json(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A JSON error body: `{"error": "..."}`.
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// No endpoint takes a body, so none is read: refuse declared ones rather
+/// than leave them unread on the connection.
+async fn no_request_bodies(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim() != "0");
+    if declared || headers.contains_key(header::TRANSFER_ENCODING) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "request bodies are not accepted");
+    }
+    next.run(request).await
+}
+
+async fn common_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops
+/// accepting and lets in-flight requests finish (within
+/// [`Limits::drain_timeout`]).
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    log::warn!("accepting an HTTP connection failed: {err}");
+                    sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(serve_connection(stream, app.clone(), limits.clone(), closing_rx.clone(), permit));
+    }
+    // New connections are refused from here on.
+    drop(listener);
+    let _ = closing_tx.send(true);
+    let drained =
+        tokio::time::timeout(limits.drain_timeout, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        log::warn!("{} HTTP connection(s) did not finish in time; closing them", connections.len());
+    }
+    // Dropping the set aborts whatever is left.
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    app: Router,
+    limits: Limits,
+    mut closing: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUFFER))
+        .max_headers(64);
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    tokio::pin!(connection);
+    let too_old = sleep(limits.max_connection_age);
+    tokio::pin!(too_old);
+    let mut asked_to_close = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    log::debug!("HTTP connection ended: {err}");
+                }
+                return;
+            }
+            _ = closing.changed(), if !asked_to_close => {
+                connection.as_mut().graceful_shutdown();
+                asked_to_close = true;
+                too_old.as_mut().reset(Instant::now() + limits.close_grace);
+            }
+            _ = &mut too_old => {
+                if asked_to_close {
+                    // Still not done after the grace: drop it.
+                    return;
+                }
+                connection.as_mut().graceful_shutdown();
+                asked_to_close = true;
+                too_old.as_mut().reset(Instant::now() + limits.close_grace);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpStream as StdTcpStream},
+    };
+
+    use super::*;
+
+    struct Server {
+        runtime: tokio::runtime::Runtime,
+        addr: SocketAddr,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        done: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Server {
+        fn start(limits: Limits) -> Server {
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let published = Published {
+                report_json: Bytes::from_static(br#"{"schema":"tracer.report/v1"}"#),
+                findings_json: Bytes::from_static(b"[]"),
+                metrics_text: Bytes::from_static(b"# HELP x y\n# TYPE x gauge\nx 1\n"),
+            };
+            let (_feed_tx, feed) = watch::channel(Arc::new(published));
+            let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let done = runtime.spawn(serve(listener, router(feed), limits, async move {
+                let _ = stopped.await;
+            }));
+            Server { runtime, addr, stop: Some(stop), done: Some(done) }
+        }
+
+        fn raw(&self, request: &[u8]) -> String {
+            let mut stream = StdTcpStream::connect(self.addr).expect("connect");
+            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            stream.write_all(request).expect("write");
+            let mut response = Vec::new();
+            let _ = stream.read_to_end(&mut response);
+            String::from_utf8_lossy(&response).into_owned()
+        }
+
+        fn get(&self, path: &str) -> String {
+            self.raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        }
+
+        fn stop(mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(done) = self.done.take() {
+                self.runtime.block_on(done).expect("server ends");
+            }
+        }
+    }
+
+    fn status(response: &str) -> &str {
+        response.split(' ').nth(1).unwrap_or("")
+    }
+
+    fn body(response: &str) -> &str {
+        response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("")
+    }
+
+    #[test]
+    fn routes_answer_with_the_published_tick() {
+        let server = Server::start(Limits::default());
+        let response = server.get("/healthz");
+        assert_eq!((status(&response), body(&response)), ("200", "ok"));
+        let response = server.get("/metrics");
+        assert!(response.contains("content-type: text/plain; version=0.0.4"), "{response}");
+        assert!(body(&response).ends_with("x 1\n"));
+        let response = server.get("/api/v1/report");
+        assert!(response.contains("content-type: application/json"));
+        assert_eq!(body(&response), r#"{"schema":"tracer.report/v1"}"#);
+        assert_eq!(body(&server.get("/api/v1/findings")), "[]");
+        let response = server.get("/");
+        assert!(response.contains("content-security-policy: default-src 'none'"), "{response}");
+        assert!(body(&response).starts_with("<!DOCTYPE html>"));
+        server.stop();
+    }
+
+    #[test]
+    fn errors_are_json_with_the_right_status() {
+        let server = Server::start(Limits::default());
+        let response = server.get("/nope");
+        assert_eq!(status(&response), "404");
+        let error: serde_json::Value = serde_json::from_str(body(&response)).expect("json");
+        assert!(error["error"].is_string());
+        let response = server.raw(b"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(status(&response), "405");
+        assert!(body(&response).contains("\"error\""));
+        let response =
+            server.raw(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+        assert_eq!(status(&response), "413", "{response}");
+        let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+        assert_eq!(status(&server.raw(huge.as_bytes())), "431");
+        server.stop();
+    }
+
+    #[test]
+    fn slow_clients_are_cut_off() {
+        let server = Server::start(Limits { header_read_timeout: Duration::from_millis(300), ..Limits::default() });
+        let mut stream = StdTcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost:").expect("write");
+        let started = std::time::Instant::now();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        assert!(started.elapsed() < Duration::from_secs(3), "not cut off: {:?}", started.elapsed());
+        server.stop();
+    }
+
+    #[test]
+    fn shutdown_lets_idle_connections_go_and_refuses_new_ones() {
+        let server = Server::start(Limits::default());
+        // An idle keep-alive connection must not hold the shutdown up.
+        let mut idle = StdTcpStream::connect(server.addr).expect("connect");
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        let mut buffer = [0u8; 512];
+        let _ = idle.read(&mut buffer).expect("response");
+        let addr = server.addr;
+        let started = std::time::Instant::now();
+        server.stop();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(StdTcpStream::connect(addr).is_err());
+    }
+}
