@@ -3,6 +3,7 @@
 use which::which;
 
 fn main() {
-    let bpf_linker = which("bpf-linker").unwrap_or_else(|err| panic!("bpf-linker not found on PATH ({err}); run `cargo xtask setup`"));
+    let bpf_linker = which("bpf-linker")
+        .unwrap_or_else(|err| panic!("bpf-linker not found on PATH ({err}); run `cargo xtask setup`"));
     println!("cargo:rerun-if-changed={}", bpf_linker.to_string_lossy());
 }

@@ -17,7 +17,10 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_buf, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf,
+    },
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
@@ -166,7 +169,12 @@ fn new_record(sk: *const u8, now: u64) -> Option<&'static mut SockRecord> {
     record.state = read::<u8>(sk, offset!(skc_state)).unwrap_or(0);
     if matches!(
         record.state,
-        tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::LAST_ACK | tcp_state::CLOSING
+        tcp_state::ESTABLISHED
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::LAST_ACK
+            | tcp_state::CLOSING
     ) {
         record.flags |= flags::WAS_ESTABLISHED;
     }

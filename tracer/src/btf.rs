@@ -65,9 +65,7 @@ pub struct Btf {
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
-    data.get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(BtfError::Malformed("truncated"))
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or(BtfError::Malformed("truncated"))
 }
 
 impl Btf {
@@ -185,7 +183,8 @@ impl Btf {
     /// Byte offset of `member` in struct `strukt`, looking through anonymous
     /// structs and unions.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let id = self.find_kind(strukt, &[KIND_STRUCT, KIND_UNION]).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let id =
+            self.find_kind(strukt, &[KIND_STRUCT, KIND_UNION]).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let (bits, bitfield) = self
             .find_member(id, member, 0)
             .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() })?;

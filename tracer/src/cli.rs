@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{filter::{Cidr, Filter}, probes::Backend};
+use crate::{
+    filter::{Cidr, Filter},
+    probes::Backend,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "tracer", version, about = "Kernel-exact TCP socket and bandwidth tracer (eBPF)")]
@@ -51,7 +54,10 @@ fn parse_pid(text: &str) -> Result<u32, String> {
 
 fn parse_comm(text: &str) -> Result<String, String> {
     if text.is_empty() || text.len() > 15 {
-        return Err(format!("'{}' is not a process name (1-15 bytes, as /proc/PID/comm shows it)", text.escape_debug()));
+        return Err(format!(
+            "'{}' is not a process name (1-15 bytes, as /proc/PID/comm shows it)",
+            text.escape_debug()
+        ));
     }
     Ok(text.to_owned())
 }
@@ -89,7 +95,12 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     pub fn filter(&self) -> Filter {
-        Filter { pids: self.pids.clone(), comms: self.comms.clone(), ports: self.ports.clone(), remotes: self.remotes.clone() }
+        Filter {
+            pids: self.pids.clone(),
+            comms: self.comms.clone(),
+            ports: self.ports.clone(),
+            remotes: self.remotes.clone(),
+        }
     }
 }
 
@@ -189,7 +200,26 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_flags() {
-        let cli = parse(&["trace", "--duration", "10s", "--interval", "500ms", "--format", "json", "--pid", "1", "--pid", "2", "--port", "443", "--remote", "10.0.0.0/8", "--comm", "curl"]).expect("parses");
+        let cli = parse(&[
+            "trace",
+            "--duration",
+            "10s",
+            "--interval",
+            "500ms",
+            "--format",
+            "json",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+            "--port",
+            "443",
+            "--remote",
+            "10.0.0.0/8",
+            "--comm",
+            "curl",
+        ])
+        .expect("parses");
         let Command::Trace(args) = cli.command else { panic!("not trace") };
         assert_eq!(args.duration, Duration::from_secs(10));
         assert_eq!(args.filters.pids, vec![1, 2]);

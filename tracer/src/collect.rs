@@ -3,12 +3,7 @@
 //! programs of the chosen backend, and turns map entries and ring-buffer
 //! records into model observations.
 
-use std::{
-    io,
-    net::SocketAddr,
-    os::fd::AsRawFd,
-    path::Path,
-};
+use std::{io, net::SocketAddr, os::fd::AsRawFd, path::Path};
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
@@ -54,10 +49,8 @@ fn privileged() -> bool {
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
-    let Some(caps) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    let Some(caps) =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
     else {
         return false;
     };
@@ -119,7 +112,11 @@ fn attach_probe(ebpf: &mut Ebpf, btf: &aya::Btf, probe: &Probe) -> Result<(), St
     let refused = |e: ProgramError| {
         let text = format!("{e:#}");
         let text = text.trim_end_matches(". Verifier output: ").trim_end().to_owned();
-        if is_permission_error(&text) { format!("refused by the kernel ({text})") } else { text }
+        if is_permission_error(&text) {
+            format!("refused by the kernel ({text})")
+        } else {
+            text
+        }
     };
     match probe.kind {
         HookKind::TpBtf => {
@@ -175,7 +172,11 @@ fn load_object(btf: &Btf, aya_btf: &aya::Btf) -> Result<Ebpf, LoadError> {
     debug!("kernel offsets: {offsets:?}");
     EbpfLoader::new().btf(Some(aya_btf)).override_global("OFFSETS", &offsets, true).load(EBPF_OBJECT).map_err(|e| {
         let text = format!("{e:#}");
-        if is_permission_error(&text) { LoadError::NotPrivileged } else { LoadError::Load(text) }
+        if is_permission_error(&text) {
+            LoadError::NotPrivileged
+        } else {
+            LoadError::Load(text)
+        }
     })
 }
 

@@ -24,7 +24,9 @@ struct HookStatus {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn lockdown() -> String {
@@ -101,7 +103,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         Format::Table => {
             println!("tracer {}", env!("CARGO_PKG_VERSION"));
             println!("kernel:        {}", kernel_release());
-            println!("BTF:           {}", if btf.is_some() { format!("yes ({})", btf_path.display()) } else { "no".into() });
+            println!(
+                "BTF:           {}",
+                if btf.is_some() { format!("yes ({})", btf_path.display()) } else { "no".into() }
+            );
             println!("offsets:       {}", report["struct_offsets"].as_str().unwrap_or(""));
             println!("lockdown:      {}", lockdown());
             println!("capabilities:  CapEff={}", capabilities());
@@ -119,7 +124,12 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             println!("backends:");
             for b in &backends {
                 let reason = b["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
-                println!("  {:<11} {}{}", b["backend"].as_str().unwrap_or(""), if b["usable"] == true { "usable" } else { "not usable" }, reason);
+                println!(
+                    "  {:<11} {}{}",
+                    b["backend"].as_str().unwrap_or(""),
+                    if b["usable"] == true { "usable" } else { "not usable" },
+                    reason
+                );
             }
             println!("  ({trial_note})");
             match chosen {

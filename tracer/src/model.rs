@@ -253,10 +253,16 @@ impl Model {
         self.live = next;
         self.recently_closed.clear();
         self.owners.retain(|id, _| self.live.contains_key(id));
-        // A kernel record now describes these.
+        // A kernel record now describes these; an owner found at start stays
+        // the owner (the record's first event may have come from softirq).
         if !self.preexisting.is_empty() {
-            let seen: HashSet<Tuple> = self.live.values().map(|s| s.obs.tuple).collect();
-            self.preexisting.retain(|tuple, _| !seen.contains(tuple));
+            for socket in self.live.values() {
+                if let Some(found) = self.preexisting.remove(&socket.obs.tuple) {
+                    if let (0, Some(pid)) = (socket.obs.pid, found.pid) {
+                        self.owners.insert(socket.obs.id, pid);
+                    }
+                }
+            }
         }
     }
 
@@ -275,13 +281,15 @@ impl Model {
         self.pending_closed.push((obs, attributed));
     }
 
-    /// Live sockets whose owner is unknown (accepted, never used): the
-    /// collector looks them up in /proc.
-    pub fn unowned(&self) -> Vec<Tuple> {
+    /// Live sockets whose owner is unknown (accepted, never used) and that
+    /// the tracer first saw at or before `seen_by_ns`: the collector looks
+    /// them up in /proc.
+    pub fn unowned(&self, seen_by_ns: u64) -> Vec<Tuple> {
         self.live
             .values()
             .filter(|s| {
                 s.obs.pid == 0
+                    && s.obs.first_seen_ns <= seen_by_ns
                     && !self.owners.contains_key(&s.obs.id)
                     && !matches!(s.obs.state, tcp_state::CLOSE | tcp_state::TIME_WAIT)
             })
@@ -580,7 +588,9 @@ impl Model {
             }
             list.push(self.close_wait_entry(pid, &socket.tuple, run_time, true));
         }
-        list.sort_by(|a, b| b.age_secs.total_cmp(&a.age_secs).then(a.pid.cmp(&b.pid)).then(a.local_port.cmp(&b.local_port)));
+        list.sort_by(|a, b| {
+            b.age_secs.total_cmp(&a.age_secs).then(a.pid.cmp(&b.pid)).then(a.local_port.cmp(&b.local_port))
+        });
         list
     }
 
@@ -732,9 +742,10 @@ mod tests {
         cw.state = tcp_state::CLOSE_WAIT;
         cw.state_since_ns = None;
         model.replace_live(vec![cw]);
-        assert_eq!(model.unowned().len(), 1);
+        assert_eq!(model.unowned(u64::MAX).len(), 1);
+        assert!(model.unowned(0).is_empty());
         model.assign_owners(&HashMap::from([(tuple(80, "10.0.0.9", 5555), 10)]));
-        assert!(model.unowned().is_empty());
+        assert!(model.unowned(u64::MAX).is_empty());
         model.sample(5_000_000_000);
         let list = model.close_wait(5_000_000_000);
         assert_eq!(list.len(), 1);

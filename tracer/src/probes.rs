@@ -85,9 +85,23 @@ use HookKind::{FExit, KProbe, KRetProbe, TpBtf};
 /// the lifecycle programs every backend shares.
 pub const PROBES: &[Probe] = &[
     probe("sock_send_length", TpBtf, "sock_send_length", Some(Backend::Tracepoint), true, "bytes sent (kernel >= 6.3)"),
-    probe("sock_recv_length", TpBtf, "sock_recv_length", Some(Backend::Tracepoint), true, "bytes received (kernel >= 6.3)"),
+    probe(
+        "sock_recv_length",
+        TpBtf,
+        "sock_recv_length",
+        Some(Backend::Tracepoint),
+        true,
+        "bytes received (kernel >= 6.3)",
+    ),
     probe("tcp_sendmsg_exit", FExit, "tcp_sendmsg", Some(Backend::Fentry), true, "bytes sent (fexit, kernel >= 5.5)"),
-    probe("tcp_recvmsg_exit", FExit, "tcp_recvmsg", Some(Backend::Fentry), true, "bytes received (fexit, kernel >= 5.5)"),
+    probe(
+        "tcp_recvmsg_exit",
+        FExit,
+        "tcp_recvmsg",
+        Some(Backend::Fentry),
+        true,
+        "bytes received (fexit, kernel >= 5.5)",
+    ),
     probe("tcp_sendmsg_entry", KProbe, "tcp_sendmsg", Some(Backend::Kprobe), true, "send arguments (kprobe)"),
     probe("tcp_sendmsg_return", KRetProbe, "tcp_sendmsg", Some(Backend::Kprobe), true, "bytes sent (kretprobe)"),
     probe("tcp_recvmsg_entry", KProbe, "tcp_recvmsg", Some(Backend::Kprobe), true, "receive arguments (kprobe)"),
@@ -132,11 +146,8 @@ pub fn backend_blocker(backend: Backend, btf: &Btf) -> Option<String> {
     if backend == Backend::Kprobe && !Path::new(KPROBE_PMU).exists() {
         return Some("kprobes are not built into this kernel (CONFIG_KPROBES is not set)".into());
     }
-    let missing: Vec<&str> = PROBES
-        .iter()
-        .filter(|p| p.backend == Some(backend) && !hook_available(p, btf))
-        .map(|p| p.hook)
-        .collect();
+    let missing: Vec<&str> =
+        PROBES.iter().filter(|p| p.backend == Some(backend) && !hook_available(p, btf)).map(|p| p.hook).collect();
     if missing.is_empty() {
         return None;
     }

@@ -23,6 +23,7 @@ pub struct Session {
     model: Model,
     proc_root: PathBuf,
     thresholds: Thresholds,
+    interval: Duration,
     started_at: SystemTime,
     /// Unowned sockets already looked up in /proc without success.
     owner_misses: HashSet<Tuple>,
@@ -45,7 +46,16 @@ impl Session {
         let proc_root = PathBuf::from("/proc");
         let mut model = Model::new(filter, start_ns, max_samples);
         model.load_preexisting(procfs::scan_sockets(&proc_root));
-        Ok(Session { collector, model, proc_root, thresholds, started_at, owner_misses: HashSet::new(), stats: Stats::default() })
+        Ok(Session {
+            collector,
+            model,
+            proc_root,
+            thresholds,
+            interval,
+            started_at,
+            owner_misses: HashSet::new(),
+            stats: Stats::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -80,10 +90,23 @@ impl Session {
 
     /// Ends an interval: reads everything and samples the model.
     pub fn tick(&mut self) {
+        // Most accepted sockets name their owner with their first receive;
+        // only those unowned for a whole interval are worth a /proc scan.
+        let seen_by = monotonic_ns().saturating_sub(self.interval.as_nanos() as u64);
+        self.collect(seen_by);
+    }
+
+    /// The last tick of a trace: every unowned socket is looked up, however
+    /// young, so the report names all owners it can.
+    pub fn finish(&mut self) {
+        self.collect(u64::MAX);
+    }
+
+    fn collect(&mut self, unowned_seen_by_ns: u64) {
         self.take_closed();
         self.model.replace_live(self.collector.live());
         self.take_closed();
-        self.resolve_owners();
+        self.resolve_owners(unowned_seen_by_ns);
         for pid in self.model.pids() {
             if let Some(comm) = procfs::read_comm(&self.proc_root, pid) {
                 self.model.set_comm(pid, comm);
@@ -96,8 +119,8 @@ impl Session {
 
     /// Accepted sockets that never moved a byte have no owner in their
     /// record: find who holds them, as `ss -p` does.
-    fn resolve_owners(&mut self) {
-        let unowned: HashSet<Tuple> = self.model.unowned().into_iter().collect();
+    fn resolve_owners(&mut self, seen_by_ns: u64) {
+        let unowned: HashSet<Tuple> = self.model.unowned(seen_by_ns).into_iter().collect();
         self.owner_misses.retain(|t| unowned.contains(t));
         if unowned.iter().all(|t| self.owner_misses.contains(t)) {
             return;

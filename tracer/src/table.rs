@@ -29,7 +29,11 @@ pub fn bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Bytes per second in human units.
@@ -41,7 +45,11 @@ pub fn rate(n: u64, secs: f64) -> String {
 }
 
 fn endpoint(addr: &str, port: u16) -> String {
-    if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") }
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
 }
 
 /// Renders `report` as text tables, at most `top` rows per section.
@@ -71,7 +79,19 @@ pub fn render(report: &Report, top: usize) -> String {
     let _ = writeln!(
         out,
         "  {:>7} {:<16} {:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6}",
-        "PID", "COMM", "ROLE", "REMOTE (SERVICE PORT)", "TX", "RX", "TX RATE", "RX RATE", "RETRANS", "OPEN", "CLOSE", "FAIL", "RST"
+        "PID",
+        "COMM",
+        "ROLE",
+        "REMOTE (SERVICE PORT)",
+        "TX",
+        "RX",
+        "TX RATE",
+        "RX RATE",
+        "RETRANS",
+        "OPEN",
+        "CLOSE",
+        "FAIL",
+        "RST"
     );
     for flow in report.flows.iter().take(top) {
         let remote = match flow.role {
@@ -143,7 +163,10 @@ pub fn render(report: &Report, top: usize) -> String {
     let _ = writeln!(
         out,
         "Tracer: {} events, {} dropped, {} untracked (map full), {} live sockets",
-        report.tracer.events_total, report.tracer.events_dropped, report.tracer.map_full_drops, report.tracer.live_sockets
+        report.tracer.events_total,
+        report.tracer.events_dropped,
+        report.tracer.map_full_drops,
+        report.tracer.live_sockets
     );
     out
 }

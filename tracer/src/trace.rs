@@ -49,7 +49,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             _ = sleep_until(deadline) => break,
         }
     }
-    session.tick();
+    session.finish();
     if live {
         eprintln!();
     }
