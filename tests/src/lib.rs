@@ -383,6 +383,56 @@ impl Report {
     pub fn close_wait_on_port(&self, local_port: u16) -> Vec<&CloseWait> {
         self.close_wait.iter().filter(|c| c.local_port == local_port).collect()
     }
+
+    /// The findings, typed; panics with the JSON if one does not have the
+    /// documented fields.
+    pub fn typed_findings(&self) -> Vec<Finding> {
+        self.findings
+            .iter()
+            .map(|f| {
+                serde_json::from_value(f.clone())
+                    .unwrap_or_else(|e| panic!("finding is not the documented JSON ({e}): {f:#}"))
+            })
+            .collect()
+    }
+
+    /// The findings about process `pid` (process- or flow-level).
+    pub fn findings_of(&self, pid: u32) -> Vec<Finding> {
+        self.typed_findings().into_iter().filter(|f| f.pid == pid).collect()
+    }
+}
+
+/// One entry of the report's `findings` (DESIGN.md, Findings).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Finding {
+    pub kind: String,
+    pub severity: String,
+    pub pid: u32,
+    pub comm: String,
+    /// Set for flow-level findings.
+    pub remote_addr: Option<String>,
+    /// The flow's service port, for flow-level findings.
+    pub port: Option<u16>,
+    pub summary: String,
+    pub evidence: serde_json::Value,
+}
+
+impl Finding {
+    /// `evidence[key]` as a number; panics with the finding if it is not one.
+    pub fn number(&self, key: &str) -> f64 {
+        self.evidence
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("no number {key} in {self:#?}"))
+    }
+
+    /// `evidence[key]` as a string; panics with the finding if it is not one.
+    pub fn text(&self, key: &str) -> &str {
+        self.evidence
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_else(|| panic!("no string {key} in {self:#?}"))
+    }
 }
 
 /// One `word key=value ...` line printed by a child.

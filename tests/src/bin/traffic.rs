@@ -19,7 +19,12 @@
 //! traffic polite-client --connect ADDR --count C [--every-ms 100] [--send N] [--expect M]
 //! traffic refused       --connect ADDR                   expects ECONNREFUSED
 //! traffic churn         --connect ADDR --count C [--send N]
+//! traffic paced-client  --connect ADDR --from-rate B --to-rate B --secs S [--step-ms 10]
 //! ```
+//! A paced client sends at a rate (bytes/s) moving linearly from
+//! `--from-rate` to `--to-rate` over `--secs` (paced by the wall clock, so
+//! the ramp holds under CPU contention), prints `ramped`, then keeps
+//! sending at `--to-rate` until stdin closes, closes and exits.
 //! A server without `--read` reads each connection to EOF; it answers
 //! `--answer` bytes, then closes.
 
@@ -28,7 +33,7 @@ use std::{
     io::BufRead,
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
     process::exit,
-    sync::mpsc::{self, Receiver},
+    sync::mpsc::{self, Receiver, TryRecvError},
     thread,
     time::{Duration, Instant},
 };
@@ -307,6 +312,60 @@ fn churn(options: &Options, control: &Control, deadline: Instant) {
     control.hold();
 }
 
+/// Bytes a paced client should have sent `t` seconds after it started: the
+/// integral of a rate going linearly from `from` to `to` over `secs`, then
+/// staying at `to`.
+fn paced_target(t: f64, from: f64, to: f64, secs: f64) -> u64 {
+    let ramp = t.min(secs);
+    let ramped = from * ramp + (to - from) * ramp * ramp / (2.0 * secs);
+    let after = to * (t - secs).max(0.0);
+    (ramped + after) as u64
+}
+
+/// Sends at a linearly changing rate for `--secs`, then at the final rate
+/// until stdin closes (or `deadline`); every `--step-ms` it tops the bytes
+/// sent up to what the elapsed time asks for.
+fn paced_client(options: &Options, control: &Control, deadline: Instant) {
+    let target = options.addr("connect", None);
+    let (from, to) = (options.num("from-rate", 0) as f64, options.num("to-rate", 0) as f64);
+    let secs = options.num("secs", 0) as f64;
+    if secs <= 0.0 {
+        fail("--secs must be positive");
+    }
+    let step = Duration::from_millis(options.num("step-ms", 10).max(1));
+    let mut stream = connect(options, target);
+    let local = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("connected pid={} port={local}", pid());
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut ramped = false;
+    // Bounded by the deadline, and by count: one step per --step-ms.
+    let max_steps = deadline.saturating_duration_since(started).as_millis() / step.as_millis().max(1) + 1;
+    for _ in 0..max_steps {
+        match control.stdin.try_recv() {
+            Err(TryRecvError::Disconnected) => break,
+            Ok(line) if line.trim() == "stop" => break,
+            _ => {}
+        }
+        if Instant::now() + Duration::from_secs(5) >= deadline {
+            break;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let due = paced_target(elapsed, from, to, secs);
+        if due > sent {
+            send_exactly(&mut stream, due - sent);
+            sent = due;
+        }
+        if !ramped && elapsed >= secs {
+            ramped = true;
+            println!("ramped pid={} sent={sent} secs={elapsed:.3}", pid());
+        }
+        thread::sleep(step);
+    }
+    drop(stream);
+    println!("closed pid={} sent={sent} secs={:.3}", pid(), started.elapsed().as_secs_f64());
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else { fail("usage: traffic COMMAND [--option value]...") };
@@ -328,6 +387,7 @@ fn main() {
         "polite-client" => polite_client(&options, &control),
         "refused" => refused(&options, &control),
         "churn" => churn(&options, &control, deadline),
+        "paced-client" => paced_client(&options, &control, deadline),
         other => fail(&format!("unknown command {other:?}")),
     }
 }

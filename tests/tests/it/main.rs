@@ -7,8 +7,10 @@
 //! - `bytes`: per-flow byte accounting and filters (issue 2);
 //! - `lifecycle`: socket states, CLOSE_WAIT, failed connects, resets,
 //!   churn, retransmits, sockets that predate the tracer (issue 3);
-//! - `cli`: flags, exit codes, `--version`, `doctor`.
+//! - `cli`: flags, exit codes, `--version`, `doctor`;
+//! - `analysis`: findings on real traffic (issue 4).
 
+mod analysis;
 mod bytes;
 mod cli;
 mod lifecycle;
