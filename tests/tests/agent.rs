@@ -492,7 +492,8 @@ fn chromium_renders(agent: &Agent, comm_fragment_escaped: &str) {
 
 /// Loaded BPF programs (id -> name) per Debian's `bpftool`, if installed.
 fn bpf_programs() -> Option<BTreeMap<u64, String>> {
-    let Some(bpftool) = which("bpftool").or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file())) else {
+    let Some(bpftool) = which("bpftool").or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file()))
+    else {
         panic!("a test tool is missing (bpftool): run the tests with `cargo xtask test`, which installs it");
     };
     let output = Command::new(bpftool).args(["-j", "prog", "show"]).output().expect("run bpftool");

@@ -46,7 +46,8 @@ pub fn setup() -> Result<()> {
         eprintln!("xtask: installing the nightly toolchain");
         run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to the nightly toolchain");
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
@@ -117,7 +118,8 @@ fn which(program: &str) -> Result<PathBuf> {
 
 /// Installs the Debian packages whose commands are missing.
 pub fn install_test_packages() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(_, command)| which(command).is_err()).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> =
+        TEST_PACKAGES.iter().filter(|(_, command)| which(command).is_err()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         return Ok(());
     }
