@@ -108,10 +108,11 @@ fn collect(session: &mut Session, metrics: &mut Metrics, started: Instant) -> an
     let report = session.report();
     let collect_duration_secs = begun.elapsed().as_secs_f64();
     let model = session.model();
+    let no_growth = std::collections::HashMap::new();
     let comm = |pid: u32| model.comm(pid).to_owned();
     metrics.update(&Tick {
         now_secs: started.elapsed().as_secs_f64(),
-        cumulative: model.cumulative(),
+        flow_growth: model.samples().back().map_or(&no_growth, |sample| &sample.flows),
         comm: &comm,
         report: &report,
         collect_duration_secs,

@@ -168,8 +168,9 @@ pub struct AgentArgs {
     /// Add a `pid` label to flow metrics (raises cardinality).
     #[arg(long)]
     pub metrics_pid_label: bool,
-    /// At most this many series per metric; the rest are summed into "other".
-    #[arg(long, value_name = "N", default_value = "50", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    /// At most this many series per metric, the rest summed into "other"
+    /// (which takes two of them for flow metrics, one per role).
+    #[arg(long, value_name = "N", default_value = "50", value_parser = clap::value_parser!(u64).range(3..=100_000))]
     pub metrics_top_n: u64,
     /// Drop series of flows quiet for this long.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]

@@ -1,6 +1,6 @@
 //! The agent's Prometheus metrics (`/metrics`): the names DESIGN.md lists,
 //! with bounded cardinality. [`Metrics`] is plain data, updated once per tick
-//! from the model's cumulative flow counters and that tick's report, and
+//! from the per-tick growth of the model's flow counters and that tick's report, and
 //! exposed as a custom [`Collector`] rendered by the `prometheus` crate's
 //! text encoder (which also escapes the untrusted label values).
 //!
@@ -20,8 +20,8 @@
 //!   a series are summed into one overflow series per role,
 //!   `{comm="other", remote="other", port="other", role=...}` (and
 //!   `pid="other"`): the role is kept because it has two values, the port is
-//!   not because ports are unbounded. A flow metric thus has at most
-//!   `top_n + 2` series.
+//!   not because ports are unbounded. Two of the `top_n` series are kept
+//!   for these, so a flow metric has at most `top_n` series.
 //! - A named series that has not moved for `--metrics-expiry` is dropped and
 //!   frees its slot; if its label set moves again it is a newcomer, counting
 //!   from then on (a new series to Prometheus). The overflow series never
@@ -33,15 +33,18 @@
 //!   series), not when flows change series.
 //!
 //! Per-process gauges are keyed by `comm` only (the pid label is for flow
-//! counters): `tracer_tcp_sockets{comm,state}` keeps the `top_n` names with
-//! the most sockets and sums the rest into `comm="other"`;
-//! `tracer_tcp_close_wait_oldest_seconds{comm}` keeps the `top_n` oldest and
-//! takes the maximum of the rest. Gauges are current values, so they are not
+//! counters): `tracer_tcp_sockets{comm,state}` keeps the `top_n - 1` names
+//! with the most sockets and sums the rest into `comm="other"`;
+//! `tracer_tcp_close_wait_oldest_seconds{comm}` keeps the `top_n - 1` oldest
+//! and takes the maximum of the rest. Gauges are current values, so they are not
 //! sticky; a zero count is absent. `tracer_findings{kind,severity,comm}` is 1
-//! for each active finding; names past the first `top_n` (most severe first)
+//! for each active finding; names past the first `top_n - 1` (most severe first)
 //! are folded into `comm="other"`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Series of each flow metric kept for the overflow (`other`), one per role.
+const OVERFLOW_SERIES: usize = 2;
 
 use prometheus::{
     core::{Collector, Desc},
@@ -91,17 +94,6 @@ impl FlowTotals {
             connections_opened: counters.opened,
             failed_connects: counters.failed_connects,
             resets: counters.resets_sent + counters.resets_received,
-        }
-    }
-
-    fn saturating_sub(&self, other: &FlowTotals) -> FlowTotals {
-        FlowTotals {
-            sent_bytes: self.sent_bytes.saturating_sub(other.sent_bytes),
-            received_bytes: self.received_bytes.saturating_sub(other.received_bytes),
-            retransmits: self.retransmits.saturating_sub(other.retransmits),
-            connections_opened: self.connections_opened.saturating_sub(other.connections_opened),
-            failed_connects: self.failed_connects.saturating_sub(other.failed_connects),
-            resets: self.resets.saturating_sub(other.resets),
         }
     }
 
@@ -173,30 +165,27 @@ struct NamedSeries {
 #[derive(Debug)]
 pub struct FlowSeries {
     config: MetricsConfig,
-    /// What was already exported of each flow's cumulative counters.
-    exported: HashMap<FlowKey, FlowTotals>,
     named: HashMap<FlowLabels, NamedSeries>,
     other: BTreeMap<Role, FlowTotals>,
 }
 
 impl FlowSeries {
     pub fn new(config: MetricsConfig) -> Self {
-        FlowSeries { config, exported: HashMap::new(), named: HashMap::new(), other: BTreeMap::new() }
+        FlowSeries { config, named: HashMap::new(), other: BTreeMap::new() }
     }
 
-    /// Takes in the model's cumulative counters at `now_secs` (seconds since
-    /// the agent started); `comm` names a pid as of now.
-    pub fn update(&mut self, now_secs: f64, cumulative: &HashMap<FlowKey, Counters>, comm: &dyn Fn(u32) -> String) {
+    /// Takes in what each flow moved in the tick that ended at `now_secs`
+    /// (seconds since the agent started); `comm` names a pid as of now.
+    /// Only growth comes in, so memory follows active flows and series, not
+    /// every flow ever seen.
+    pub fn update(&mut self, now_secs: f64, flow_growth: &HashMap<FlowKey, Counters>, comm: &dyn Fn(u32) -> String) {
         let mut growth: HashMap<FlowLabels, FlowTotals> = HashMap::new();
-        for (key, counters) in cumulative {
-            let total = FlowTotals::from_counters(counters);
-            let previous = self.exported.insert(*key, total).unwrap_or_default();
-            let delta = total.saturating_sub(&previous);
+        for (key, counters) in flow_growth {
+            let delta = FlowTotals::from_counters(counters);
             if !delta.is_zero() {
                 growth.entry(FlowLabels::of(key, comm(key.pid), self.config.pid_label)).or_default().add(&delta);
             }
         }
-        self.exported.retain(|key, _| cumulative.contains_key(key));
 
         let mut newcomers = Vec::new();
         for (labels, delta) in growth {
@@ -219,7 +208,7 @@ impl FlowSeries {
                 .then(a_labels.cmp(b_labels))
         });
         for (labels, delta) in newcomers {
-            if self.named.len() < self.config.top_n {
+            if self.named.len() < self.config.top_n.saturating_sub(OVERFLOW_SERIES) {
                 self.named.insert(labels, NamedSeries { totals: delta, last_active_secs: now_secs });
             } else {
                 self.other.entry(labels.role).or_default().add(&delta);
@@ -242,8 +231,8 @@ impl FlowSeries {
 pub struct Tick<'a> {
     /// Seconds since the agent started.
     pub now_secs: f64,
-    /// The model's counter totals per flow since the start.
-    pub cumulative: &'a HashMap<FlowKey, Counters>,
+    /// What each flow moved in this tick (the model's last sample).
+    pub flow_growth: &'a HashMap<FlowKey, Counters>,
     /// The process name of a pid, as of this tick.
     pub comm: &'a dyn Fn(u32) -> String,
     pub report: &'a Report,
@@ -369,7 +358,7 @@ impl Metrics {
     }
 
     pub fn update(&mut self, tick: &Tick<'_>) {
-        self.flows.update(tick.now_secs, tick.cumulative, tick.comm);
+        self.flows.update(tick.now_secs, tick.flow_growth, tick.comm);
         let report = tick.report;
 
         let mut sockets_by_comm: BTreeMap<&str, BTreeMap<&'static str, u64>> = BTreeMap::new();
@@ -381,7 +370,7 @@ impl Metrics {
         }
         let kept = top_names(
             sockets_by_comm.iter().map(|(comm, states)| (*comm, states.values().sum::<u64>() as f64)),
-            self.top_n,
+            self.top_n.saturating_sub(1),
         );
         self.sockets.clear();
         for (comm, states) in sockets_by_comm {
@@ -398,7 +387,7 @@ impl Metrics {
             let age = oldest.entry(&socket.comm).or_insert(0.0);
             *age = age.max(socket.age_secs);
         }
-        let kept = top_names(oldest.iter().map(|(comm, age)| (*comm, *age)), self.top_n);
+        let kept = top_names(oldest.iter().map(|(comm, age)| (*comm, *age)), self.top_n.saturating_sub(1));
         self.close_wait_oldest.clear();
         for (comm, age) in oldest {
             let label = if kept.contains(comm) { comm } else { OTHER };
@@ -411,7 +400,7 @@ impl Metrics {
         let mut kept: BTreeSet<&str> = BTreeSet::new();
         self.findings.clear();
         for finding in by_severity {
-            if kept.len() < self.top_n {
+            if kept.len() < self.top_n.saturating_sub(1) {
                 kept.insert(&finding.comm);
             }
             let comm = if kept.contains(finding.comm.as_str()) { finding.comm.as_str() } else { OTHER };
@@ -578,7 +567,7 @@ mod tests {
 
     #[test]
     fn newcomers_are_admitted_biggest_first_and_the_rest_feed_other() {
-        let mut series = FlowSeries::new(config(2));
+        let mut series = FlowSeries::new(config(4));
         let cumulative = HashMap::from([
             (key(1, Role::Client, "10.0.0.1", 443), bytes(10, 0)),
             (key(2, Role::Client, "10.0.0.2", 443), bytes(300, 0)),
@@ -599,16 +588,16 @@ mod tests {
 
     #[test]
     fn membership_is_sticky_and_counters_never_go_backwards() {
-        let mut series = FlowSeries::new(config(1));
+        let mut series = FlowSeries::new(config(3));
         let small = key(1, Role::Client, "10.0.0.1", 443);
         let big = key(2, Role::Client, "10.0.0.2", 443);
         series.update(1.0, &HashMap::from([(small, bytes(5, 0))]), &comm_of);
         // A much bigger newcomer does not displace the member.
-        series.update(2.0, &HashMap::from([(small, bytes(6, 0)), (big, bytes(1_000_000, 0))]), &comm_of);
+        series.update(2.0, &HashMap::from([(small, bytes(1, 0)), (big, bytes(1_000_000, 0))]), &comm_of);
         assert_eq!(named(&series, "p1").map(|t| t.sent_bytes), Some(6));
         assert_eq!(other(&series, Role::Client).map(|t| t.sent_bytes), Some(1_000_000));
         // The big flow keeps feeding other with its growth only.
-        series.update(3.0, &HashMap::from([(small, bytes(6, 0)), (big, bytes(1_000_100, 0))]), &comm_of);
+        series.update(3.0, &HashMap::from([(big, bytes(100, 0))]), &comm_of);
         assert_eq!(other(&series, Role::Client).map(|t| t.sent_bytes), Some(1_000_100));
 
         // A renamed process: its later growth moves to the new name; the old
@@ -616,22 +605,22 @@ mod tests {
         let renamed = |pid: u32| if pid == 1 { "renamed".to_owned() } else { comm_of(pid) };
         let mut series = FlowSeries::new(config(10));
         series.update(1.0, &HashMap::from([(small, bytes(5, 0))]), &comm_of);
-        series.update(2.0, &HashMap::from([(small, bytes(8, 0))]), &renamed);
+        series.update(2.0, &HashMap::from([(small, bytes(3, 0))]), &renamed);
         assert_eq!(named(&series, "p1").map(|t| t.sent_bytes), Some(5));
         assert_eq!(named(&series, "renamed").map(|t| t.sent_bytes), Some(3));
     }
 
     #[test]
     fn quiet_series_expire_and_free_their_slot() {
-        let mut series = FlowSeries::new(MetricsConfig { top_n: 1, pid_label: false, expiry_secs: 10.0 });
+        let mut series = FlowSeries::new(MetricsConfig { top_n: 3, pid_label: false, expiry_secs: 10.0 });
         let first = key(1, Role::Client, "10.0.0.1", 443);
         let second = key(2, Role::Client, "10.0.0.2", 443);
         series.update(1.0, &HashMap::from([(first, bytes(5, 0))]), &comm_of);
-        series.update(5.0, &HashMap::from([(first, bytes(5, 0)), (second, bytes(1, 0))]), &comm_of);
+        series.update(5.0, &HashMap::from([(second, bytes(1, 0))]), &comm_of);
         assert!(named(&series, "p2").is_none());
         // At 11 s the first has been quiet for 10 s: it goes, the second
         // (growing again) takes its slot with this tick's growth only.
-        series.update(11.0, &HashMap::from([(first, bytes(5, 0)), (second, bytes(3, 0))]), &comm_of);
+        series.update(11.0, &HashMap::from([(second, bytes(2, 0))]), &comm_of);
         assert!(named(&series, "p1").is_none());
         assert_eq!(named(&series, "p2").map(|t| t.sent_bytes), Some(2));
         // The overflow series stays, never going backwards.
@@ -696,7 +685,7 @@ mod tests {
 
     #[test]
     fn exposition_is_exactly_this() {
-        let mut metrics = Metrics::new(config(1), "tracepoint").expect("metrics");
+        let mut metrics = Metrics::new(config(3), "tracepoint").expect("metrics");
         let cumulative = HashMap::from([
             (
                 key(1, Role::Client, "10.0.0.1", 443),
@@ -724,7 +713,7 @@ mod tests {
         );
         metrics.update(&Tick {
             now_secs: 1.0,
-            cumulative: &cumulative,
+            flow_growth: &cumulative,
             comm: &comm_of,
             report: &report,
             collect_duration_secs: 0.25,
@@ -752,8 +741,8 @@ tracer_events_total 42
 tracer_findings{{comm="nginx",kind="close_wait_leak",severity="warning"}} 1
 # HELP tracer_tcp_close_wait_oldest_seconds Age of the oldest CLOSE_WAIT socket of processes of this name (a lower bound for sockets found at start).
 # TYPE tracer_tcp_close_wait_oldest_seconds gauge
+tracer_tcp_close_wait_oldest_seconds{{comm="curl"}} 2
 tracer_tcp_close_wait_oldest_seconds{{comm="nginx"}} 31.5
-tracer_tcp_close_wait_oldest_seconds{{comm="other"}} 2
 # HELP tracer_tcp_connections_opened_total TCP connections of the flow that were opened (connected or accepted).
 # TYPE tracer_tcp_connections_opened_total counter
 tracer_tcp_connections_opened_total{{comm="other",port="other",remote="other",role="server"}} 0
@@ -780,10 +769,10 @@ tracer_tcp_sent_bytes_total{{comm="other",port="other",remote="other",role="serv
 tracer_tcp_sent_bytes_total{{comm="p1",port="443",remote="10.0.0.1",role="client"}} 100
 # HELP tracer_tcp_sockets TCP sockets owned by processes of this name, by state.
 # TYPE tracer_tcp_sockets gauge
+tracer_tcp_sockets{{comm="curl",state="ESTABLISHED"}} 1
 tracer_tcp_sockets{{comm="nginx",state="CLOSE_WAIT"}} 2
 tracer_tcp_sockets{{comm="nginx",state="ESTABLISHED"}} 4
 tracer_tcp_sockets{{comm="nginx",state="LISTEN"}} 1
-tracer_tcp_sockets{{comm="other",state="ESTABLISHED"}} 1
 # HELP tracer_tracked_sockets Sockets the tracer tracks now.
 # TYPE tracer_tracked_sockets gauge
 tracer_tracked_sockets 3
@@ -801,7 +790,7 @@ tracer_tracked_sockets 3
         let name = |_pid: u32| comm.to_owned();
         metrics.update(&Tick {
             now_secs: 1.0,
-            cumulative: &cumulative,
+            flow_growth: &cumulative,
             comm: &name,
             report: &report,
             collect_duration_secs: 0.0,

@@ -175,9 +175,6 @@ pub struct Model {
     comms: HashMap<u32, String>,
     samples: VecDeque<Sample>,
     max_samples: usize,
-    /// Counter totals per flow since the start (for counters that never go
-    /// backwards).
-    cumulative: HashMap<FlowKey, Counters>,
     host_time_wait: u64,
     last_sample_ns: u64,
 }
@@ -205,7 +202,6 @@ impl Model {
             comms: HashMap::new(),
             samples: VecDeque::new(),
             max_samples: max_samples.max(1),
-            cumulative: HashMap::new(),
             host_time_wait: 0,
             last_sample_ns: start_ns,
         }
@@ -436,9 +432,6 @@ impl Model {
                 socket.attributed = obs.counters;
             }
         }
-        for (key, delta) in &flows {
-            self.cumulative.entry(*key).or_default().add(delta);
-        }
         let sockets = self.socket_counts();
         self.samples.push_back(Sample { t_secs: secs(self.start_ns, now_ns), flows, sockets });
         while self.samples.len() > self.max_samples {
@@ -487,11 +480,6 @@ impl Model {
 
     pub fn samples(&self) -> &VecDeque<Sample> {
         &self.samples
-    }
-
-    /// Counter totals per flow since the start (never decreasing).
-    pub fn cumulative(&self) -> &HashMap<FlowKey, Counters> {
-        &self.cumulative
     }
 
     /// Flows over the retained window, biggest first.
@@ -781,7 +769,7 @@ mod tests {
             model.sample((i as u64 + 1) * 1_000_000_000);
         }
         assert_eq!(model.flows()[0].tx_bytes, 20);
-        assert_eq!(model.cumulative().values().next().map(|c| c.tx_bytes), Some(30));
+        assert_eq!(model.samples().back().and_then(|s| s.flows.values().next()).map(|c| c.tx_bytes), Some(10));
         assert!((model.window_secs() - 2.0).abs() < 1e-9);
     }
 
