@@ -438,6 +438,21 @@ impl Model {
             self.samples.pop_front();
         }
         self.last_sample_ns = now_ns;
+        self.forget_old_comms();
+    }
+
+    /// Drops names of processes the model no longer refers to, so memory
+    /// does not grow with every process that ever had a socket.
+    fn forget_old_comms(&mut self) {
+        if self.comms.len() <= 1024 {
+            return;
+        }
+        let mut referenced = self.pids();
+        for sample in &self.samples {
+            referenced.extend(sample.flows.keys().map(|key| key.pid));
+            referenced.extend(sample.sockets.keys());
+        }
+        self.comms.retain(|pid, _| referenced.contains(pid));
     }
 
     /// Current socket counts per process and state (TIME_WAIT excluded: it
