@@ -76,6 +76,9 @@ enum Task {
         /// The tracer binary to check.
         #[arg(long)]
         tracer: PathBuf,
+        /// Backends this kernel supports (comma-separated); the doctor must agree.
+        #[arg(long, value_delimiter = ',')]
+        expect: Vec<String>,
     },
 }
 
@@ -147,7 +150,7 @@ fn main() -> ExitCode {
         Task::Bench { args } => bench::run(args),
         Task::Loadgen { args } => bench::loadgen::run(args),
         Task::VmTest { kernel } => vm::vm_test(&kernel),
-        Task::GuestCheck { tracer } => guest::guest_check(&tracer),
+        Task::GuestCheck { tracer, expect } => guest::guest_check(&tracer, &expect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,502 @@
+//! `cargo xtask bench`: what the tracer costs the host, measured and
+//! written to BENCHMARKS.md.
+//!
+//! Two parts. First the tracer's own cost (`cost`): one tracer process, its
+//! CPU time and peak memory at idle, under ping-pong load, and with 10,000
+//! and 50,000 live loopback sockets, plus the duration of a collection pass.
+//! Then the throughput cost: each workload of the load generator
+//! (`loadgen`, this binary re-run as separate client and server processes
+//! pinned to one CPU) alternately without (A) and with (B) the tracer
+//! attached, for several rounds; medians, spreads, the traced/untraced
+//! ratio and the added nanoseconds per send/recv syscall (`stats`). The
+//! tables and the file are rendered by `report`.
+//!
+//! Everything runs on loopback, every wait is bounded, and every process the
+//! bench starts is stopped by its PID (also when the bench fails half-way).
+
+mod cost;
+pub mod loadgen;
+mod proc;
+mod report;
+mod stats;
+mod tracer;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    str::FromStr,
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use self::{
+    loadgen::Workload,
+    stats::{Pairs, Run},
+    tracer::{Mode, TracerProcess},
+};
+use crate::{run as run_command, setup, workspace_root};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Shorter windows and two rounds (about 2 minutes instead of 10).
+    #[arg(long)]
+    quick: bool,
+    /// Untraced/traced pairs per workload [default: 5, --quick: 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: Option<u32>,
+    /// Seconds each run is measured, after a 0.25 s warm-up [default: 4, --quick: 1.5].
+    #[arg(long, value_name = "SECS", value_parser = parse_run_secs)]
+    duration: Option<f64>,
+    /// Workloads to run, comma-separated [default: all].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    workloads: Vec<Workload>,
+    /// Tracer binary to measure [default: build `target/release/tracer`].
+    #[arg(long, value_name = "PATH")]
+    tracer: Option<PathBuf>,
+    /// CPU that the load generator's client and server are pinned to [default: the last one].
+    #[arg(long, value_name = "N")]
+    cpu: Option<usize>,
+    /// Connections of the parallel workload.
+    #[arg(long, value_name = "N", default_value = "128", value_parser = clap::value_parser!(u64).range(1..=2000))]
+    parallel_connections: u64,
+    /// Skip the tracer's own cost (idle, ping-pong, 10k and 50k sockets).
+    #[arg(long)]
+    no_agent_cost: bool,
+    /// Print the results only; leave BENCHMARKS.md as it is.
+    #[arg(long)]
+    no_write: bool,
+}
+
+fn parse_run_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.1..=60.0).contains(&secs) => Ok(secs),
+        _ => Err(format!("'{text}' is not a number of seconds between 0.1 and 60")),
+    }
+}
+
+/// What one bench invocation does, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub quick: bool,
+    pub rounds: u32,
+    pub workloads: Vec<Workload>,
+    pub load: LoadSpec,
+    /// The tracer's collection interval (the agent's default, 5 s).
+    pub interval: Duration,
+    /// Pause between "attached" and the traced run, so start-up work (the
+    /// initial /proc scan) is not billed to the workload.
+    pub settle: Duration,
+    pub cost: Option<cost::CostPlan>,
+}
+
+/// How one workload run is driven.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSpec {
+    pub window: Duration,
+    pub warmup: Duration,
+    pub cpu: usize,
+    pub parallel_connections: usize,
+}
+
+impl Plan {
+    fn from_args(args: &BenchArgs) -> Result<Self> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpu = args.cpu.unwrap_or(cpus - 1);
+        if cpu >= cpus {
+            bail!("--cpu {cpu}: this machine has CPUs 0-{}", cpus - 1);
+        }
+        let run_secs = args.duration.unwrap_or(if args.quick { 1.5 } else { 4.0 });
+        let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
+        let load = LoadSpec {
+            window: Duration::from_secs_f64(run_secs),
+            warmup: Duration::from_millis(250),
+            cpu,
+            parallel_connections: args.parallel_connections as usize,
+        };
+        let interval = Duration::from_secs(5);
+        Ok(Plan {
+            quick: args.quick,
+            rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 5 }),
+            workloads,
+            load,
+            interval,
+            settle: Duration::from_millis(500),
+            cost: (!args.no_agent_cost).then(|| cost::CostPlan::new(args.quick, interval)),
+        })
+    }
+}
+
+/// The programs the bench runs.
+struct Binaries {
+    tracer: PathBuf,
+    /// A release build of this xtask binary, re-run as the load generator
+    /// (a debug build would add its own slowness to every operation).
+    loadgen: PathBuf,
+}
+
+impl Binaries {
+    fn resolve(args: &BenchArgs) -> Result<Self> {
+        let target = target_dir();
+        let own_build_is_release = !cfg!(debug_assertions);
+        let mut packages = Vec::new();
+        if args.tracer.is_none() {
+            setup::setup()?;
+            packages.push("tracer");
+        }
+        if !own_build_is_release {
+            packages.push("xtask");
+        }
+        if !packages.is_empty() {
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.args(["build", "--release"]);
+            for package in &packages {
+                cmd.args(["--package", package]);
+            }
+            run_command(&mut cmd)?;
+        }
+        let tracer = args.tracer.clone().unwrap_or_else(|| tracer::default_binary(&target));
+        let loadgen = if own_build_is_release {
+            std::env::current_exe().context("locating this program")?
+        } else {
+            target.join("release").join("xtask")
+        };
+        for path in [&tracer, &loadgen] {
+            if !path.is_file() {
+                bail!("{} does not exist", path.display());
+            }
+        }
+        Ok(Binaries { tracer, loadgen })
+    }
+}
+
+/// Cargo's target directory (honouring CARGO_TARGET_DIR, as cargo does).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let plan = Plan::from_args(&args)?;
+    let binaries = Binaries::resolve(&args)?;
+    let began = Instant::now();
+    let started_at = SystemTime::now();
+    let load_before = proc::load_average();
+    eprintln!(
+        "xtask: bench: {} rounds x {} workloads, {:.1} s per run, load generator pinned to CPU {}",
+        plan.rounds,
+        plan.workloads.len(),
+        plan.load.window.as_secs_f64(),
+        plan.load.cpu
+    );
+    let mode = tracer::choose_mode(&binaries.tracer, plan.interval)?;
+    match &mode {
+        Mode::Agent => eprintln!("xtask: bench: measuring `tracer agent`"),
+        Mode::Trace { why_not_agent } => eprintln!(
+            "xtask: bench: the agent cannot run in this build ({why_not_agent}); measuring `tracer trace` instead"
+        ),
+    }
+    let cost = match &plan.cost {
+        Some(cost_plan) => Some(cost::measure(&binaries.tracer, &binaries.loadgen, &mode, &plan, cost_plan)?),
+        None => None,
+    };
+    let mut quiet = Quiet::new(if plan.quick { 15 } else { 120 });
+    let workloads = ab_rounds(&binaries, &mode, &plan, &mut quiet)?;
+    let document = report::Document {
+        started_at,
+        wall_secs: began.elapsed().as_secs_f64(),
+        plan: plan.clone(),
+        mode,
+        machine: proc::machine(),
+        load_before,
+        load_after: proc::load_average(),
+        source: source_revision(),
+        tracer_version: tracer_version(&binaries.tracer),
+        workloads,
+        cost,
+        foreign_tracers: quiet.seen.into_iter().collect(),
+    };
+    println!("{}", report::results(&document));
+    if !args.no_write {
+        let path = workspace_root().join("BENCHMARKS.md");
+        std::fs::write(&path, report::file(&document)).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask: bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Waits, within a time budget for the whole bench, until no other process
+/// holds eBPF tracing programs: someone else's tracer or test attached to
+/// the same hooks would slow the "untraced" runs down.
+struct Quiet {
+    budget: Duration,
+    /// Names of the processes seen holding tracing programs.
+    seen: std::collections::BTreeSet<String>,
+}
+
+impl Quiet {
+    fn new(budget_secs: u64) -> Self {
+        Quiet { budget: Duration::from_secs(budget_secs), seen: Default::default() }
+    }
+
+    /// True if no foreign tracer is around (now, or after waiting).
+    fn check(&mut self, exclude: &[u32], wait: bool) -> bool {
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            let foreign = proc::foreign_tracers(exclude);
+            if foreign.is_empty() {
+                self.budget = self.budget.saturating_sub(started.elapsed());
+                return true;
+            }
+            self.seen.extend(foreign.iter().map(|(_, comm)| comm.clone()));
+            if !wait || started.elapsed() >= self.budget.min(Duration::from_secs(15)) {
+                self.budget = self.budget.saturating_sub(started.elapsed());
+                return false;
+            }
+            if !announced {
+                let names: Vec<String> = foreign.iter().map(|(pid, comm)| format!("{comm} ({pid})")).collect();
+                eprintln!("xtask: bench: waiting for other eBPF tracers to go: {}", names.join(", "));
+                announced = true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// Rounds of A (untraced) then B (traced) runs, workloads interleaved so
+/// that slow drifts of the machine spread over all of them.
+fn ab_rounds(binaries: &Binaries, mode: &Mode, plan: &Plan, quiet: &mut Quiet) -> Result<Vec<(Workload, Pairs)>> {
+    let mut results: Vec<(Workload, Pairs)> = plan.workloads.iter().map(|w| (*w, Pairs::default())).collect();
+    for round in 1..=plan.rounds {
+        for (workload, pairs) in &mut results {
+            let quiet_before = quiet.check(&[], true);
+            let mut untraced = run_workload(&binaries.loadgen, *workload, &plan.load)
+                .with_context(|| format!("untraced {} run", workload.name()))?;
+            untraced.foreign_tracer = !quiet_before || !quiet.check(&[], false);
+            let tracer = TracerProcess::start(&binaries.tracer, mode, plan.interval)?;
+            std::thread::sleep(plan.settle);
+            let quiet_before = quiet.check(&[tracer.pid()], false);
+            let (cpu_before, clock) = (tracer.cpu_seconds()?, Instant::now());
+            let mut traced = run_workload(&binaries.loadgen, *workload, &plan.load)
+                .with_context(|| format!("traced {} run", workload.name()))?;
+            let tracer_cpu = (tracer.cpu_seconds()? - cpu_before) / clock.elapsed().as_secs_f64() * 100.0;
+            traced.foreign_tracer = !quiet_before || !quiet.check(&[tracer.pid()], false);
+            tracer.stop()?;
+            let per_op = |run: &Run| match run.cpu_ns_per_op() {
+                Some(ns) => format!("{ns:>7.0} CPU ns/op"),
+                None => format!("{:>7.0} ns/op", 1e9 / run.ops_per_sec()),
+            };
+            eprintln!(
+                "xtask: bench: round {round}/{}: {:<9} untraced {:>8.0} ops/s {}, traced {:>8.0} ops/s {}, tracer {:.1}% CPU{}",
+                plan.rounds,
+                workload.name(),
+                untraced.ops_per_sec(),
+                per_op(&untraced),
+                traced.ops_per_sec(),
+                per_op(&traced),
+                tracer_cpu,
+                if untraced.foreign_tracer || traced.foreign_tracer { " (another eBPF tracer was around)" } else { "" }
+            );
+            pairs.untraced.push(untraced);
+            pairs.traced.push(traced);
+            pairs.tracer_cpu_percent.push(tracer_cpu);
+        }
+    }
+    Ok(results)
+}
+
+/// Bytes the client writes per operation.
+fn payload_per_op(workload: Workload) -> usize {
+    match workload {
+        Workload::PingPong | Workload::Parallel => loadgen::MESSAGE_SIZE,
+        Workload::Bulk => loadgen::BULK_CHUNK,
+        Workload::Churn => loadgen::CHURN_PAYLOAD,
+    }
+}
+
+/// One run: a server process, then a client process for the fixed window.
+pub fn run_workload(loadgen: &Path, workload: Workload, spec: &LoadSpec) -> Result<Run> {
+    let cpu = spec.cpu.to_string();
+    let mut server = Spawned::start(Command::new(loadgen).args([
+        "loadgen",
+        "server",
+        "--workload",
+        workload.name(),
+        "--cpu",
+        &cpu,
+    ]))?;
+    let port: u16 = server.line_starting("port ", Duration::from_secs(10))?.trim_start_matches("port ").parse()?;
+    let server_pid = server.child_mut().id().to_string();
+    let mut client = Spawned::start(Command::new(loadgen).args([
+        "loadgen",
+        "client",
+        "--workload",
+        workload.name(),
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--duration-ms",
+        &spec.window.as_millis().to_string(),
+        "--warmup-ms",
+        &spec.warmup.as_millis().to_string(),
+        "--connections",
+        &spec.parallel_connections.to_string(),
+        "--cpu",
+        &cpu,
+        "--server-pid",
+        &server_pid,
+    ]))?;
+    let client_line = client.line_starting("client ", spec.window + spec.warmup + Duration::from_secs(60))?;
+    client.finish(Duration::from_secs(10))?;
+    let server_line = server.line_starting("server ", Duration::from_secs(20))?;
+    server.finish(Duration::from_secs(10))?;
+
+    let client_fields = fields(&client_line);
+    let server_fields = fields(&server_line);
+    let ops: f64 = field(&client_fields, "ops")?;
+    let secs: f64 = field(&client_fields, "secs")?;
+    let cpu_secs: f64 = field(&client_fields, "cpu_secs")?;
+    let total_ops: f64 = field(&client_fields, "total_ops")?;
+    let syscalls: f64 = field::<f64>(&client_fields, "syscalls")? + field::<f64>(&server_fields, "syscalls")?;
+    if ops <= 0.0 || secs <= 0.0 || total_ops <= 0.0 {
+        bail!("the {} client did no work: {client_line}", workload.name());
+    }
+    Ok(Run {
+        ops,
+        wall_secs: secs,
+        cpu_secs: (cpu_secs > 0.0).then_some(cpu_secs),
+        syscalls_per_op: syscalls / total_ops,
+        payload_per_op: payload_per_op(workload) as f64,
+        foreign_tracer: false,
+    })
+}
+
+fn fields(line: &str) -> HashMap<&str, &str> {
+    line.split_whitespace().filter_map(|word| word.split_once('=')).collect()
+}
+
+fn field<T: FromStr>(fields: &HashMap<&str, &str>, name: &str) -> Result<T> {
+    fields
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no number '{name}' in the load generator's report"))
+}
+
+/// A child process whose stdout is read line by line; killed by PID if it is
+/// still running when dropped.
+pub struct Spawned {
+    child: Child,
+    lines: Receiver<String>,
+    shown: String,
+}
+
+impl Spawned {
+    pub fn start(cmd: &mut Command) -> Result<Self> {
+        Self::start_with_stdin(cmd, Stdio::null())
+    }
+
+    pub fn start_with_stdin(cmd: &mut Command, stdin: Stdio) -> Result<Self> {
+        let shown = format!("{cmd:?}").replace('"', "");
+        let mut child = cmd.stdin(stdin).stdout(Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Spawned { child, lines, shown })
+    }
+
+    /// Waits for the next line starting with `prefix` (others are skipped).
+    pub fn line_starting(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("{} said no '{prefix}...' within {}s", self.shown, timeout.as_secs())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    bail!("{} ended ({status}) before saying '{prefix}...'", self.shown);
+                }
+            }
+        }
+    }
+
+    /// Waits for a clean exit.
+    pub fn finish(&mut self, timeout: Duration) -> Result<()> {
+        match wait_for_exit(&mut self.child, timeout)? {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!("{} failed ({status})", self.shown),
+            None => bail!("{} did not exit within {}s", self.shown, timeout.as_secs()),
+        }
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Child::kill sends SIGKILL to this child's PID.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls until the child exits or `timeout` passes (None).
+pub fn wait_for_exit(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The commit the tracer was built from, and whether the tree had changes.
+fn source_revision() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace_root())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{commit} + uncommitted changes"),
+            _ => commit,
+        },
+        None => "unknown".into(),
+    }
+}
+
+fn tracer_version(binary: &Path) -> String {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}

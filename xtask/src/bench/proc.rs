@@ -1,0 +1,179 @@
+//! What the bench reads about a process and the machine: CPU time
+//! (`/proc/PID/stat` utime+stime over `CLK_TCK`), memory (`VmHWM`, `VmRSS`
+//! in `/proc/PID/status`), the machine's description, and the figures of a
+//! Prometheus text exposition. The parsers are plain functions over text.
+
+use std::{collections::HashMap, fs};
+
+use anyhow::{Context as _, Result};
+
+/// Peak and current resident memory of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub peak_kib: u64,
+    pub current_kib: u64,
+}
+
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = parse_stat_cpu_ticks(&text).with_context(|| format!("parsing {path}"))?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+pub fn memory(pid: u32) -> Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_status_memory(&text).with_context(|| format!("parsing {path}"))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no pointer arguments.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command
+/// name (field 2) may hold spaces and parentheses: count from the last `)`.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(11); // fields 3..=13
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+pub fn parse_status_memory(status: &str) -> Option<Memory> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse().ok()
+    };
+    Some(Memory { peak_kib: field("VmHWM:")?, current_kib: field("VmRSS:")? })
+}
+
+/// Sample values of a Prometheus text exposition by metric name (labels
+/// dropped; series of the same name are summed).
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut values = HashMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (series, rest) = match line.find('{') {
+            Some(open) => match line[open..].find('}') {
+                Some(close) => (&line[..open], &line[open + close + 1..]),
+                None => continue,
+            },
+            None => match line.split_once(char::is_whitespace) {
+                Some((name, rest)) => (name, rest),
+                None => continue,
+            },
+        };
+        let Some(Ok(value)) = rest.split_whitespace().next().map(str::parse::<f64>) else { continue };
+        *values.entry(series.to_owned()).or_insert(0.0) += value;
+    }
+    values
+}
+
+/// eBPF program types that tracers attach to the socket and TCP hooks:
+/// kprobe, tracepoint, raw tracepoint, tracing (tp_btf, fentry).
+const TRACING_PROGRAM_TYPES: [u32; 4] = [2, 5, 17, 26];
+
+/// Processes other than `exclude` that hold eBPF tracing programs (another
+/// tracer or a test run by someone else on this machine): (pid, comm).
+pub fn foreign_tracers(exclude: &[u32]) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == own || exclude.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fdinfo")) else { continue };
+        let holds_program = fds.flatten().any(|fd| {
+            fs::read_to_string(fd.path())
+                .ok()
+                .and_then(|info| parse_fdinfo_program_type(&info))
+                .is_some_and(|t| TRACING_PROGRAM_TYPES.contains(&t))
+        });
+        if holds_program {
+            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_owned()));
+        }
+    }
+    found
+}
+
+/// The `prog_type` of a `/proc/PID/fdinfo/FD` text, if the fd is an eBPF program.
+pub fn parse_fdinfo_program_type(info: &str) -> Option<u32> {
+    info.lines().find_map(|l| l.strip_prefix("prog_type:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// One line about the machine: CPU model, CPUs, memory, kernel.
+pub fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {cpus} CPUs, {mem_gib:.0} GiB RAM, Linux {}", kernel.trim())
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_counts_from_the_last_parenthesis() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 3 0 100 0 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_stat_cpu_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn status_gives_peak_and_current_rss() {
+        let status = "Name:\ttracer\nVmPeak:\t  900000 kB\nVmHWM:\t   31000 kB\nVmRSS:\t   29000 kB\n";
+        assert_eq!(parse_status_memory(status), Some(Memory { peak_kib: 31000, current_kib: 29000 }));
+        assert_eq!(parse_status_memory("Name:\tkthread\n"), None);
+    }
+
+    #[test]
+    fn fdinfo_program_type() {
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2072\nprog_type:\t26\nprog_jited:\t1\n";
+        assert_eq!(parse_fdinfo_program_type(info), Some(26));
+        assert_eq!(parse_fdinfo_program_type("pos:\t0\nflags:\t02\n"), None);
+    }
+
+    #[test]
+    fn metrics_are_summed_by_name() {
+        let text = "# HELP tracer_collect_duration_seconds x\n# TYPE tracer_collect_duration_seconds gauge\n\
+                    tracer_collect_duration_seconds 0.012\n\
+                    tracer_tcp_sockets{comm=\"a b\",state=\"LISTEN\"} 2\n\
+                    tracer_tcp_sockets{comm=\"c\",state=\"ESTABLISHED\"} 3 1700000000\n\
+                    tracer_scan_seconds_sum 1.5\ntracer_scan_seconds_count 3\nbroken{\n";
+        let values = parse_metrics(text);
+        assert_eq!(values.get("tracer_collect_duration_seconds"), Some(&0.012));
+        assert_eq!(values.get("tracer_tcp_sockets"), Some(&5.0));
+        assert_eq!(values.get("tracer_scan_seconds_count"), Some(&3.0));
+        assert_eq!(values.len(), 4);
+    }
+}
