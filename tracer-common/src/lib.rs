@@ -188,7 +188,7 @@ pub struct CallArgs {
 /// Capacity of the `SOCKETS` map.
 pub const MAX_SOCKETS: u32 = 262_144;
 /// Size of the `CLOSED` ring buffer in bytes (a power of two).
-pub const CLOSED_RING_BYTES: u32 = 8 << 20;
+pub const CLOSED_RING_BYTES: u32 = 2 << 20;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -33,6 +33,13 @@ use tracer_common::{
 
 /// `BPF_F_NO_PREALLOC`: memory follows the number of live sockets.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// Ring-buffer flags and queries (`include/uapi/linux/bpf.h`).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Unread bytes in `CLOSED` at which user space is woken.
+const CLOSED_WAKEUP_BYTES: u64 = CLOSED_RING_BYTES as u64 / 4;
+
 /// `BPF_NOEXIST`: insert only if absent (another CPU may race us).
 const BPF_NOEXIST: u64 = 1;
 
@@ -226,14 +233,13 @@ fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp
     if !sending && msg_flags & MSG_PEEK != 0 {
         return;
     }
-    if !checked_tcp && !is_inet(sk) {
-        return;
-    }
+    // Look the socket up first: a known socket is TCP, which spares the
+    // family and protocol reads on the hot path.
     let key = sk as u64;
     let record = match SOCKETS.get_ptr_mut(&key) {
         Some(record) => record,
         None => {
-            if !checked_tcp && read::<u16>(sk, offset!(sk_protocol)) != Some(IPPROTO_TCP) {
+            if !checked_tcp && !is_tcp(sk) {
                 return;
             }
             let Some(fresh) = new_record(sk, bpf_now()) else { return };
@@ -283,16 +289,31 @@ pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
     0
 }
 
+// `tcp_recvmsg` changed its parameters over time, and fexit programs may
+// only read the context at constant offsets valid for the prototype: one
+// program per prototype, the loader attaches the one that fits.
+
 /// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
-/// int flags, int *addr_len)` (>= 5.19), or with `int nonblock` before
-/// `flags` (older kernels): `OFFSETS` says which.
+/// int flags)` (newest kernels).
 #[fexit(function = "tcp_recvmsg")]
-pub fn tcp_recvmsg_exit(ctx: FExitContext) -> i32 {
-    // Constant indexes in each branch: the verifier only allows fixed
-    // context offsets, and prunes the branch the read-only global rules out.
-    let (msg_flags, moved): (i32, i32) =
-        if offset!(recvmsg_nargs) == 6 { (ctx.arg(4), ctx.arg(6)) } else { (ctx.arg(3), ctx.arg(5)) };
-    on_data(ctx.arg(0), moved, msg_flags, false, true);
+pub fn tcp_recvmsg_exit4(ctx: FExitContext) -> i32 {
+    on_data(ctx.arg(0), ctx.arg(4), ctx.arg(3), false, true);
+    0
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
+/// int flags, int *addr_len)` (5.19 to 6.x).
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_exit5(ctx: FExitContext) -> i32 {
+    on_data(ctx.arg(0), ctx.arg(5), ctx.arg(3), false, true);
+    0
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len,
+/// int nonblock, int flags, int *addr_len)` (before 5.19).
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_exit6(ctx: FExitContext) -> i32 {
+    on_data(ctx.arg(0), ctx.arg(6), ctx.arg(4), false, true);
     0
 }
 
@@ -332,7 +353,11 @@ pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
 
 #[kprobe(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_entry(ctx: ProbeContext) -> u32 {
-    let flags = if offset!(recvmsg_flags_arg) == 4 { ctx.arg::<i32>(4) } else { ctx.arg::<i32>(3) };
+    // Registers hold both candidates; read both, then pick (a read inside
+    // each branch gets merged into one at a variable offset, which the
+    // verifier refuses).
+    let (third, fourth) = (ctx.arg::<i32>(3), ctx.arg::<i32>(4));
+    let flags = if offset!(recvmsg_flags_arg) == 4 { fourth } else { third };
     save_call(ctx.arg::<u64>(0), flags.unwrap_or(0));
     0
 }
@@ -368,9 +393,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: `record` points into a live map value. State changes of one
     // socket are serialised by the socket lock.
     let record = unsafe { &mut *record };
-    // On the way to CLOSE the kernel has already released the local port
-    // (`inet_put_port` zeroes it): keep the addresses read before.
-    if new_state != tcp_state::CLOSE {
+    // Addresses are final once a connection is set up; later on, on the
+    // way to CLOSE, the kernel even zeroes the local port (`inet_put_port`).
+    if matches!(new_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::ESTABLISHED | tcp_state::LISTEN) {
         read_tuple(sk, record);
     }
     match (old_state, new_state) {
@@ -485,7 +510,15 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             final_record.retrans_total = total_retrans(sk);
             final_record.segs_out = segs_out(sk);
             entry.write(ClosedSock { sock: key, destroyed_ns: now, record: final_record });
-            entry.submit(0);
+            // User space drains the ring at every tick; waking it for every
+            // closed socket would cost more than the socket itself under
+            // connection churn. Wake it only when the ring fills up.
+            let wakeup = if CLOSED.query(BPF_RB_AVAIL_DATA) >= CLOSED_WAKEUP_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(wakeup);
         }
         None => {
             count(stat::EVENTS_DROPPED, 1);

@@ -3,10 +3,15 @@
 //! programs of the chosen backend, and turns map entries and ring-buffer
 //! records into model observations.
 
-use std::{io, net::SocketAddr, os::fd::AsRawFd, path::Path};
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FExit, KProbe, ProgramError},
     Ebpf, EbpfLoader,
 };
@@ -16,7 +21,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 use tracer_common::{flags, role, stat, ClosedSock, SockRecord};
 
 use crate::{
-    addr,
+    addr, bpf_batch,
     btf::{Btf, BtfError},
     model::{Counters, KernelRole, SocketObs, Tuple},
     probes::{self, Backend, HookKind, Probe, BACKEND_ORDER, PROBES},
@@ -153,10 +158,10 @@ fn unload_probe(ebpf: &mut Ebpf, probe: &Probe) {
 }
 
 /// Attaches every send/receive program of `backend`, or none of them.
-fn attach_backend(ebpf: &mut Ebpf, btf: &aya::Btf, backend: Backend) -> Result<(), String> {
-    let probes: Vec<&Probe> = PROBES.iter().filter(|p| p.backend == Some(backend)).collect();
+fn attach_backend(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &aya::Btf, backend: Backend) -> Result<(), String> {
+    let probes = probes::backend_probes(backend, btf);
     for (done, probe) in probes.iter().enumerate() {
-        if let Err(reason) = attach_probe(ebpf, btf, probe) {
+        if let Err(reason) = attach_probe(ebpf, aya_btf, probe) {
             for attached in &probes[..=done] {
                 unload_probe(ebpf, attached);
             }
@@ -205,8 +210,8 @@ pub fn trial_backends(btf_path: &Path) -> Result<Vec<BackendTrial>, LoadError> {
     for &backend in BACKEND_ORDER {
         let result = match probes::backend_blocker(backend, &btf) {
             Some(reason) => Err(reason),
-            None => attach_backend(&mut ebpf, &aya_btf, backend).map(|()| {
-                for probe in PROBES.iter().filter(|p| p.backend == Some(backend)) {
+            None => attach_backend(&mut ebpf, &btf, &aya_btf, backend).map(|()| {
+                for probe in probes::backend_probes(backend, &btf) {
                     unload_probe(&mut ebpf, probe);
                 }
             }),
@@ -246,7 +251,7 @@ impl Collector {
         for backend in candidates {
             let attempt = match probes::backend_blocker(backend, &btf) {
                 Some(reason) => Err(reason),
-                None => attach_backend(&mut ebpf, &aya_btf, backend),
+                None => attach_backend(&mut ebpf, &btf, &aya_btf, backend),
             };
             match attempt {
                 Ok(()) => {
@@ -329,6 +334,12 @@ impl Collector {
     /// Every socket the kernel side tracks now.
     pub fn live(&self) -> Vec<SocketObs> {
         let Some(map) = self.ebpf.map("SOCKETS") else { return Vec::new() };
+        if let Map::HashMap(data) = map {
+            match bpf_batch::lookup_all::<u64, SockRecord>(data.fd().as_fd().as_raw_fd(), 2048) {
+                Ok(entries) => return entries.iter().map(|(id, record)| observe(*id, record)).collect(),
+                Err(e) => debug!("batch lookup unavailable ({e}); reading the socket table key by key"),
+            }
+        }
         let Ok(sockets) = BpfHashMap::<_, u64, SockRecord>::try_from(map) else { return Vec::new() };
         // Entries removed while iterating end the walk early or are skipped;
         // their final counts come through the ring buffer.
@@ -352,11 +363,6 @@ impl Collector {
     }
 }
 
-fn comm_string(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
 /// Turns a kernel record into a model observation.
 pub fn observe(id: u64, record: &SockRecord) -> SocketObs {
     let has = |bit: u32| record.flags & bit != 0;
@@ -365,7 +371,7 @@ pub fn observe(id: u64, record: &SockRecord) -> SocketObs {
     SocketObs {
         id,
         pid: record.pid,
-        thread_comm: comm_string(&record.comm),
+        thread_comm: record.comm,
         tuple: Tuple { netns: record.netns, local, remote },
         role: match record.role {
             role::CLIENT => KernelRole::Client,

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use std::{fmt::Write as _, io::Write as _};
+
 use serde::Serialize;
 use serde_json::json;
 
@@ -46,10 +48,19 @@ fn capabilities() -> String {
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    let mut text = String::new();
     let btf_path = probes::kernel_btf_path();
     let btf = if btf_path.exists() { Btf::from_file(Path::new(btf_path)).ok() } else { None };
+    // Of the programs written for different prototypes of one function,
+    // show the one this kernel's prototype fits (or all, if none does).
+    let fits = |p: &probes::Probe| btf.as_ref().is_some_and(|b| probes::hook_available(p, b));
     let hooks: Vec<HookStatus> = PROBES
         .iter()
+        .filter(|p| {
+            p.params.is_none()
+                || fits(p)
+                || !PROBES.iter().any(|q| q.params.is_some() && q.hook == p.hook && q.kind == p.kind && fits(q))
+        })
         .map(|p| HookStatus {
             hook: p.hook,
             kind: p.kind.as_str(),
@@ -99,44 +110,52 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         "note": trial_note,
     });
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => writeln!(text, "{}", serde_json::to_string_pretty(&report)?)?,
         Format::Table => {
-            println!("tracer {}", env!("CARGO_PKG_VERSION"));
-            println!("kernel:        {}", kernel_release());
-            println!(
+            writeln!(text, "tracer {}", env!("CARGO_PKG_VERSION"))?;
+            writeln!(text, "kernel:        {}", kernel_release())?;
+            writeln!(
+                text,
                 "BTF:           {}",
                 if btf.is_some() { format!("yes ({})", btf_path.display()) } else { "no".into() }
-            );
-            println!("offsets:       {}", report["struct_offsets"].as_str().unwrap_or(""));
-            println!("lockdown:      {}", lockdown());
-            println!("capabilities:  CapEff={}", capabilities());
-            println!("hooks:");
+            )?;
+            writeln!(text, "offsets:       {}", report["struct_offsets"].as_str().unwrap_or(""))?;
+            writeln!(text, "lockdown:      {}", lockdown())?;
+            writeln!(text, "capabilities:  CapEff={}", capabilities())?;
+            writeln!(text, "hooks:")?;
             for hook in &hooks {
-                println!(
+                writeln!(
+                    text,
                     "  {:<22} {:<9} {:<10} {}{}",
                     hook.hook,
                     hook.kind,
                     if hook.available { "available" } else { "MISSING" },
                     hook.purpose,
                     if hook.required { "" } else { " (optional)" }
-                );
+                )?;
             }
-            println!("backends:");
+            writeln!(text, "backends:")?;
             for b in &backends {
                 let reason = b["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
-                println!(
+                writeln!(
+                    text,
                     "  {:<11} {}{}",
                     b["backend"].as_str().unwrap_or(""),
                     if b["usable"] == true { "usable" } else { "not usable" },
                     reason
-                );
+                )?;
             }
-            println!("  ({trial_note})");
+            writeln!(text, "  ({trial_note})")?;
             match chosen {
-                Some(b) => println!("auto would use: {b} (the cheapest that works)"),
-                None => println!("auto would use: nothing works on this kernel"),
+                Some(b) => writeln!(text, "auto would use: {b} (the cheapest that works)")?,
+                None => writeln!(text, "auto would use: nothing works on this kernel")?,
             }
         }
     }
+    // One write: a closed pipe (`tracer doctor | head`) is an error the
+    // caller treats as success, not a panic.
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
     Ok(())
 }

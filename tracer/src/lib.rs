@@ -7,6 +7,7 @@
 pub mod addr;
 pub mod agent;
 pub mod analysis;
+pub mod bpf_batch;
 pub mod btf;
 pub mod cli;
 pub mod collect;

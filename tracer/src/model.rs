@@ -57,15 +57,25 @@ pub enum KernelRole {
     Listener,
 }
 
-/// One socket as the kernel record last described it.
-#[derive(Debug, Clone)]
+/// A task name as the kernel keeps it: up to 16 bytes, NUL-padded.
+pub type RawComm = [u8; 16];
+
+/// The text of a kernel task name.
+pub fn comm_text(raw: &RawComm) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// One socket as the kernel record last described it (plain, `Copy`: the
+/// model handles tens of thousands of these per tick without allocating).
+#[derive(Debug, Clone, Copy)]
 pub struct SocketObs {
     /// The kernel's socket address: unique among live sockets.
     pub id: u64,
     /// Owner's tgid, 0 if unknown.
     pub pid: u32,
     /// Name of the owning thread when ownership was taken.
-    pub thread_comm: String,
+    pub thread_comm: RawComm,
     pub tuple: Tuple,
     pub role: KernelRole,
     pub state: u8,
@@ -345,8 +355,8 @@ impl Model {
     /// Remembers the thread name of an owner the kernel saw, for processes
     /// that exit before their /proc name is read.
     fn remember_thread_comm(&mut self, obs: &SocketObs) {
-        if obs.pid != 0 && !obs.thread_comm.is_empty() && !self.comms.contains_key(&obs.pid) {
-            self.comms.insert(obs.pid, obs.thread_comm.clone());
+        if obs.pid != 0 && obs.thread_comm[0] != 0 && !self.comms.contains_key(&obs.pid) {
+            self.comms.insert(obs.pid, comm_text(&obs.thread_comm));
         }
     }
 
@@ -412,7 +422,7 @@ impl Model {
         let ids: Vec<u64> = self.live.keys().copied().collect();
         for id in ids {
             let Some(socket) = self.live.get(&id) else { continue };
-            let obs = socket.obs.clone();
+            let obs = socket.obs;
             let attributed = socket.attributed;
             self.remember_thread_comm(&obs);
             let pid = self.owner_of(&obs);
@@ -672,7 +682,7 @@ mod tests {
         SocketObs {
             id,
             pid,
-            thread_comm: format!("p{pid}"),
+            thread_comm: *b"p\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
             tuple: t,
             role,
             state: tcp_state::ESTABLISHED,

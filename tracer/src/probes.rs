@@ -66,6 +66,9 @@ pub struct Probe {
     pub required: bool,
     /// What it gives the user.
     pub purpose: &'static str,
+    /// For fexit programs written for one prototype of the hooked function:
+    /// its number of parameters.
+    pub params: Option<usize>,
 }
 
 const fn probe(
@@ -76,7 +79,12 @@ const fn probe(
     required: bool,
     purpose: &'static str,
 ) -> Probe {
-    Probe { program, kind, hook, backend, required, purpose }
+    Probe { program, kind, hook, backend, required, purpose, params: None }
+}
+
+/// An fexit program for the prototype of `hook` with `params` parameters.
+const fn fexit_for(program: &'static str, hook: &'static str, params: usize, purpose: &'static str) -> Probe {
+    Probe { params: Some(params), ..probe(program, FExit, hook, Some(Backend::Fentry), true, purpose) }
 }
 
 use HookKind::{FExit, KProbe, KRetProbe, TpBtf};
@@ -94,14 +102,9 @@ pub const PROBES: &[Probe] = &[
         "bytes received (kernel >= 6.3)",
     ),
     probe("tcp_sendmsg_exit", FExit, "tcp_sendmsg", Some(Backend::Fentry), true, "bytes sent (fexit, kernel >= 5.5)"),
-    probe(
-        "tcp_recvmsg_exit",
-        FExit,
-        "tcp_recvmsg",
-        Some(Backend::Fentry),
-        true,
-        "bytes received (fexit, kernel >= 5.5)",
-    ),
+    fexit_for("tcp_recvmsg_exit4", "tcp_recvmsg", 4, "bytes received (fexit, kernel >= 5.5)"),
+    fexit_for("tcp_recvmsg_exit5", "tcp_recvmsg", 5, "bytes received (fexit, kernel >= 5.5)"),
+    fexit_for("tcp_recvmsg_exit6", "tcp_recvmsg", 6, "bytes received (fexit, kernel >= 5.5)"),
     probe("tcp_sendmsg_entry", KProbe, "tcp_sendmsg", Some(Backend::Kprobe), true, "send arguments (kprobe)"),
     probe("tcp_sendmsg_return", KRetProbe, "tcp_sendmsg", Some(Backend::Kprobe), true, "bytes sent (kretprobe)"),
     probe("tcp_recvmsg_entry", KProbe, "tcp_recvmsg", Some(Backend::Kprobe), true, "receive arguments (kprobe)"),
@@ -129,7 +132,7 @@ const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 pub fn hook_available(probe: &Probe, btf: &Btf) -> bool {
     match probe.kind {
         TpBtf => has_tracepoint(btf, probe.hook),
-        FExit => btf.function_params(probe.hook).is_some(),
+        FExit => btf.function_params(probe.hook).is_some_and(|p| probe.params.is_none_or(|n| n == p.len())),
         KProbe | KRetProbe => Path::new(KPROBE_PMU).exists() && kallsyms_has(probe.hook),
     }
 }
@@ -146,13 +149,21 @@ pub fn backend_blocker(backend: Backend, btf: &Btf) -> Option<String> {
     if backend == Backend::Kprobe && !Path::new(KPROBE_PMU).exists() {
         return Some("kprobes are not built into this kernel (CONFIG_KPROBES is not set)".into());
     }
-    let missing: Vec<&str> =
-        PROBES.iter().filter(|p| p.backend == Some(backend) && !hook_available(p, btf)).map(|p| p.hook).collect();
+    // A hook is covered when one of its programs fits this kernel.
+    let mut missing: Vec<&str> = PROBES
+        .iter()
+        .filter(|p| p.backend == Some(backend))
+        .filter(|p| {
+            !PROBES
+                .iter()
+                .any(|q| q.backend == Some(backend) && q.hook == p.hook && q.kind == p.kind && hook_available(q, btf))
+        })
+        .map(|p| p.hook)
+        .collect();
+    missing.dedup();
     if missing.is_empty() {
         return None;
     }
-    let mut missing = missing;
-    missing.dedup();
     Some(match backend {
         Backend::Tracepoint => {
             format!("tracepoints {} are missing (they appeared in Linux 6.3)", missing.join(", "))
@@ -160,6 +171,12 @@ pub fn backend_blocker(backend: Backend, btf: &Btf) -> Option<String> {
         Backend::Fentry => format!("kernel functions {} are not in the kernel's BTF", missing.join(", ")),
         Backend::Kprobe => format!("kernel functions {} cannot be probed", missing.join(", ")),
     })
+}
+
+/// The programs of `backend` that fit this kernel (of several programs
+/// for different prototypes of one function, the one that matches).
+pub fn backend_probes(backend: Backend, btf: &Btf) -> Vec<&'static Probe> {
+    PROBES.iter().filter(|p| p.backend == Some(backend) && (p.params.is_none() || hook_available(p, btf))).collect()
 }
 
 /// Resolves every struct offset the programs read.

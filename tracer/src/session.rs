@@ -46,6 +46,7 @@ impl Session {
         let proc_root = PathBuf::from("/proc");
         let mut model = Model::new(filter, start_ns, max_samples);
         model.load_preexisting(procfs::scan_sockets(&proc_root));
+        release_free_memory();
         Ok(Session {
             collector,
             model,
@@ -115,6 +116,7 @@ impl Session {
         self.model.set_host_time_wait(procfs::time_wait_count(&self.proc_root));
         self.stats = self.collector.stats();
         self.model.sample(monotonic_ns());
+        release_free_memory();
     }
 
     /// Accepted sockets that never moved a byte have no owner in their
@@ -162,5 +164,15 @@ impl Session {
                 live_sockets: self.model.live_sockets(),
             },
         }
+    }
+}
+
+/// Hands freed heap back to the kernel. Start-up parses the kernel's BTF
+/// (megabytes, freed right after) and a tick's tables are rebuilt each
+/// time; without this the allocator keeps the peak as resident memory.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
