@@ -773,7 +773,7 @@ mod tests {
         let t = tuple(80, "10.0.0.1", 40000);
         let mut accepted = obs(1, 0, KernelRole::Server, t, 0, 0);
         accepted.counters.opened = 1;
-        model.replace_live(vec![accepted.clone()]);
+        model.replace_live(vec![accepted]);
         model.sample(1);
         assert!(model.flows().is_empty());
         accepted.pid = 10;

@@ -122,7 +122,16 @@ fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         // The eBPF crate only builds for the bpf target (through tracer's
         // build script, where it is compiled and checked).
-        run(cargo().args(["clippy", "--workspace", "--exclude", "tracer-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     // Unit tests: pure logic, no root needed.
     run(cargo().args(["test", "--workspace", "--exclude", "tracer-ebpf", "--lib", "--bins"]))?;
@@ -151,7 +160,8 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::Build { release } => setup::setup().and_then(|()| build(release)).map(|_| ()),
         Task::Run { release, args } => setup::setup().and_then(|()| build(release)).and_then(|tracer| {
-            let status = Command::new(&tracer).args(&args).status().with_context(|| format!("starting {}", tracer.display()))?;
+            let status =
+                Command::new(&tracer).args(&args).status().with_context(|| format!("starting {}", tracer.display()))?;
             if !status.success() {
                 std::process::exit(status.code().unwrap_or(1));
             }
