@@ -185,8 +185,9 @@ pub struct CallArgs {
     pub _pad: u32,
 }
 
-/// Capacity of the `SOCKETS` map.
-pub const MAX_SOCKETS: u32 = 262_144;
+/// Capacity of the `SOCKETS` map (preallocated: ~26 MB of kernel memory).
+/// Sockets past it are not tracked and counted in `map_full_drops`.
+pub const MAX_SOCKETS: u32 = 131_072;
 /// Size of the `CLOSED` ring buffer in bytes (a power of two).
 pub const CLOSED_RING_BYTES: u32 = 2 << 20;
 

@@ -157,9 +157,8 @@ fn unload_probe(ebpf: &mut Ebpf, probe: &Probe) {
     }
 }
 
-/// Attaches every send/receive program of `backend`, or none of them.
-fn attach_backend(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &aya::Btf, backend: Backend) -> Result<(), String> {
-    let probes = probes::backend_probes(backend, btf);
+/// Attaches every program in `probes` (one backend's), or none of them.
+fn attach_backend(ebpf: &mut Ebpf, aya_btf: &aya::Btf, probes: &[&Probe]) -> Result<(), String> {
     for (done, probe) in probes.iter().enumerate() {
         if let Err(reason) = attach_probe(ebpf, aya_btf, probe) {
             for attached in &probes[..=done] {
@@ -171,28 +170,55 @@ fn attach_backend(ebpf: &mut Ebpf, btf: &Btf, aya_btf: &aya::Btf, backend: Backe
     Ok(())
 }
 
-/// Loads the eBPF object with this kernel's offsets.
-fn load_object(btf: &Btf, aya_btf: &aya::Btf) -> Result<Ebpf, LoadError> {
-    let offsets = probes::resolve_offsets(btf)?;
-    debug!("kernel offsets: {offsets:?}");
-    EbpfLoader::new().btf(Some(aya_btf)).override_global("OFFSETS", &offsets, true).load(EBPF_OBJECT).map_err(|e| {
-        let text = format!("{e:#}");
-        if is_permission_error(&text) {
-            LoadError::NotPrivileged
-        } else {
-            LoadError::Load(text)
-        }
-    })
+/// What loading needs from the kernel's BTF, read with our small reader:
+/// the struct offsets, and per backend either its programs that fit this
+/// kernel or why it cannot run. Dropped before aya parses the BTF again,
+/// so the two parses never hold memory at the same time.
+struct Plan {
+    offsets: tracer_common::KernelOffsets,
+    backends: Vec<(Backend, Result<Vec<&'static Probe>, String>)>,
 }
 
-fn read_btf(btf_path: &Path) -> Result<(Btf, aya::Btf), LoadError> {
-    if !btf_path.exists() {
-        return Err(LoadError::NoBtf(btf_path.display().to_string()));
+impl Plan {
+    fn read(btf_path: &Path, candidates: &[Backend]) -> Result<Self, LoadError> {
+        if !btf_path.exists() {
+            return Err(LoadError::NoBtf(btf_path.display().to_string()));
+        }
+        let btf = Btf::from_file(btf_path)?;
+        let offsets = probes::resolve_offsets(&btf)?;
+        debug!("kernel offsets: {offsets:?}");
+        let backends = candidates
+            .iter()
+            .map(|&backend| {
+                let programs = match probes::backend_blocker(backend, &btf) {
+                    Some(reason) => Err(reason),
+                    None => Ok(probes::backend_probes(backend, &btf)),
+                };
+                (backend, programs)
+            })
+            .collect();
+        Ok(Plan { offsets, backends })
     }
-    let btf = Btf::from_file(btf_path)?;
+}
+
+/// Parses the kernel's BTF for aya and loads the eBPF object with this
+/// kernel's offsets.
+fn load_object(btf_path: &Path, plan: &Plan) -> Result<(Ebpf, aya::Btf), LoadError> {
     let aya_btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
         .map_err(|e| LoadError::Load(format!("parsing {}: {e}", btf_path.display())))?;
-    Ok((btf, aya_btf))
+    let ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &plan.offsets, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| {
+            let text = format!("{e:#}");
+            if is_permission_error(&text) {
+                LoadError::NotPrivileged
+            } else {
+                LoadError::Load(text)
+            }
+        })?;
+    Ok((ebpf, aya_btf))
 }
 
 /// A backend and whether it loaded and attached (or why not).
@@ -204,19 +230,19 @@ pub fn trial_backends(btf_path: &Path) -> Result<Vec<BackendTrial>, LoadError> {
     if !privileged() {
         return Err(LoadError::NotPrivileged);
     }
-    let (btf, aya_btf) = read_btf(btf_path)?;
-    let mut ebpf = load_object(&btf, &aya_btf)?;
+    let plan = Plan::read(btf_path, BACKEND_ORDER)?;
+    let (mut ebpf, aya_btf) = load_object(btf_path, &plan)?;
     let mut results = Vec::new();
-    for &backend in BACKEND_ORDER {
-        let result = match probes::backend_blocker(backend, &btf) {
-            Some(reason) => Err(reason),
-            None => attach_backend(&mut ebpf, &btf, &aya_btf, backend).map(|()| {
-                for probe in probes::backend_probes(backend, &btf) {
+    for (backend, programs) in &plan.backends {
+        let result = match programs {
+            Err(reason) => Err(reason.clone()),
+            Ok(programs) => attach_backend(&mut ebpf, &aya_btf, programs).map(|()| {
+                for probe in programs {
                     unload_probe(&mut ebpf, probe);
                 }
             }),
         };
-        results.push((backend, result));
+        results.push((*backend, result));
     }
     Ok(results)
 }
@@ -229,8 +255,12 @@ impl Collector {
         if !privileged() {
             return Err(LoadError::NotPrivileged);
         }
-        let (btf, aya_btf) = read_btf(btf_path)?;
-        let mut ebpf = load_object(&btf, &aya_btf)?;
+        let candidates: Vec<Backend> = match requested {
+            Some(backend) => vec![backend],
+            None => BACKEND_ORDER.to_vec(),
+        };
+        let plan = Plan::read(btf_path, &candidates)?;
+        let (mut ebpf, aya_btf) = load_object(btf_path, &plan)?;
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             // SAFETY: the logger owns its ring buffer fd and keeps it open
@@ -242,25 +272,21 @@ impl Collector {
             }
         };
 
-        let candidates: Vec<Backend> = match requested {
-            Some(backend) => vec![backend],
-            None => BACKEND_ORDER.to_vec(),
-        };
         let mut reasons = Vec::new();
         let mut chosen = None;
-        for backend in candidates {
-            let attempt = match probes::backend_blocker(backend, &btf) {
-                Some(reason) => Err(reason),
-                None => attach_backend(&mut ebpf, &btf, &aya_btf, backend),
+        for (backend, programs) in &plan.backends {
+            let attempt = match programs {
+                Err(reason) => Err(reason.clone()),
+                Ok(programs) => attach_backend(&mut ebpf, &aya_btf, programs),
             };
             match attempt {
                 Ok(()) => {
-                    chosen = Some(backend);
+                    chosen = Some(*backend);
                     break;
                 }
                 Err(reason) => {
                     debug!("backend {} cannot run: {reason}", backend.as_str());
-                    reasons.push((backend, reason));
+                    reasons.push((*backend, reason));
                 }
             }
         }
@@ -284,6 +310,7 @@ impl Collector {
                 warn!("{} not attached ({}): {reason}", probe.hook, probe.purpose);
             }
         }
+        drop(aya_btf);
 
         let closed_map = ebpf.take_map("CLOSED").ok_or_else(|| LoadError::Load("map CLOSED missing".into()))?;
         let closed = RingBuf::try_from(closed_map).map_err(|e| LoadError::Load(format!("map CLOSED: {e}")))?;
