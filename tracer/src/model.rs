@@ -652,6 +652,11 @@ impl Model {
     }
 
     /// Seconds covered by the retained window at the last sample.
+    /// Seconds from the start to the last sample (the window's end).
+    pub fn last_sample_secs(&self) -> f64 {
+        secs(self.start_ns, self.last_sample_ns)
+    }
+
     pub fn window_secs(&self) -> f64 {
         let end = secs(self.start_ns, self.last_sample_ns);
         match self.samples.len() {

@@ -139,6 +139,11 @@ impl Session {
     /// The report over the model's window, as of the last tick.
     pub fn report(&self) -> Report {
         let now_ns = monotonic_ns();
+        // The agent's window slides: the report starts where its oldest
+        // sample does, not when the agent started.
+        let window_secs = self.model.window_secs();
+        let window_start = self.started_at
+            + Duration::from_secs_f64((self.model.last_sample_secs() - window_secs).max(0.0));
         let flows = self.model.flows();
         let close_wait = self.model.close_wait(now_ns);
         let comm = |pid: u32| self.model.comm(pid).to_owned();
@@ -148,8 +153,8 @@ impl Session {
         );
         Report {
             schema: SCHEMA,
-            started_at: report::rfc3339(self.started_at),
-            duration_secs: (self.model.window_secs() * 1000.0).round() / 1000.0,
+            started_at: report::rfc3339(window_start),
+            duration_secs: (window_secs * 1000.0).round() / 1000.0,
             backend: self.backend().as_str(),
             processes: self.model.processes(),
             flows,
