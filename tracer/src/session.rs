@@ -142,8 +142,8 @@ impl Session {
         // The agent's window slides: the report starts where its oldest
         // sample does, not when the agent started.
         let window_secs = self.model.window_secs();
-        let window_start = self.started_at
-            + Duration::from_secs_f64((self.model.last_sample_secs() - window_secs).max(0.0));
+        let window_start =
+            self.started_at + Duration::from_secs_f64((self.model.last_sample_secs() - window_secs).max(0.0));
         let flows = self.model.flows();
         let close_wait = self.model.close_wait(now_ns);
         let comm = |pid: u32| self.model.comm(pid).to_owned();
