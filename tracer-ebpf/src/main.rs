@@ -385,10 +385,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old_state = ctx.arg::<i32>(1) as u8;
     let new_state = ctx.arg::<i32>(2) as u8;
-    if !is_tcp(sk) {
-        return 0;
-    }
     let now = bpf_now();
+    // `record_of` checks the protocol of sockets it does not know yet.
     let Some(record) = record_of(sk, now) else {
         return 0;
     };
@@ -481,7 +479,7 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_reset(sk: *const u8, sent: bool) {
-    if sk.is_null() || !is_tcp(sk) {
+    if sk.is_null() {
         return;
     }
     if let Some(record) = record_of(sk, bpf_now()) {
