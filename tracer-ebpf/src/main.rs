@@ -22,7 +22,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_buf,
     },
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
@@ -322,8 +322,11 @@ pub fn tcp_recvmsg_exit6(ctx: FExitContext) -> i32 {
 // ---- Backend "kprobe": kprobe + kretprobe on the same functions (any
 // kernel with kprobes). The entry probe saves the arguments per thread.
 
+/// LRU: an entry whose kretprobe never ran (kretprobe instances run out
+/// under heavy concurrency) is evicted instead of filling the map and
+/// stopping the count for every other thread.
 #[map]
-static CALLS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16_384, 0);
+static CALLS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(16_384, 0);
 
 #[inline(always)]
 fn save_call(sock: Option<u64>, flags: i32) {

@@ -180,6 +180,9 @@ pub struct Model {
     listeners: HashSet<(u32, u16)>,
     /// Sockets destroyed since the last live snapshot, with when.
     recently_closed: HashMap<u64, u64>,
+    /// Sockets missing from the last table read, until the ring buffer
+    /// drained after it hands over their final records.
+    vanished: HashMap<u64, LiveSocket>,
     /// Destroyed sockets whose counts are not yet attributed.
     pending_closed: Vec<(SocketObs, Counters)>,
     comms: HashMap<u32, String>,
@@ -208,6 +211,7 @@ impl Model {
             preexisting: HashMap::new(),
             listeners: HashSet::new(),
             recently_closed: HashMap::new(),
+            vanished: HashMap::new(),
             pending_closed: Vec::new(),
             comms: HashMap::new(),
             samples: VecDeque::new(),
@@ -224,13 +228,32 @@ impl Model {
     /// Sockets found in /proc at start.
     pub fn load_preexisting(&mut self, sockets: Vec<ProcSocket>) {
         for socket in sockets {
-            if socket.state == tcp_state::LISTEN {
-                self.listeners.insert((socket.tuple.netns, socket.tuple.local.port()));
-            }
-            if socket.state == tcp_state::TIME_WAIT {
+            // TIME_WAIT sockets belong to no process (host totals count them);
+            // half-open requests in a listener's queue (SYN_RECV, no inode)
+            // are not sockets yet and may vanish without any event.
+            let request = socket.state == tcp_state::SYN_RECV && socket.inode == 0;
+            if socket.state == tcp_state::TIME_WAIT || request {
                 continue;
             }
             self.preexisting.insert(socket.tuple, socket);
+        }
+        self.rebuild_listeners();
+    }
+
+    /// Listening ports (per netns) decide the role of sockets the kernel side
+    /// saw no connect or accept for; rebuilt from what listens now, so the
+    /// set does not grow with every port that ever listened.
+    fn rebuild_listeners(&mut self) {
+        self.listeners.clear();
+        for socket in self.live.values() {
+            if socket.obs.role == KernelRole::Listener || socket.obs.state == tcp_state::LISTEN {
+                self.listeners.insert((socket.obs.tuple.netns, socket.obs.tuple.local.port()));
+            }
+        }
+        for socket in self.preexisting.values() {
+            if socket.state == tcp_state::LISTEN {
+                self.listeners.insert((socket.tuple.netns, socket.tuple.local.port()));
+            }
         }
     }
 
@@ -245,20 +268,20 @@ impl Model {
                     continue;
                 }
             }
-            if obs.role == KernelRole::Listener || obs.state == tcp_state::LISTEN {
-                self.listeners.insert((obs.tuple.netns, obs.tuple.local.port()));
-            }
             let attributed = match self.live.remove(&obs.id) {
                 Some(old) if old.obs.first_seen_ns == obs.first_seen_ns => old.attributed,
                 _ => Counters::default(),
             };
             next.insert(obs.id, LiveSocket { obs, attributed });
         }
-        // Sockets that vanished without a destroy record (lost events):
-        // what they moved since the last sample is gone with them.
-        self.live = next;
+        // Sockets missing from the table were destroyed while it was read:
+        // their final records are in the ring buffer, which the collector
+        // drains next. Keep what was already attributed for them until then
+        // (see `forget_vanished`).
+        let previous = std::mem::replace(&mut self.live, next);
+        self.vanished.extend(previous);
         self.recently_closed.clear();
-        self.owners.retain(|id, _| self.live.contains_key(id));
+        self.owners.retain(|id, _| self.live.contains_key(id) || self.vanished.contains_key(id));
         // A kernel record now describes these; an owner found at start stays
         // the owner (the record's first event may have come from softirq).
         if !self.preexisting.is_empty() {
@@ -270,13 +293,25 @@ impl Model {
                 }
             }
         }
+        self.rebuild_listeners();
+    }
+
+    /// Sockets gone from the table whose destroy record never came (the
+    /// ring buffer was full): what they moved since the last sample is lost
+    /// with them. Call after draining the ring buffer that follows a
+    /// [`Model::replace_live`].
+    pub fn forget_vanished(&mut self) {
+        for id in self.vanished.keys() {
+            self.owners.remove(id);
+        }
+        self.vanished.clear();
     }
 
     /// A socket's final record, from `tcp:tcp_destroy_sock`.
     pub fn socket_closed(&mut self, obs: SocketObs, destroyed_ns: u64) {
         self.recently_closed.insert(obs.id, destroyed_ns);
         self.preexisting.remove(&obs.tuple);
-        let (attributed, owner) = match self.live.remove(&obs.id) {
+        let (attributed, owner) = match self.live.remove(&obs.id).or_else(|| self.vanished.remove(&obs.id)) {
             Some(old) if old.obs.first_seen_ns == obs.first_seen_ns => (old.attributed, self.owners.remove(&obs.id)),
             _ => (Counters::default(), None),
         };
@@ -736,6 +771,23 @@ mod tests {
         assert_eq!(timeline.len(), 3);
         assert_eq!(timeline[0].processes[0].tx_bytes, 100);
         assert_eq!(timeline[1].processes[0].tx_bytes, 50);
+    }
+
+    #[test]
+    fn socket_destroyed_while_the_table_is_read_counts_once() {
+        let mut model = Model::new(Filter::default(), 0, 100);
+        let t = tuple(5000, "127.0.0.1", 80);
+        model.replace_live(vec![obs(1, 10, KernelRole::Client, t, 100, 0)]);
+        model.sample(1_000_000_000);
+        // Gone from the table read, its final record drained right after.
+        model.replace_live(Vec::new());
+        let mut last = obs(1, 10, KernelRole::Client, t, 150, 0);
+        last.counters.opened = 1;
+        model.socket_closed(last, 2);
+        model.forget_vanished();
+        model.sample(2_000_000_000);
+        let flows = model.flows();
+        assert_eq!((flows[0].tx_bytes, flows[0].connections_opened, flows[0].connections_closed), (150, 1, 1));
     }
 
     #[test]

@@ -106,7 +106,10 @@ impl Session {
     fn collect(&mut self, unowned_seen_by_ns: u64) {
         self.take_closed();
         self.model.replace_live(self.collector.live());
+        // Sockets destroyed while the table was read: their records were
+        // submitted before their entries went, so they are in the ring now.
         self.take_closed();
+        self.model.forget_vanished();
         self.resolve_owners(unowned_seen_by_ns);
         for pid in self.model.pids() {
             if let Some(comm) = procfs::read_comm(&self.proc_root, pid) {
