@@ -270,7 +270,13 @@ impl Model {
             }
             let attributed = match self.live.remove(&obs.id) {
                 Some(old) if old.obs.first_seen_ns == obs.first_seen_ns => old.attributed,
-                _ => Counters::default(),
+                // The address was reused: the old socket was destroyed while
+                // the table was read, its final record is still in the ring.
+                Some(old) => {
+                    self.vanished.insert(obs.id, old);
+                    Counters::default()
+                }
+                None => Counters::default(),
             };
             next.insert(obs.id, LiveSocket { obs, attributed });
         }
@@ -311,7 +317,15 @@ impl Model {
     pub fn socket_closed(&mut self, obs: SocketObs, destroyed_ns: u64) {
         self.recently_closed.insert(obs.id, destroyed_ns);
         self.preexisting.remove(&obs.tuple);
-        let (attributed, owner) = match self.live.remove(&obs.id).or_else(|| self.vanished.remove(&obs.id)) {
+        let same = |socket: &LiveSocket| socket.obs.first_seen_ns == obs.first_seen_ns;
+        let found = if self.live.get(&obs.id).is_some_and(same) {
+            self.live.remove(&obs.id)
+        } else if self.vanished.get(&obs.id).is_some_and(same) {
+            self.vanished.remove(&obs.id)
+        } else {
+            None
+        };
+        let (attributed, owner) = match found {
             Some(old) if old.obs.first_seen_ns == obs.first_seen_ns => (old.attributed, self.owners.remove(&obs.id)),
             _ => (Counters::default(), None),
         };
@@ -788,6 +802,26 @@ mod tests {
         model.sample(2_000_000_000);
         let flows = model.flows();
         assert_eq!((flows[0].tx_bytes, flows[0].connections_opened, flows[0].connections_closed), (150, 1, 1));
+    }
+
+    #[test]
+    fn reused_socket_address_keeps_the_two_sockets_apart() {
+        let mut model = Model::new(Filter::default(), 0, 100);
+        let old_tuple = tuple(5000, "127.0.0.1", 80);
+        let new_tuple = tuple(5001, "127.0.0.1", 81);
+        model.replace_live(vec![obs(1, 10, KernelRole::Client, old_tuple, 100, 0)]);
+        model.sample(1_000_000_000);
+        // The old socket died during the read and a new one took its address.
+        let mut reused = obs(1, 10, KernelRole::Client, new_tuple, 10, 0);
+        reused.first_seen_ns = 5;
+        model.replace_live(vec![reused]);
+        model.socket_closed(obs(1, 10, KernelRole::Client, old_tuple, 150, 0), 4);
+        model.forget_vanished();
+        model.sample(2_000_000_000);
+        let flows = model.flows();
+        let tx = |port: u16| flows.iter().find(|f| f.remote_port == port).map(|f| f.tx_bytes);
+        assert_eq!((tx(80), tx(81)), (Some(150), Some(10)));
+        assert_eq!(model.live_sockets(), 1);
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! traffic refused       --connect ADDR                   expects ECONNREFUSED
 //! traffic churn         --connect ADDR --count C [--send N]
 //! traffic paced-client  --connect ADDR --from-rate B --to-rate B --secs S [--step-ms 10]
+//! traffic idle-pairs    --conns K [--wait-go]            K idle loopback connections, both ends held
+//! traffic bursty-client --connect ADDR --count C [--every-ms 5] [--chunks 6] [--chunk 1000] [--pause-ms 50]
 //! ```
 //! A paced client sends at a rate (bytes/s) moving linearly from
 //! `--from-rate` to `--to-rate` over `--secs` (paced by the wall clock, so
@@ -27,6 +29,15 @@
 //! sending at `--to-rate` until stdin closes, closes and exits.
 //! A server without `--read` reads each connection to EOF; it answers
 //! `--answer` bytes, then closes.
+//! `idle-pairs` raises its soft fd limit to the hard one, then connects K
+//! times to its own listener and keeps both ends of every connection
+//! (2K fds), idle, until stdin closes. With `--wait-go`, on `go` each
+//! connection moves one byte each way (so a tracer started after them
+//! knows all 2K sockets), then they stay idle.
+//! A bursty client starts a connection every `--every-ms` (paced by the
+//! wall clock), `--count` in all, each in its own thread: `--chunks` writes
+//! of `--chunk` bytes with `--pause-ms` after each, then close; it prints
+//! `done n=C tx=BYTES` once all are closed.
 
 use std::{
     collections::HashMap,
@@ -366,6 +377,89 @@ fn paced_client(options: &Options, control: &Control, deadline: Instant) {
     println!("closed pid={} sent={sent} secs={:.3}", pid(), started.elapsed().as_secs_f64());
 }
 
+/// Raises the soft limit on open files to the hard one.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the rlimit struct, which
+    // lives across both calls.
+    let rc = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            -1
+        } else {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
+        }
+    };
+    if rc != 0 {
+        fail(&format!("cannot raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error()));
+    }
+    limit.rlim_cur
+}
+
+/// `--conns` idle loopback connections to our own listener, both ends
+/// held (2 fds each) until stdin closes.
+fn idle_pairs(options: &Options, control: &Control) {
+    let conns = options.num("conns", 1);
+    let fds = raise_fd_limit();
+    if 2 * conns + 64 > fds {
+        fail(&format!("--conns {conns} needs {} fds, the limit is {fds}", 2 * conns + 64));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&format!("listen: {e}")));
+    let target = listener.local_addr().unwrap_or_else(|e| fail(&format!("local address: {e}")));
+    let mut held = Vec::new();
+    for _ in 0..conns {
+        let client = TcpStream::connect(target).unwrap_or_else(|e| fail(&format!("connect to {target}: {e}")));
+        held.push((client, accept(&listener)));
+    }
+    println!("ready n={} port={} pid={}", held.len(), target.port(), pid());
+    if options.flag("wait-go") {
+        control.wait_for("go");
+        for (client, served) in &mut held {
+            send_exactly(client, 1);
+            receive_exactly(served, 1);
+            send_exactly(served, 1);
+            receive_exactly(client, 1);
+        }
+        println!("touched n={} pid={}", held.len(), pid());
+    }
+    control.hold();
+    drop(held);
+}
+
+/// One bursty connection: `chunks` writes of `chunk` bytes, a pause after
+/// each, then close. Returns the bytes sent.
+fn burst(target: SocketAddr, chunks: u64, chunk: u64, pause: Duration) -> u64 {
+    let mut stream = TcpStream::connect(target).unwrap_or_else(|e| fail(&format!("connect to {target}: {e}")));
+    for _ in 0..chunks {
+        send_exactly(&mut stream, chunk);
+        thread::sleep(pause);
+    }
+    drop(stream);
+    chunks * chunk
+}
+
+/// `--count` bursty connections, one started every `--every-ms`, each in
+/// its own thread, overlapping.
+fn bursty_client(options: &Options, control: &Control) {
+    let target = options.addr("connect", None);
+    let count = options.num("count", 1);
+    let every = Duration::from_millis(options.num("every-ms", 5));
+    let (chunks, chunk) = (options.num("chunks", 6), options.num("chunk", 1000));
+    let pause = Duration::from_millis(options.num("pause-ms", 50));
+    println!("ready pid={}", pid());
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for i in 0..count {
+        // Paced by the wall clock: connection i starts at i x every.
+        let due = started + every * u32::try_from(i).unwrap_or(u32::MAX);
+        thread::sleep(due.saturating_duration_since(Instant::now()));
+        workers.push(thread::spawn(move || burst(target, chunks, chunk, pause)));
+    }
+    let sent: u64 = workers.into_iter().map(|w| w.join().unwrap_or_else(|_| fail("a burst thread panicked"))).sum();
+    println!("done n={count} tx={sent} pid={} secs={:.2}", pid(), started.elapsed().as_secs_f64());
+    control.hold();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else { fail("usage: traffic COMMAND [--option value]...") };
@@ -388,6 +482,8 @@ fn main() {
         "refused" => refused(&options, &control),
         "churn" => churn(&options, &control, deadline),
         "paced-client" => paced_client(&options, &control, deadline),
+        "idle-pairs" => idle_pairs(&options, &control),
+        "bursty-client" => bursty_client(&options, &control),
         other => fail(&format!("unknown command {other:?}")),
     }
 }

@@ -14,6 +14,7 @@ mod analysis;
 mod bytes;
 mod cli;
 mod lifecycle;
+mod race;
 
 use std::{process::Command, time::Duration};
 
