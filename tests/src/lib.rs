@@ -116,7 +116,8 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// A running `tracer trace --format json --duration 120s --interval 1s ARGS`,
+/// A running `tracer trace --format json --duration 120s --interval 1s ARGS`
+/// (or another interval),
 /// attached. Killed if dropped without [`Tracer::stop`].
 pub struct Tracer {
     child: Child,
@@ -129,8 +130,14 @@ impl Tracer {
     /// Starts the tracer and waits until it says it is attached; panics with
     /// its stderr if it exits or does not attach in time.
     pub fn start(args: &[&str]) -> Tracer {
+        Tracer::start_with_interval("1s", args)
+    }
+
+    /// [`Tracer::start`] with another sampling interval (e.g. `100ms`, for
+    /// tests that need many table reads).
+    pub fn start_with_interval(interval: &str, args: &[&str]) -> Tracer {
         let mut child = Command::new(tracer_bin())
-            .args(["trace", "--format", "json", "--duration", "120s", "--interval", "1s"])
+            .args(["trace", "--format", "json", "--duration", "120s", "--interval", interval])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -10,15 +10,9 @@
 //! sit in the kernel table: each moves one byte once the tracer is attached
 //! (sockets that never do an event are not in that table).
 
-use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
-    thread::{self, JoinHandle},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use tracer_tests::{serial, tracer_bin, Report, ATTACH_TIMEOUT, SETTLE, STOP_TIMEOUT};
+use tracer_tests::{serial, Tracer};
 
 use crate::{server, traffic, LINE_TIMEOUT};
 
@@ -33,93 +27,6 @@ const CHUNKS: u64 = 6;
 const CHUNK: u64 = 1_000;
 const PAUSE_MS: u64 = 50;
 
-/// `tracer trace --format json --interval 100ms ARGS`: [`tracer_tests::Tracer`]
-/// fixes the interval at 1 s, and this race needs many table reads.
-/// Killed, by its pid, if dropped without [`FastTracer::stop`].
-struct FastTracer {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    stdout: Option<JoinHandle<Vec<u8>>>,
-}
-
-impl FastTracer {
-    fn start(args: &[&str]) -> FastTracer {
-        let mut child = Command::new(tracer_bin())
-            .args(["trace", "--format", "json", "--duration", "120s", "--interval", "100ms"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", tracer_bin().display()));
-        let mut out = child.stdout.take().expect("stdout is piped");
-        let stdout = thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = out.read_to_end(&mut bytes);
-            bytes
-        });
-        let err = child.stderr.take().expect("stderr is piped");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (attached, on_attach) = mpsc::channel();
-        let transcript = stderr.clone();
-        // Keeps draining the progress lines (10 a second) so the pipe never fills.
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("tracer: attached") {
-                    let _ = attached.send(());
-                }
-                if let Ok(mut text) = transcript.lock() {
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-            }
-        });
-        let tracer = FastTracer { child, stderr, stdout: Some(stdout) };
-        if on_attach.recv_timeout(ATTACH_TIMEOUT).is_err() {
-            panic!("tracer {args:?} did not attach within {ATTACH_TIMEOUT:?}; stderr:\n{}", tracer.stderr_text());
-        }
-        tracer
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().map(|t| t.clone()).unwrap_or_default()
-    }
-
-    /// Lets socket teardown land, sends SIGINT and parses the report.
-    fn stop(mut self) -> Report {
-        thread::sleep(SETTLE);
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child, not reaped yet (we hold its
-        // Child), so the pid cannot have been reused.
-        let rc = unsafe { libc::kill(pid, libc::SIGINT) };
-        assert_eq!(rc, 0, "kill(SIGINT) on the tracer failed: {}", std::io::Error::last_os_error());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => panic!("tracer did not stop within {STOP_TIMEOUT:?} of SIGINT; stderr:\n{}", self.stderr_text()),
-            }
-        };
-        let stdout = self.stdout.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-        thread::sleep(Duration::from_millis(50));
-        let stderr = self.stderr_text();
-        assert!(status.success(), "tracer failed ({status}); stderr:\n{stderr}");
-        let text = String::from_utf8_lossy(&stdout);
-        Report::parse(&text).unwrap_or_else(|e| panic!("report is not the documented JSON ({e}); stderr:\n{stderr}"))
-    }
-}
-
-impl Drop for FastTracer {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[test]
 fn sockets_destroyed_while_the_table_is_read_are_counted_once() {
     let _serial = serial();
@@ -127,7 +34,8 @@ fn sockets_destroyed_while_the_table_is_read_are_counted_once() {
     let mut idle = traffic("idle-pairs", &["idle-pairs", "--conns", &IDLE.to_string(), "--wait-go"]);
     assert_eq!(idle.expect("ready", Duration::from_secs(60)).num::<u64>("n"), IDLE);
     let (mut sink, port, sink_pid) = server(&["--conns", &CONNECTIONS.to_string()]);
-    let tracer = FastTracer::start(&["--port", &port.to_string()]);
+    // Many table reads while sockets come and go.
+    let tracer = Tracer::start_with_interval("100ms", &["--port", &port.to_string()]);
     idle.say("go");
     idle.expect("touched", LINE_TIMEOUT);
     let mut client = traffic(
