@@ -169,11 +169,6 @@ impl Btf {
         id
     }
 
-    /// Whether a struct (or union) of this name exists.
-    pub fn has_struct(&self, name: &str) -> bool {
-        self.find_kind(name, &[KIND_STRUCT, KIND_UNION]).is_some()
-    }
-
     /// Whether a function of this name exists (e.g. a traceable kernel
     /// function, or `btf_trace_<tracepoint>` for a BTF tracepoint).
     pub fn has_type(&self, name: &str) -> bool {

@@ -92,25 +92,6 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The backend `auto` picks as far as the kernel tells before loading: the
-/// cheapest without a known blocker.
-pub fn choose_backend(requested: Option<Backend>, btf: &Btf) -> Result<Backend, LoadError> {
-    if let Some(backend) = requested {
-        return match probes::backend_blocker(backend, btf) {
-            None => Ok(backend),
-            Some(reason) => Err(LoadError::BackendUnavailable { backend: backend.as_str(), reason }),
-        };
-    }
-    let mut reasons = Vec::new();
-    for &backend in BACKEND_ORDER {
-        match probes::backend_blocker(backend, btf) {
-            None => return Ok(backend),
-            Some(reason) => reasons.push(format!("{}: {reason}", backend.as_str())),
-        }
-    }
-    Err(LoadError::NoBackend(reasons.join("; ")))
-}
-
 /// Loads and attaches one program; a kernel refusal comes back as text.
 fn attach_probe(ebpf: &mut Ebpf, btf: &aya::Btf, probe: &Probe) -> Result<(), String> {
     let program = ebpf.program_mut(probe.program).ok_or("program missing from the eBPF object")?;
@@ -382,11 +363,6 @@ impl Collector {
             events_dropped: sum(stat::EVENTS_DROPPED),
             map_full_drops: sum(stat::MAP_FULL),
         }
-    }
-
-    /// File descriptor of the ring buffer (for diagnostics).
-    pub fn ring_fd(&self) -> i32 {
-        self.closed.get_ref().as_raw_fd()
     }
 }
 
