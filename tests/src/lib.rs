@@ -105,7 +105,7 @@ fn transcript(text: &Arc<Mutex<String>>) -> String {
 }
 
 /// Waits for a child's exit, at most `timeout`.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

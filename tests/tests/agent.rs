@@ -25,6 +25,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+// Agents running side by side would see each other's programs (the bpftool
+// check) and traffic: tests hold the harness's `serial()` lock.
+use tracer_tests::{serial, tracer_bin, wait_bounded};
+
 /// The agent's `--interval` in these tests.
 const INTERVAL: Duration = Duration::from_secs(1);
 /// Attaching can take a while on a loaded machine.
@@ -32,44 +36,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a counter may take to show a transfer (a few intervals).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Tests that start an agent hold this: agents running side by side would
-/// see each other's programs (the bpftool check) and traffic.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn tracer_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TRACER_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test binary knows its path");
-    // target/debug/deps/agent-HASH -> target/debug/tracer
-    let path = exe.parent().and_then(Path::parent).map(|dir| dir.join("tracer")).expect("target/<profile>/deps");
-    assert!(
-        path.exists(),
-        "no tracer binary at {}: run `cargo build -p tracer` first or set TRACER_BIN",
-        path.display()
-    );
-    path
-}
-
 /// A binary on PATH, if installed.
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
-}
-
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            _ => return None,
-        }
-    }
 }
 
 fn send_signal(child: &Child, signal: libc::c_int) {
