@@ -68,6 +68,15 @@ enum Task {
         #[command(flatten)]
         args: bench::loadgen::LoadgenArgs,
     },
+    /// Internal: attach one of the bench's reference programs (floor, hash,
+    /// bpftrace) for SECONDS, to reproduce its figures by hand.
+    #[command(hide = true)]
+    Reference {
+        #[arg(value_enum)]
+        reference: bench::reference::Reference,
+        #[arg(long, default_value = "10")]
+        seconds: u64,
+    },
     /// Boot stock Debian kernels under qemu and run the tracer's checks in each.
     VmTest {
         /// Kernel to boot (bookworm-6.1, trixie-6.12); repeatable; default all.
@@ -170,6 +179,7 @@ fn main() -> ExitCode {
         Task::Test { no_lint, no_vm, filter } => setup::setup().and_then(|()| test(no_lint, no_vm, filter)),
         Task::Bench { args } => bench::run(args),
         Task::Loadgen { args } => bench::loadgen::run(args),
+        Task::Reference { reference, seconds } => bench::reference::hold(reference, seconds),
         Task::VmTest { kernel } => vm::vm_test(&kernel),
         Task::GuestCheck { tracer, expect } => guest::guest_check(&tracer, &expect),
     };

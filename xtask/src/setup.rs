@@ -118,13 +118,18 @@ fn which(program: &str) -> Result<PathBuf> {
 
 /// Installs the Debian packages whose commands are missing.
 pub fn install_test_packages() -> Result<()> {
-    let missing: Vec<&str> =
-        TEST_PACKAGES.iter().filter(|(_, command)| which(command).is_err()).map(|(p, _)| *p).collect();
+    install_packages(TEST_PACKAGES, "the tests")
+}
+
+/// Installs those of `packages` (package, command it provides) whose
+/// command is missing, for `purpose`.
+pub fn install_packages(packages: &[(&str, &str)], purpose: &str) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().filter(|(_, command)| which(command).is_err()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian packages for the tests: {}", missing.join(" "));
-    which("apt-get").context("apt-get is required to install the test packages")?;
+    eprintln!("xtask: installing Debian packages for {purpose}: {}", missing.join(" "));
+    which("apt-get").with_context(|| format!("apt-get is required to install the packages for {purpose}"))?;
     run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])

@@ -17,6 +17,7 @@
 mod cost;
 pub mod loadgen;
 mod proc;
+pub mod reference;
 mod report;
 mod stats;
 mod tracer;
@@ -67,6 +68,10 @@ pub struct BenchArgs {
     /// Skip the tracer's own cost (idle, ping-pong, 10k and 50k sockets).
     #[arg(long)]
     no_agent_cost: bool,
+    /// Skip the reference programs (empty program, minimal hash tracer,
+    /// bpftrace) measured beside the tracer in the ping-pong workload.
+    #[arg(long)]
+    no_references: bool,
     /// Print the results only; leave BENCHMARKS.md as it is.
     #[arg(long)]
     no_write: bool,
@@ -92,6 +97,8 @@ pub struct Plan {
     /// initial /proc scan) is not billed to the workload.
     pub settle: Duration,
     pub cost: Option<cost::CostPlan>,
+    /// Reference programs measured in the ping-pong rounds.
+    pub references: Vec<reference::Reference>,
 }
 
 /// How one workload run is driven.
@@ -112,6 +119,7 @@ impl Plan {
         }
         let run_secs = args.duration.unwrap_or(if args.quick { 1.5 } else { 4.0 });
         let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
+        let args_has_ping_pong = workloads.contains(&Workload::PingPong);
         let load = LoadSpec {
             window: Duration::from_secs_f64(run_secs),
             warmup: Duration::from_millis(250),
@@ -127,6 +135,11 @@ impl Plan {
             interval,
             settle: Duration::from_millis(500),
             cost: (!args.no_agent_cost).then(|| cost::CostPlan::new(args.quick, interval)),
+            references: if args.no_references || !args_has_ping_pong {
+                Vec::new()
+            } else {
+                vec![reference::Reference::Floor, reference::Reference::Hash, reference::Reference::Bpftrace]
+            },
         })
     }
 }
@@ -183,8 +196,15 @@ fn target_dir() -> PathBuf {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let plan = Plan::from_args(&args)?;
+    let mut plan = Plan::from_args(&args)?;
     let binaries = Binaries::resolve(&args)?;
+    let mut reference_notes = Vec::new();
+    if plan.references.contains(&reference::Reference::Bpftrace) {
+        if let Err(why) = reference::bpftrace_available() {
+            reference_notes.push(format!("bpftrace not measured: {why}"));
+            plan.references.retain(|r| *r != reference::Reference::Bpftrace);
+        }
+    }
     let began = Instant::now();
     let started_at = SystemTime::now();
     let load_before = proc::load_average();
@@ -207,7 +227,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => None,
     };
     let mut quiet = Quiet::new(if plan.quick { 15 } else { 120 });
-    let workloads = ab_rounds(&binaries, &mode, &plan, &mut quiet)?;
+    let workloads = ab_rounds(&binaries, &mode, &plan, &mut quiet, &mut reference_notes)?;
     let document = report::Document {
         started_at,
         wall_secs: began.elapsed().as_secs_f64(),
@@ -221,6 +241,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         workloads,
         cost,
         foreign_tracers: quiet.seen.into_iter().collect(),
+        reference_notes,
     };
     println!("{}", report::results(&document));
     if !args.no_write {
@@ -272,14 +293,45 @@ impl Quiet {
 
 /// Rounds of A (untraced) then B (traced) runs, workloads interleaved so
 /// that slow drifts of the machine spread over all of them.
-fn ab_rounds(binaries: &Binaries, mode: &Mode, plan: &Plan, quiet: &mut Quiet) -> Result<Vec<(Workload, Pairs)>> {
+fn ab_rounds(
+    binaries: &Binaries,
+    mode: &Mode,
+    plan: &Plan,
+    quiet: &mut Quiet,
+    reference_notes: &mut Vec<String>,
+) -> Result<Vec<(Workload, Pairs)>> {
     let mut results: Vec<(Workload, Pairs)> = plan.workloads.iter().map(|w| (*w, Pairs::default())).collect();
+    let mut references = plan.references.clone();
     for round in 1..=plan.rounds {
         for (workload, pairs) in &mut results {
             let quiet_before = quiet.check(&[], true);
             let mut untraced = run_workload(&binaries.loadgen, *workload, &plan.load)
                 .with_context(|| format!("untraced {} run", workload.name()))?;
             untraced.foreign_tracer = !quiet_before || !quiet.check(&[], false);
+            if *workload == Workload::PingPong {
+                references.retain(|reference| match run_reference(binaries, *reference, plan) {
+                    Ok(run) => {
+                        eprintln!(
+                            "xtask: bench: round {round}/{}: ping-pong with {:<8} {:>8.0} ops/s {:>7.0} CPU ns/op",
+                            plan.rounds,
+                            reference.short(),
+                            run.ops_per_sec(),
+                            run.cpu_ns_per_op().unwrap_or(f64::NAN)
+                        );
+                        match pairs.references.iter_mut().find(|(r, _)| r == reference) {
+                            Some((_, runs)) => runs.push(run),
+                            None => pairs.references.push((*reference, vec![run])),
+                        }
+                        true
+                    }
+                    Err(error) => {
+                        let note = format!("{} not measured: {error:#}", reference.short());
+                        eprintln!("xtask: bench: {note}");
+                        reference_notes.push(note);
+                        false
+                    }
+                });
+            }
             let tracer = TracerProcess::start(&binaries.tracer, mode, plan.interval)?;
             std::thread::sleep(plan.settle);
             let quiet_before = quiet.check(&[tracer.pid()], false);
@@ -310,6 +362,15 @@ fn ab_rounds(binaries: &Binaries, mode: &Mode, plan: &Plan, quiet: &mut Quiet) -
         }
     }
     Ok(results)
+}
+
+/// One ping-pong run with `reference` attached instead of the tracer.
+fn run_reference(binaries: &Binaries, reference: reference::Reference, plan: &Plan) -> Result<Run> {
+    let attached = reference::Attached::attach(reference)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let run = run_workload(&binaries.loadgen, Workload::PingPong, &plan.load);
+    drop(attached);
+    run.context("ping-pong run")
 }
 
 /// Bytes the client writes per operation.

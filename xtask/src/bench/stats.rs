@@ -2,6 +2,8 @@
 //! spreads over rounds, traced/untraced ratios, and the added cost per
 //! operation and per send/recv syscall.
 
+use super::reference::Reference;
+
 /// One measured run of a workload.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Run {
@@ -52,6 +54,9 @@ pub struct Pairs {
     pub traced: Vec<Run>,
     /// The tracer's CPU use during each traced run, in % of one CPU.
     pub tracer_cpu_percent: Vec<f64>,
+    /// Runs with a reference program attached instead of the tracer, one
+    /// per round, taken between that round's untraced and traced runs.
+    pub references: Vec<(Reference, Vec<Run>)>,
 }
 
 /// The median; the mean of the middle two for an even count; NaN if empty.
@@ -181,6 +186,27 @@ impl Pairs {
         (median(&rates(false)), median(&rates(true)))
     }
 
+    /// Runs of `reference`, if it was measured.
+    fn reference_runs(&self, reference: Reference) -> Option<&[Run]> {
+        self.references.iter().find(|(r, runs)| *r == reference && !runs.is_empty()).map(|(_, runs)| runs.as_slice())
+    }
+
+    /// Median time per operation with `reference` attached.
+    pub fn reference_ns_per_op(&self, reference: Reference) -> Option<f64> {
+        let runs = self.reference_runs(reference)?;
+        Some(median(&runs.iter().map(|r| self.ns_per_op(r)).collect::<Vec<_>>()))
+    }
+
+    /// Throughput with `reference` attached over untraced throughput.
+    pub fn reference_ratio(&self, reference: Reference) -> Option<f64> {
+        Some(self.untraced_ns_per_op() / self.reference_ns_per_op(reference)?)
+    }
+
+    /// What `reference` adds per send/recv syscall.
+    pub fn reference_added_ns_per_syscall(&self, reference: Reference) -> Option<f64> {
+        Some((self.reference_ns_per_op(reference)? - self.untraced_ns_per_op()) / self.syscalls_per_op())
+    }
+
     /// Pairs with another eBPF tracer around.
     pub fn foreign_pairs(&self) -> usize {
         self.untraced.iter().zip(&self.traced).filter(|(a, b)| a.foreign_tracer || b.foreign_tracer).count()
@@ -220,7 +246,7 @@ mod tests {
         let pairs = Pairs {
             untraced: vec![run(untraced, None); 3],
             traced: vec![run(untraced * 0.95, None); 3],
-            tracer_cpu_percent: vec![],
+            ..Default::default()
         };
         assert_eq!(pairs.basis(), Basis::Wall);
         assert!((pairs.ratio() - 0.95).abs() < 1e-9);
@@ -232,11 +258,8 @@ mod tests {
     fn cpu_time_discounts_a_shared_cpu() {
         // The traced run got half the CPU: its wall throughput halves, its
         // CPU time per operation does not.
-        let pairs = Pairs {
-            untraced: vec![run(1000.0, Some(1.0))],
-            traced: vec![run(475.0, Some(0.5))],
-            tracer_cpu_percent: vec![],
-        };
+        let pairs =
+            Pairs { untraced: vec![run(1000.0, Some(1.0))], traced: vec![run(475.0, Some(0.5))], ..Default::default() };
         assert_eq!(pairs.basis(), Basis::Cpu);
         assert!((pairs.ratio() - 0.95).abs() < 1e-9);
         assert_eq!(pairs.ops_per_sec(), (1000.0, 475.0));
@@ -248,7 +271,7 @@ mod tests {
         let pairs = Pairs {
             untraced: vec![run(100.0, None), run(200.0, None)],
             traced: vec![run(90.0, None), run(190.0, None)],
-            tracer_cpu_percent: vec![],
+            ..Default::default()
         };
         let (low, high) = pairs.ratio_spread();
         assert!((low - 0.9).abs() < 1e-12 && (high - 0.95).abs() < 1e-12);
@@ -261,11 +284,27 @@ mod tests {
         let pairs = Pairs {
             untraced: vec![run(100.0, None), disturbed],
             traced: vec![run(90.0, None), run(90.0, None)],
-            tracer_cpu_percent: vec![],
+            ..Default::default()
         };
         assert_eq!(pairs.used().len(), 1);
         assert_eq!(pairs.foreign_pairs(), 1);
         assert!((pairs.ratio() - 0.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn references_are_read_against_the_same_untraced_runs() {
+        let pairs = Pairs {
+            untraced: vec![run(1000.0, None); 3],
+            traced: vec![run(900.0, None); 3],
+            references: vec![(Reference::Floor, vec![run(950.0, None); 3]), (Reference::Hash, vec![])],
+            ..Default::default()
+        };
+        assert!((pairs.reference_ratio(Reference::Floor).unwrap() - 0.95).abs() < 1e-12);
+        // 1e9/950 - 1e9/1000 ns per op, over 4 syscalls.
+        let added = (1e9 / 950.0 - 1e6) / 4.0;
+        assert!((pairs.reference_added_ns_per_syscall(Reference::Floor).unwrap() - added).abs() < 1e-6);
+        assert_eq!(pairs.reference_ratio(Reference::Hash), None);
+        assert_eq!(pairs.reference_ratio(Reference::Bpftrace), None);
     }
 
     #[test]
