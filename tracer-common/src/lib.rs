@@ -113,6 +113,57 @@ pub struct SockRecord {
     pub _pad: u32,
 }
 
+/// One slot of the `BYTES` table: where the send/receive programs count
+/// the bytes of a socket whose owner is known, without the hash lookup of
+/// `SOCKETS` (an open-addressing table in an array, whose lookups the
+/// verifier inlines: no function call on the hot path).
+///
+/// A socket's byte totals are its `SockRecord` counters plus those of the
+/// slots holding its address (normally one). A slot is claimed (compare and
+/// swap on `sock`) once the record has an owner, and given back zeroed as a
+/// tombstone when the socket is destroyed; user space turns tombstones back
+/// into empty slots when that is safe (see [`byte_table`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByteSlot {
+    /// The socket's `SOCKETS` key, or [`byte_table::EMPTY`] /
+    /// [`byte_table::TOMBSTONE`].
+    pub sock: u64,
+    /// The `first_seen_ns` of the record the slot belongs to: tells a slot
+    /// from the record of a later socket at the same address.
+    pub born_ns: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+/// The `BYTES` table's geometry, shared by both sides.
+pub mod byte_table {
+    /// A slot never used (a lookup stops here).
+    pub const EMPTY: u64 = 0;
+    /// A slot given back (a lookup goes on past it; a claim may reuse it).
+    pub const TOMBSTONE: u64 = 1;
+    /// log2 of the number of slots.
+    pub const SLOTS_LOG2: u32 = 17;
+    pub const SLOTS: u32 = 1 << SLOTS_LOG2;
+    pub const MASK: u32 = SLOTS - 1;
+    /// Slots a lookup or a claim looks at from the home slot on (linear
+    /// probing). Past them the bytes are counted in the record instead.
+    pub const PROBES: u32 = 8;
+
+    /// The first slot a socket's probe sequence looks at (Fibonacci hashing
+    /// of the `struct sock` address).
+    #[inline(always)]
+    pub const fn home(sock: u64) -> u32 {
+        (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS_LOG2)) as u32
+    }
+
+    /// The `i`-th slot of `sock`'s probe sequence.
+    #[inline(always)]
+    pub const fn probe(home: u32, i: u32) -> u32 {
+        (home.wrapping_add(i)) & MASK
+    }
+}
+
 /// What `tcp:tcp_destroy_sock` hands to user space through the `CLOSED` ring
 /// buffer: the socket's final record.
 #[repr(C)]
@@ -198,6 +249,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClosedSock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ByteSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.

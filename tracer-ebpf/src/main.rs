@@ -14,7 +14,7 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic add on map values")]
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::{
@@ -22,13 +22,13 @@ use aya_ebpf::{
         bpf_probe_read_kernel_buf,
     },
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    flags, role, stat, tcp_state, CallArgs, ClosedSock, KernelOffsets, SockRecord, AF_INET, AF_INET6,
-    CLOSED_RING_BYTES, IPPROTO_TCP, MAX_SOCKETS, MSG_PEEK,
+    byte_table, flags, role, stat, tcp_state, ByteSlot, CallArgs, ClosedSock, KernelOffsets, SockRecord, AF_INET,
+    AF_INET6, CLOSED_RING_BYTES, IPPROTO_TCP, MAX_SOCKETS, MSG_PEEK,
 };
 
 /// Ring-buffer flags and queries (`include/uapi/linux/bpf.h`).
@@ -47,6 +47,14 @@ const BPF_NOEXIST: u64 = 1;
 // churn 0.80 -> 0.90 of untraced throughput). The price is a fixed
 // MAX_SOCKETS x ~200 bytes of kernel memory.
 static SOCKETS: HashMap<u64, SockRecord> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// `BPF_F_MMAPABLE`: user space maps the byte table to read it and to turn
+/// tombstones back into empty slots (with atomics).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The hot path's byte counters (see `ByteSlot`): about 4 MB, fixed.
+#[map]
+static BYTES: Array<ByteSlot> = Array::with_max_entries(byte_table::SLOTS, BPF_F_MMAPABLE);
 
 #[map]
 static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_RING_BYTES, 0);
@@ -224,6 +232,76 @@ fn record_of(sk: *const u8, now: u64) -> Option<*mut SockRecord> {
     insert(key, new_record(sk, now)?)
 }
 
+/// Where `key`'s probe sequence starts. The verifier allows no arithmetic
+/// but addition on a BTF socket pointer, but the difference of two pointers
+/// is a plain number for a privileged program: the hash is taken of the
+/// socket's distance from the `BYTES` map, fixed while the programs are
+/// loaded. (The slots themselves hold the socket address, which user space
+/// knows the socket by.)
+#[inline(always)]
+fn home_of(key: u64) -> u32 {
+    byte_table::home(key.wrapping_sub(&raw const BYTES as u64))
+}
+
+/// The `BYTES` slot holding `key`'s counters, if it has one. Array lookups
+/// are inlined by the verifier: no function call.
+#[inline(always)]
+fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
+    let home = home_of(key);
+    for i in 0..byte_table::PROBES {
+        let slot = BYTES.get_ptr_mut(byte_table::probe(home, i))?;
+        // SAFETY: a live array value; `sock` only changes atomically.
+        let sock = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
+        if sock == key {
+            return Some(slot);
+        }
+        if sock == byte_table::EMPTY {
+            return None;
+        }
+    }
+    None
+}
+
+/// Gives `key` (whose record has an owner and was first seen at `born`) a
+/// `BYTES` slot: the first empty or tombstone slot of its probe sequence,
+/// taken with compare-and-swap. Nothing happens when the sequence is full;
+/// the bytes are then counted in the record.
+#[inline(always)]
+fn claim_byte_slot(key: u64, born: u64) {
+    let home = home_of(key);
+    for i in 0..byte_table::PROBES {
+        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe(home, i)) else { return };
+        // SAFETY: a live array value; `sock` only changes atomically.
+        let mut seen = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
+        // Twice: user space may turn the tombstone seen into an empty slot
+        // in between, and the claim must then take this slot, not a later
+        // one (a lookup stops at the first empty slot).
+        for _ in 0..2 {
+            if seen == key {
+                return;
+            }
+            if seen != byte_table::EMPTY && seen != byte_table::TOMBSTONE {
+                break;
+            }
+            // SAFETY: as above; compare-and-swap on an aligned u64.
+            let (previous, won) = unsafe {
+                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    &raw mut (*slot).sock,
+                    seen,
+                    key,
+                )
+            };
+            if won {
+                // SAFETY: the slot is ours now; its counters were zeroed
+                // when it was given back.
+                unsafe { core::ptr::write_volatile(&raw mut (*slot).born_ns, born) };
+                return;
+            }
+            seen = previous;
+        }
+    }
+}
+
 /// Counts what one send or receive call moved on `sk`. `moved` is the
 /// call's return value; `msg_flags` the receive flags (`MSG_PEEK` reads
 /// move nothing). `checked_tcp` says the caller knows `sk` is TCP.
@@ -235,9 +313,20 @@ fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp
     if !sending && msg_flags & MSG_PEEK != 0 {
         return;
     }
-    // Look the socket up first: a known socket is TCP, which spares the
-    // family and protocol reads on the hot path.
     let key = sk as u64;
+    // Hot path: a socket with an owner has a `BYTES` slot; no hash lookup,
+    // no helper call.
+    if let Some(slot) = byte_slot(key) {
+        // SAFETY: a live array value; other CPUs only add atomically.
+        unsafe {
+            let counter = if sending { &raw mut (*slot).tx_bytes } else { &raw mut (*slot).rx_bytes };
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, moved as u64);
+        }
+        count(stat::EVENTS, 1);
+        return;
+    }
+    // Look the socket up first: a known socket is TCP, which spares the
+    // family and protocol reads.
     let record = match SOCKETS.get_ptr_mut(&key) {
         Some(record) => record,
         None => {
@@ -260,6 +349,8 @@ fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp
         }
         let counter = if sending { &raw mut (*record).tx_bytes } else { &raw mut (*record).rx_bytes };
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, moved as u64);
+        // The owner is known from here on: later calls take the hot path.
+        claim_byte_slot(key, (*record).first_seen_ns);
     }
     count(stat::EVENTS, 1);
 }
@@ -510,6 +601,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             // SAFETY: `record` points into a live map value that nothing
             // writes to any more (the socket is being destroyed).
             let mut final_record = unsafe { *record };
+            release_byte_slots(key, &mut final_record);
             final_record.retrans_total = total_retrans(sk);
             final_record.segs_out = segs_out(sk);
             entry.write(ClosedSock { sock: key, destroyed_ns: now, record: final_record });
@@ -524,6 +616,10 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             entry.submit(wakeup);
         }
         None => {
+            // The final counts are lost; the slots still go back.
+            // SAFETY: as above.
+            let mut final_record = unsafe { *record };
+            release_byte_slots(key, &mut final_record);
             count(stat::EVENTS_DROPPED, 1);
             debug!(&ctx, "ring buffer full: final counts of a socket lost");
         }
@@ -531,6 +627,36 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let _ = SOCKETS.remove(&key);
     count(stat::EVENTS, 1);
     0
+}
+
+/// Adds the counters of `key`'s `BYTES` slots to its final record and gives
+/// the slots back, zeroed, as tombstones. Nothing sends or receives on a
+/// socket being destroyed.
+#[inline(always)]
+fn release_byte_slots(key: u64, record: &mut SockRecord) {
+    let home = home_of(key);
+    for i in 0..byte_table::PROBES {
+        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe(home, i)) else { return };
+        // SAFETY: a live array value.
+        unsafe {
+            let sock = core::ptr::read_volatile(&raw const (*slot).sock);
+            if sock == byte_table::EMPTY {
+                return;
+            }
+            if sock == key {
+                record.tx_bytes += core::ptr::read_volatile(&raw const (*slot).tx_bytes);
+                record.rx_bytes += core::ptr::read_volatile(&raw const (*slot).rx_bytes);
+                core::ptr::write_volatile(&raw mut (*slot).tx_bytes, 0);
+                core::ptr::write_volatile(&raw mut (*slot).rx_bytes, 0);
+                core::ptr::write_volatile(&raw mut (*slot).born_ns, 0);
+                let _ = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    &raw mut (*slot).sock,
+                    key,
+                    byte_table::TOMBSTONE,
+                );
+            }
+        }
+    }
 }
 
 #[cfg(not(test))]

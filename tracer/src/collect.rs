@@ -23,6 +23,7 @@ use tracer_common::{flags, role, stat, ClosedSock, SockRecord};
 use crate::{
     addr, bpf_batch,
     btf::{Btf, BtfError},
+    byte_table::ByteTable,
     model::{Counters, KernelRole, SocketObs, Tuple},
     probes::{self, Backend, HookKind, Probe, BACKEND_ORDER, PROBES},
 };
@@ -82,6 +83,8 @@ pub struct Collector {
     closed: AsyncFd<RingBuf<MapData>>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     backend: Backend,
+    /// The hot path's byte counters, mapped.
+    bytes: ByteTable,
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns()`.
@@ -293,13 +296,18 @@ impl Collector {
         }
         drop(aya_btf);
 
+        let bytes = match ebpf.map("BYTES") {
+            Some(Map::Array(data)) => ByteTable::map(data.fd().as_fd().as_raw_fd())
+                .map_err(|e| LoadError::Load(format!("mapping map BYTES: {e}")))?,
+            _ => return Err(LoadError::Load("map BYTES missing".into())),
+        };
         let closed_map = ebpf.take_map("CLOSED").ok_or_else(|| LoadError::Load("map CLOSED missing".into()))?;
         let closed = RingBuf::try_from(closed_map).map_err(|e| LoadError::Load(format!("map CLOSED: {e}")))?;
         // SAFETY: the ring buffer owns its map fd and keeps it open while the
         // AsyncFd owns it.
         let closed = unsafe { AsyncFd::register_with_interest(closed, Interest::READABLE) }
             .map_err(|e| LoadError::Load(format!("polling map CLOSED: {e}")))?;
-        Ok(Collector { ebpf, closed, logger, backend })
+        Ok(Collector { ebpf, closed, logger, backend, bytes })
     }
 
     pub fn backend(&self) -> Backend {
@@ -339,19 +347,31 @@ impl Collector {
         out
     }
 
-    /// Every socket the kernel side tracks now.
+    /// Every socket the kernel side tracks now, with its byte slots' counts
+    /// added. The slots are read first: a socket destroyed in between is
+    /// then missing from the table read (its final record comes through the
+    /// ring buffer), never seen with its slots already given back.
     pub fn live(&self) -> Vec<SocketObs> {
+        let slots = self.bytes.read_and_sweep();
+        let with_slots = |id: u64, record: &SockRecord| {
+            let mut record = *record;
+            if let Some(bytes) = slots.get(&(id, record.first_seen_ns)) {
+                record.tx_bytes += bytes.tx;
+                record.rx_bytes += bytes.rx;
+            }
+            observe(id, &record)
+        };
         let Some(map) = self.ebpf.map("SOCKETS") else { return Vec::new() };
         if let Map::HashMap(data) = map {
             match bpf_batch::lookup_all::<u64, SockRecord>(data.fd().as_fd().as_raw_fd(), 2048) {
-                Ok(entries) => return entries.iter().map(|(id, record)| observe(*id, record)).collect(),
+                Ok(entries) => return entries.iter().map(|(id, record)| with_slots(*id, record)).collect(),
                 Err(e) => debug!("batch lookup unavailable ({e}); reading the socket table key by key"),
             }
         }
         let Ok(sockets) = BpfHashMap::<_, u64, SockRecord>::try_from(map) else { return Vec::new() };
         // Entries removed while iterating end the walk early or are skipped;
         // their final counts come through the ring buffer.
-        sockets.iter().filter_map(Result::ok).map(|(id, record)| observe(id, &record)).collect()
+        sockets.iter().filter_map(Result::ok).map(|(id, record)| with_slots(id, &record)).collect()
     }
 
     pub fn stats(&self) -> Stats {

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod analysis;
 pub mod bpf_batch;
 pub mod btf;
+pub mod byte_table;
 pub mod cli;
 pub mod collect;
 pub mod doctor;

@@ -117,6 +117,24 @@ impl Counters {
         }
     }
 
+    /// Field-wise maximum. What is attributed only ever grows: a live
+    /// reading a little behind an earlier one (a socket's byte slot given
+    /// back while the table was read) must not make counts already
+    /// attributed count again.
+    fn max_each(&self, other: &Counters) -> Counters {
+        Counters {
+            tx_bytes: self.tx_bytes.max(other.tx_bytes),
+            rx_bytes: self.rx_bytes.max(other.rx_bytes),
+            retransmits: self.retransmits.max(other.retransmits),
+            segments_out: self.segments_out.max(other.segments_out),
+            resets_sent: self.resets_sent.max(other.resets_sent),
+            resets_received: self.resets_received.max(other.resets_received),
+            opened: self.opened.max(other.opened),
+            closed: self.closed.max(other.closed),
+            failed_connects: self.failed_connects.max(other.failed_connects),
+        }
+    }
+
     pub fn add(&mut self, other: &Counters) {
         self.tx_bytes += other.tx_bytes;
         self.rx_bytes += other.rx_bytes;
@@ -488,7 +506,7 @@ impl Model {
                 flows.entry(key).or_default().add(&delta);
             }
             if let Some(socket) = self.live.get_mut(&id) {
-                socket.attributed = obs.counters;
+                socket.attributed = attributed.max_each(&obs.counters);
             }
         }
         let sockets = self.socket_counts();

@@ -352,7 +352,7 @@ mod tests {
     fn hash_program_jumps_land_where_meant() {
         let p = hash_program(3);
         assert_eq!(p.len(), 27);
-        let out = p.iter().rposition(|i| *i == mov_imm(R0, 0)).unwrap();
+        let out = p.iter().rposition(|i| *i == mov_imm(R0, 0)).expect("an out label");
         assert_eq!(out, 25);
         // The three jumps: target = index + 1 + off.
         assert_eq!(7 + 1 + p[7].off as usize, out);

@@ -299,10 +299,10 @@ mod tests {
             references: vec![(Reference::Floor, vec![run(950.0, None); 3]), (Reference::Hash, vec![])],
             ..Default::default()
         };
-        assert!((pairs.reference_ratio(Reference::Floor).unwrap() - 0.95).abs() < 1e-12);
+        assert!((pairs.reference_ratio(Reference::Floor).expect("measured") - 0.95).abs() < 1e-12);
         // 1e9/950 - 1e9/1000 ns per op, over 4 syscalls.
         let added = (1e9 / 950.0 - 1e6) / 4.0;
-        assert!((pairs.reference_added_ns_per_syscall(Reference::Floor).unwrap() - added).abs() < 1e-6);
+        assert!((pairs.reference_added_ns_per_syscall(Reference::Floor).expect("measured") - added).abs() < 1e-6);
         assert_eq!(pairs.reference_ratio(Reference::Hash), None);
         assert_eq!(pairs.reference_ratio(Reference::Bpftrace), None);
     }

@@ -1,0 +1,147 @@
+//! User space's view of the `BYTES` table (see `tracer_common::ByteSlot`):
+//! the array is mapped into memory, read in place each tick (no syscall,
+//! no copy), and swept: tombstones that no probe sequence needs any more
+//! become empty slots again, so lookups of unknown sockets stay short.
+//!
+//! The slots are shared with the eBPF programs, which change them with
+//! atomic instructions; every access here is an atomic load or
+//! compare-and-swap on an aligned u64.
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::RawFd,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use tracer_common::{byte_table, ByteSlot};
+
+/// Bytes counted in the `BYTES` slots of one socket (usually one slot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotBytes {
+    pub tx: u64,
+    pub rx: u64,
+}
+
+/// Slot contents as plain words: (sock, born_ns, tx, rx).
+pub type SlotWords = [u64; 4];
+
+/// The `BYTES` array, mapped.
+pub struct ByteTable {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is process-wide shared memory accessed only through
+// atomics; the pointer is not tied to a thread.
+unsafe impl Send for ByteTable {}
+// SAFETY: as above.
+unsafe impl Sync for ByteTable {}
+
+const SLOT_SIZE: usize = std::mem::size_of::<ByteSlot>();
+const WORDS: usize = SLOT_SIZE / 8;
+
+impl ByteTable {
+    /// Maps the array behind `fd` (a `BPF_F_MMAPABLE` array of
+    /// `byte_table::SLOTS` `ByteSlot`s).
+    pub fn map(fd: RawFd) -> io::Result<Self> {
+        let len = byte_table::SLOTS as usize * SLOT_SIZE;
+        // SAFETY: a fresh shared mapping of a BPF map fd; checked below.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ByteTable { base: base.cast(), len })
+    }
+
+    fn word(&self, slot: usize, word: usize) -> &AtomicU64 {
+        debug_assert!(slot < byte_table::SLOTS as usize && word < WORDS);
+        // SAFETY: in bounds of the mapping (slot < SLOTS, word < 4), 8-byte
+        // aligned (page-aligned base, 32-byte slots), and the memory lives
+        // as long as `self`.
+        unsafe { &*(self.base.add(slot * SLOT_SIZE + word * 8) as *const AtomicU64) }
+    }
+
+    fn load(&self, slot: usize) -> SlotWords {
+        [0, 1, 2, 3].map(|w| self.word(slot, w).load(Ordering::Acquire))
+    }
+
+    /// Reads every slot, then sweeps; returns the bytes per (socket,
+    /// born_ns).
+    pub fn read_and_sweep(&self) -> HashMap<(u64, u64), SlotBytes> {
+        let slots = byte_table::SLOTS as usize;
+        let mut totals = HashMap::new();
+        // Backwards, so a run of tombstones ending at an empty slot is swept
+        // in one pass.
+        for slot in (0..slots).rev() {
+            let words = self.load(slot);
+            match words[0] {
+                byte_table::EMPTY => {}
+                byte_table::TOMBSTONE => {
+                    let next = (slot + 1) & byte_table::MASK as usize;
+                    if self.word(next, 0).load(Ordering::Acquire) == byte_table::EMPTY {
+                        // Only a tombstone becomes empty: a claim in between
+                        // makes this fail, and a claim that lost its race to
+                        // it retries the same slot.
+                        let _ = self.word(slot, 0).compare_exchange(
+                            byte_table::TOMBSTONE,
+                            byte_table::EMPTY,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
+                }
+                _ => add_slot(&mut totals, words),
+            }
+        }
+        totals
+    }
+}
+
+/// Adds one live slot's counters to the totals of its socket.
+pub fn add_slot(totals: &mut HashMap<(u64, u64), SlotBytes>, [sock, born, tx, rx]: SlotWords) {
+    let entry = totals.entry((sock, born)).or_default();
+    entry.tx += tx;
+    entry.rx += rx;
+}
+
+impl Drop for ByteTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_four_words() {
+        assert_eq!(SLOT_SIZE, 32);
+        assert_eq!(WORDS, 4);
+    }
+
+    #[test]
+    fn duplicate_slots_of_one_socket_add_up_and_later_sockets_stay_apart() {
+        let mut totals = HashMap::new();
+        add_slot(&mut totals, [0xffff_1000, 7, 100, 5]);
+        add_slot(&mut totals, [0xffff_1000, 7, 1, 2]);
+        // Same address, a later socket (other birth time).
+        add_slot(&mut totals, [0xffff_1000, 9, 40, 0]);
+        assert_eq!(totals[&(0xffff_1000, 7)], SlotBytes { tx: 101, rx: 7 });
+        assert_eq!(totals[&(0xffff_1000, 9)], SlotBytes { tx: 40, rx: 0 });
+    }
+
+    #[test]
+    fn home_slots_spread_and_wrap() {
+        // Kernel socket addresses are 64-byte aligned and close together:
+        // their home slots still spread over the table.
+        let homes: std::collections::HashSet<u32> =
+            (0..1000u64).map(|i| byte_table::home(0xffff_8880_1234_0000 + i * 2048)).collect();
+        assert!(homes.len() > 990, "{}", homes.len());
+        assert_eq!(byte_table::probe(byte_table::MASK, 1), 0);
+    }
+}
