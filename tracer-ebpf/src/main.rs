@@ -12,6 +12,7 @@
 // The bpf target has no atomic types; `atomic_xadd` lowers to the BPF
 // atomic add instruction.
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![expect(internal_features, reason = "atomic add on map values")]
 
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
@@ -232,15 +233,23 @@ fn record_of(sk: *const u8, now: u64) -> Option<*mut SockRecord> {
     insert(key, new_record(sk, now)?)
 }
 
-/// Where `key`'s probe sequence starts. The verifier allows no arithmetic
-/// but addition on a BTF socket pointer, but the difference of two pointers
-/// is a plain number for a privileged program: the hash is taken of the
-/// socket's distance from the `BYTES` map, fixed while the programs are
-/// loaded. (The slots themselves hold the socket address, which user space
-/// knows the socket by.)
+/// Where `key`'s probe sequence starts.
+///
+/// The verifier allows no arithmetic but addition on a socket pointer (and
+/// whether it still sees the key as a pointer depends on the kernel and on
+/// where the compiler spilled it), but a 32-bit move of a pointer is a
+/// plain number for a privileged program. The hash is taken of the low 32
+/// bits of the address, which are the ones that differ between sockets.
+/// The slots themselves hold the whole address, which user space knows the
+/// socket by.
 #[inline(always)]
 fn home_of(key: u64) -> u32 {
-    byte_table::home(key.wrapping_sub(&raw const BYTES as u64))
+    let low: u64;
+    // SAFETY: one register move, no memory access.
+    unsafe {
+        core::arch::asm!("w0 = w1", in("r1") key, lateout("r0") low, options(pure, nomem, nostack, preserves_flags));
+    }
+    byte_table::home(low)
 }
 
 /// The `BYTES` slot holding `key`'s counters, if it has one. Array lookups

@@ -228,6 +228,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let mut quiet = Quiet::new(if plan.quick { 15 } else { 120 });
     let workloads = ab_rounds(&binaries, &mode, &plan, &mut quiet, &mut reference_notes)?;
+    let program_costs = if plan.references.is_empty() {
+        Vec::new()
+    } else {
+        match program_costs(&binaries, &mode, &plan) {
+            Ok(costs) => costs,
+            Err(error) => {
+                reference_notes.push(format!("program run times not measured: {error:#}"));
+                Vec::new()
+            }
+        }
+    };
     let document = report::Document {
         started_at,
         wall_secs: began.elapsed().as_secs_f64(),
@@ -242,6 +253,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         cost,
         foreign_tracers: quiet.seen.into_iter().collect(),
         reference_notes,
+        program_costs,
     };
     println!("{}", report::results(&document));
     if !args.no_write {
@@ -362,6 +374,63 @@ fn ab_rounds(
         }
     }
     Ok(results)
+}
+
+/// Mean run time of the programs per call, from the kernel's own
+/// accounting (`kernel.bpf_stats_enabled`), over one ping-pong run each with
+/// the reference programs and with the tracer: what each program costs
+/// inside the hook, free of the noise of whole-syscall timing. (The
+/// accounting itself adds two clock reads per run, to every line alike.)
+fn program_costs(binaries: &Binaries, mode: &Mode, plan: &Plan) -> Result<Vec<ProgramCost>> {
+    let _stats = proc::BpfStats::enable().context("turning on kernel.bpf_stats_enabled")?;
+    let own = std::process::id();
+    let mut costs = Vec::new();
+    for reference in plan.references.iter().filter(|r| **r != reference::Reference::Bpftrace) {
+        let attached = reference::Attached::attach(*reference)?;
+        let before = proc::program_runs(own);
+        run_workload(&binaries.loadgen, Workload::PingPong, &plan.load)?;
+        let after = proc::program_runs(own);
+        drop(attached);
+        costs.push(ProgramCost::new(reference.name(), before, after));
+    }
+    let tracer = TracerProcess::start(&binaries.tracer, mode, plan.interval)?;
+    std::thread::sleep(plan.settle);
+    let before = proc::program_runs(tracer.pid());
+    run_workload(&binaries.loadgen, Workload::PingPong, &plan.load)?;
+    let after = proc::program_runs(tracer.pid());
+    tracer.stop()?;
+    costs.push(ProgramCost::new("tracer (all its programs)", before, after));
+    for cost in &costs {
+        eprintln!(
+            "xtask: bench: program run time: {}: {:.1} ns per run over {} runs",
+            cost.name,
+            cost.ns_per_run(),
+            cost.runs
+        );
+    }
+    Ok(costs)
+}
+
+/// Program runs during one ping-pong run, from the kernel's accounting.
+#[derive(Debug, Clone)]
+pub struct ProgramCost {
+    pub name: &'static str,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgramCost {
+    fn new(name: &'static str, before: (u64, u64), after: (u64, u64)) -> Self {
+        ProgramCost { name, run_time_ns: after.0.saturating_sub(before.0), runs: after.1.saturating_sub(before.1) }
+    }
+
+    pub fn ns_per_run(&self) -> f64 {
+        if self.runs == 0 {
+            f64::NAN
+        } else {
+            self.run_time_ns as f64 / self.runs as f64
+        }
+    }
 }
 
 /// One ping-pong run with `reference` attached instead of the tracer.

@@ -138,9 +138,67 @@ pub fn load_average() -> Option<f64> {
     fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
+/// Run time and run count, summed over the eBPF tracing programs `pid`
+/// holds (`run_time_ns` / `run_cnt` of their fdinfo; counted only while
+/// `kernel.bpf_stats_enabled` is 1).
+pub fn program_runs(pid: u32) -> (u64, u64) {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return (0, 0) };
+    let mut total = (0, 0);
+    for fd in fds.flatten() {
+        let Ok(info) = fs::read_to_string(fd.path()) else { continue };
+        if let Some((time, count)) = parse_fdinfo_runs(&info) {
+            total.0 += time;
+            total.1 += count;
+        }
+    }
+    total
+}
+
+/// `(run_time_ns, run_cnt)` of a tracing program's fdinfo text.
+pub fn parse_fdinfo_runs(info: &str) -> Option<(u64, u64)> {
+    if !parse_fdinfo_program_type(info).is_some_and(|t| TRACING_PROGRAM_TYPES.contains(&t)) {
+        return None;
+    }
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim_start_matches(':').trim().parse().ok())
+    };
+    Some((field("run_time_ns")?, field("run_cnt")?))
+}
+
+/// Turns `kernel.bpf_stats_enabled` on for its lifetime (and back to what
+/// it was when dropped).
+pub struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> std::io::Result<Self> {
+        let previous = fs::read_to_string(BPF_STATS_SYSCTL)?.trim().to_owned();
+        fs::write(BPF_STATS_SYSCTL, "1")?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS_SYSCTL, &self.previous);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_runs_from_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nprog_jited:\t1\nrun_time_ns:\t1500\nrun_cnt:\t30\n";
+        assert_eq!(parse_fdinfo_runs(info), Some((1500, 30)));
+        // A socket filter is not a tracing program.
+        assert_eq!(parse_fdinfo_runs(&info.replace("prog_type:\t26", "prog_type:\t1")), None);
+        assert_eq!(parse_fdinfo_runs("pos:\t0\n"), None);
+    }
 
     #[test]
     fn stat_counts_from_the_last_parenthesis() {

@@ -30,6 +30,8 @@ pub struct Document {
     pub foreign_tracers: Vec<String>,
     /// Why a reference program was not measured.
     pub reference_notes: Vec<String>,
+    /// Program run times per call (kernel accounting).
+    pub program_costs: Vec<super::ProgramCost>,
 }
 
 /// Targets of issue 7.
@@ -130,6 +132,21 @@ fn method(doc: &Document) -> String {
          tracepoint or tracing type, from `/proc/*/fdinfo`), and checks again after \
          each run; pairs where one was around are left out of the figures when \
          clean pairs exist."
+    );
+    let _ = writeln!(
+        out,
+        "- **Reference programs.** In each round, between the untraced and the traced \
+         ping-pong run, one run per reference attached to `sock:sock_send_length` and \
+         `sock:sock_recv_length` instead of the tracer: an empty program (the floor any \
+         program on these hooks pays), a minimal tracer doing one hash-map update per \
+         call keyed by pid (`tx[pid] += ret`, the issue's C/libbpf line; both are a few \
+         eBPF instructions the bench loads itself as raw tracepoint programs with \
+         bpf(2), `xtask/src/bench/reference.rs`), and bpftrace's one-liner \
+         `@tx[pid] = sum(args->ret)` (installed from Debian's packages if missing; \
+         tracefs is mounted if needed). `cargo xtask reference floor|hash|bpftrace` \
+         attaches one by hand. Then one ping-pong run each with \
+         `kernel.bpf_stats_enabled` on gives the programs' own run time per call, as \
+         the kernel accounts it."
     );
     let _ = writeln!(
         out,
@@ -304,7 +321,7 @@ fn reference_table(doc: &Document) -> String {
     let Some((_, pairs)) = doc.workloads.iter().find(|(w, _)| *w == Workload::PingPong) else {
         return String::new();
     };
-    if pairs.references.is_empty() && doc.reference_notes.is_empty() {
+    if pairs.references.is_empty() && doc.reference_notes.is_empty() && doc.program_costs.is_empty() {
         return String::new();
     }
     let mut out = String::from("\n### Ping-pong against reference programs, on this machine\n\n");
@@ -342,6 +359,27 @@ fn reference_table(doc: &Document) -> String {
         pairs.ratio(),
         above(added)
     );
+    if !doc.program_costs.is_empty() {
+        out.push_str(
+            "\nInside the hook, from the kernel's own accounting (`kernel.bpf_stats_enabled`, one \
+             ping-pong run each; the accounting adds two clock reads per run to every line alike):\n\n\
+             | programs | runs | ns per run | above the empty program |\n|---|---:|---:|---:|\n",
+        );
+        let empty = doc.program_costs.iter().find(|c| c.name == Reference::Floor.name()).map(|c| c.ns_per_run());
+        for cost in &doc.program_costs {
+            let above = match empty {
+                Some(e) if e.is_finite() && cost.ns_per_run().is_finite() => format!("{:.1}", cost.ns_per_run() - e),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} | {above} |",
+                cost.name,
+                thousands(cost.runs as f64),
+                cost.ns_per_run()
+            );
+        }
+    }
     for note in &doc.reference_notes {
         let _ = writeln!(out, "\n{note}.");
     }
