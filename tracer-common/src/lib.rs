@@ -213,6 +213,40 @@ pub struct KernelOffsets {
     pub recvmsg_flags_arg: u32,
     /// Number of `tcp_recvmsg` parameters: where fexit finds the return value.
     pub recvmsg_nargs: u32,
+    /// 1 if `sock_common` starts with the layout of [`CommonBlock`] at
+    /// `skc_daddr` (every kernel so far): the programs then read the
+    /// addresses, ports, family and state in one read.
+    pub common_block: u32,
+    /// 1 if `skc_v6_rcv_saddr` directly follows `skc_v6_daddr`: both IPv6
+    /// addresses in one read.
+    pub v6_block: u32,
+}
+
+/// The start of `struct sock_common` at `skc_daddr`, as every kernel lays
+/// it out (checked against the BTF before use; see
+/// [`KernelOffsets::common_block`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommonBlock {
+    pub daddr: [u8; 4],
+    pub rcv_saddr: [u8; 4],
+    pub hash: u32,
+    /// Network order.
+    pub dport: u16,
+    /// Host order.
+    pub num: u16,
+    pub family: u16,
+    pub state: u8,
+    pub _reuse: u8,
+}
+
+impl CommonBlock {
+    /// Offsets of the fields the programs use, relative to `skc_daddr`.
+    pub const RCV_SADDR: u32 = 4;
+    pub const DPORT: u32 = 12;
+    pub const NUM: u32 = 14;
+    pub const FAMILY: u32 = 16;
+    pub const STATE: u32 = 18;
 }
 
 /// Indexes into the per-CPU `STATS` array.
@@ -266,6 +300,12 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockRecord>(), 8 * 4 + 16 * 3 + 4 * 6 + 2 * 3 + 2 + 4 * 4);
         assert_eq!(core::mem::size_of::<SockRecord>() % 8, 0);
         assert_eq!(core::mem::size_of::<ClosedSock>(), 16 + core::mem::size_of::<SockRecord>());
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 15 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4);
+        assert_eq!(core::mem::size_of::<CommonBlock>(), 20);
+        assert_eq!(core::mem::offset_of!(CommonBlock, dport) as u32, CommonBlock::DPORT);
+        assert_eq!(core::mem::offset_of!(CommonBlock, num) as u32, CommonBlock::NUM);
+        assert_eq!(core::mem::offset_of!(CommonBlock, family) as u32, CommonBlock::FAMILY);
+        assert_eq!(core::mem::offset_of!(CommonBlock, state) as u32, CommonBlock::STATE);
+        assert_eq!(core::mem::offset_of!(CommonBlock, rcv_saddr) as u32, CommonBlock::RCV_SADDR);
     }
 }

@@ -18,18 +18,15 @@
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    byte_table, flags, role, stat, tcp_state, ByteSlot, CallArgs, ClosedSock, KernelOffsets, SockRecord, AF_INET,
-    AF_INET6, CLOSED_RING_BYTES, IPPROTO_TCP, MAX_SOCKETS, MSG_PEEK,
+    byte_table, flags, role, stat, tcp_state, ByteSlot, CallArgs, ClosedSock, CommonBlock, KernelOffsets, SockRecord,
+    AF_INET, AF_INET6, CLOSED_RING_BYTES, IPPROTO_TCP, MAX_SOCKETS, MSG_PEEK,
 };
 
 /// Ring-buffer flags and queries (`include/uapi/linux/bpf.h`).
@@ -86,6 +83,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     tcp_segs_out: 0,
     recvmsg_flags_arg: 3,
     recvmsg_nargs: 5,
+    common_block: 0,
+    v6_block: 0,
 };
 
 /// Reads one offset; volatile so the compiler does not fold the zero above.
@@ -113,36 +112,70 @@ fn count(index: u32, n: u64) {
     }
 }
 
+/// The start of `sock_common`: addresses, ports, family and state. One
+/// read where the kernel has the usual layout (every helper call counts on
+/// the connection path), field by field otherwise.
 #[inline(always)]
-fn is_inet(sk: *const u8) -> bool {
-    matches!(read::<u16>(sk, offset!(skc_family)), Some(AF_INET) | Some(AF_INET6))
+fn read_common(sk: *const u8) -> Option<CommonBlock> {
+    if offset!(common_block) != 0 {
+        return read::<CommonBlock>(sk, offset!(skc_daddr));
+    }
+    let mut block = CommonBlock {
+        family: read::<u16>(sk, offset!(skc_family))?,
+        state: read::<u8>(sk, offset!(skc_state)).unwrap_or(0),
+        num: read::<u16>(sk, offset!(skc_num)).unwrap_or(0),
+        dport: read::<u16>(sk, offset!(skc_dport)).unwrap_or(0),
+        ..CommonBlock::default()
+    };
+    if block.family == AF_INET {
+        block.daddr = read::<[u8; 4]>(sk, offset!(skc_daddr)).unwrap_or([0; 4]);
+        block.rcv_saddr = read::<[u8; 4]>(sk, offset!(skc_rcv_saddr)).unwrap_or([0; 4]);
+    }
+    Some(block)
 }
 
 #[inline(always)]
-fn is_tcp(sk: *const u8) -> bool {
-    is_inet(sk) && read::<u16>(sk, offset!(sk_protocol)) == Some(IPPROTO_TCP)
+fn is_inet_family(family: u16) -> bool {
+    family == AF_INET || family == AF_INET6
+}
+
+#[inline(always)]
+fn is_tcp_protocol(sk: *const u8) -> bool {
+    read::<u16>(sk, offset!(sk_protocol)) == Some(IPPROTO_TCP)
 }
 
 /// Fills the address fields of `record` from the socket.
 #[inline(always)]
 fn read_tuple(sk: *const u8, record: &mut SockRecord) {
-    let family = read::<u16>(sk, offset!(skc_family)).unwrap_or(0);
-    record.family = family;
-    record.local_port = read::<u16>(sk, offset!(skc_num)).unwrap_or(0);
-    record.remote_port = u16::from_be(read::<u16>(sk, offset!(skc_dport)).unwrap_or(0));
+    if let Some(common) = read_common(sk) {
+        fill_tuple(sk, &common, record);
+    }
+}
+
+/// Fills the address fields of `record` from `common` (and, for IPv6, the
+/// socket's IPv6 addresses).
+#[inline(always)]
+fn fill_tuple(sk: *const u8, common: &CommonBlock, record: &mut SockRecord) {
+    record.family = common.family;
+    record.local_port = common.num;
+    record.remote_port = u16::from_be(common.dport);
     record.local_addr = [0; 16];
     record.remote_addr = [0; 16];
-    let (local_offset, remote_offset, len) = if family == AF_INET6 {
-        (offset!(skc_v6_rcv_saddr), offset!(skc_v6_daddr), 16)
-    } else {
-        (offset!(skc_rcv_saddr), offset!(skc_daddr), 4)
-    };
-    // SAFETY: reads into the record's own arrays; the helper checks the
-    // kernel address.
-    unsafe {
-        let _ = bpf_probe_read_kernel_buf(sk.wrapping_add(local_offset), &mut record.local_addr[..len]);
-        let _ = bpf_probe_read_kernel_buf(sk.wrapping_add(remote_offset), &mut record.remote_addr[..len]);
+    if common.family != AF_INET6 {
+        record.local_addr[..4].copy_from_slice(&common.rcv_saddr);
+        record.remote_addr[..4].copy_from_slice(&common.daddr);
+        return;
     }
+    if offset!(v6_block) != 0 {
+        // `skc_v6_daddr` then `skc_v6_rcv_saddr`.
+        if let Some(both) = read::<[u8; 32]>(sk, offset!(skc_v6_daddr)) {
+            record.remote_addr.copy_from_slice(&both[..16]);
+            record.local_addr.copy_from_slice(&both[16..]);
+        }
+        return;
+    }
+    record.local_addr = read::<[u8; 16]>(sk, offset!(skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+    record.remote_addr = read::<[u8; 16]>(sk, offset!(skc_v6_daddr)).unwrap_or([0; 16]);
 }
 
 #[inline(always)]
@@ -164,9 +197,15 @@ fn claim_owner(record: &mut SockRecord) {
 
 /// A new record for a socket first seen now, built in `SCRATCH`, reading
 /// what the socket can tell: addresses, network namespace, state and
-/// retransmit total so far.
+/// retransmit total so far. `None` for a socket that is not TCP (checked
+/// unless `known_tcp`). A socket `born` now (connect, or a child of a
+/// listener) has sent nothing yet: its counters are not read.
 #[inline(always)]
-fn new_record(sk: *const u8, now: u64) -> Option<&'static mut SockRecord> {
+fn new_record(sk: *const u8, now: u64, known_tcp: bool, born: bool) -> Option<&'static mut SockRecord> {
+    let common = read_common(sk)?;
+    if !is_inet_family(common.family) || (!known_tcp && !is_tcp_protocol(sk)) {
+        return None;
+    }
     // SAFETY: this CPU's scratch slot; programs do not nest on a CPU.
     let record = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     record.tx_bytes = 0;
@@ -179,12 +218,13 @@ fn new_record(sk: *const u8, now: u64) -> Option<&'static mut SockRecord> {
     record.resets_received = 0;
     record.role = role::UNKNOWN;
     record.flags = 0;
-    read_tuple(sk, record);
+    fill_tuple(sk, &common, record);
+    record.netns = 0;
     let net: u64 = read::<u64>(sk, offset!(skc_net)).unwrap_or(0);
     if net != 0 {
         record.netns = read::<u32>(net as *const u8, offset!(net_ns_inum)).unwrap_or(0);
     }
-    record.state = read::<u8>(sk, offset!(skc_state)).unwrap_or(0);
+    record.state = common.state;
     if matches!(
         record.state,
         tcp_state::ESTABLISHED
@@ -196,10 +236,9 @@ fn new_record(sk: *const u8, now: u64) -> Option<&'static mut SockRecord> {
     ) {
         record.flags |= flags::WAS_ESTABLISHED;
     }
-    let retrans = total_retrans(sk);
+    let (retrans, segs) = if born { (0, 0) } else { (total_retrans(sk), segs_out(sk)) };
     record.retrans_base = retrans;
     record.retrans_total = retrans;
-    let segs = segs_out(sk);
     record.segs_out_base = segs;
     record.segs_out = segs;
     Some(record)
@@ -220,17 +259,15 @@ fn insert(key: u64, record: &SockRecord) -> Option<*mut SockRecord> {
 }
 
 /// The record of `sk`, created from the socket if the tracer has not seen it
-/// yet (a socket that predates the tracer). `None` for non-TCP sockets.
+/// yet (a socket that predates the tracer, or one `born` now), and whether
+/// it was created now. `None` for non-TCP sockets.
 #[inline(always)]
-fn record_of(sk: *const u8, now: u64) -> Option<*mut SockRecord> {
+fn record_of(sk: *const u8, now: u64, born: bool) -> Option<(*mut SockRecord, bool)> {
     let key = sk as u64;
     if let Some(record) = SOCKETS.get_ptr_mut(&key) {
-        return Some(record);
+        return Some((record, false));
     }
-    if !is_tcp(sk) {
-        return None;
-    }
-    insert(key, new_record(sk, now)?)
+    Some((insert(key, new_record(sk, now, false, born)?)?, true))
 }
 
 /// Where `key`'s probe sequence starts.
@@ -339,10 +376,7 @@ fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp
     let record = match SOCKETS.get_ptr_mut(&key) {
         Some(record) => record,
         None => {
-            if !checked_tcp && !is_tcp(sk) {
-                return;
-            }
-            let Some(fresh) = new_record(sk, bpf_now()) else { return };
+            let Some(fresh) = new_record(sk, bpf_now(), checked_tcp, false) else { return };
             claim_owner(fresh);
             match insert(key, fresh) {
                 Some(record) => record,
@@ -489,8 +523,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let old_state = ctx.arg::<i32>(1) as u8;
     let new_state = ctx.arg::<i32>(2) as u8;
     let now = bpf_now();
+    let born = matches!(
+        (old_state, new_state),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) | (tcp_state::LISTEN, tcp_state::SYN_RECV)
+    );
     // `record_of` checks the protocol of sockets it does not know yet.
-    let Some(record) = record_of(sk, now) else {
+    let Some((record, created)) = record_of(sk, now, born) else {
         return 0;
     };
     // SAFETY: `record` points into a live map value. State changes of one
@@ -498,7 +536,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let record = unsafe { &mut *record };
     // Addresses are final once a connection is set up; later on, on the
     // way to CLOSE, the kernel even zeroes the local port (`inet_put_port`).
-    if matches!(new_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::ESTABLISHED | tcp_state::LISTEN) {
+    // A record created just now has them already.
+    if !created
+        && matches!(new_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::ESTABLISHED | tcp_state::LISTEN)
+    {
         read_tuple(sk, record);
     }
     match (old_state, new_state) {
@@ -551,7 +592,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     if sk.is_null() {
         return 0;
     }
-    if let Some(record) = record_of(sk, bpf_now()) {
+    if let Some((record, _)) = record_of(sk, bpf_now(), false) {
         let total = total_retrans(sk);
         let segs = segs_out(sk);
         // SAFETY: `record` points into a live map value; the socket lock is
@@ -585,7 +626,7 @@ fn on_reset(sk: *const u8, sent: bool) {
     if sk.is_null() {
         return;
     }
-    if let Some(record) = record_of(sk, bpf_now()) {
+    if let Some((record, _)) = record_of(sk, bpf_now(), false) {
         // SAFETY: `record` points into a live map value.
         unsafe {
             let counter = if sent { &raw mut (*record).resets_sent } else { &raw mut (*record).resets_received };

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use tracer_common::KernelOffsets;
+use tracer_common::{CommonBlock, KernelOffsets};
 
 use crate::btf::{Btf, BtfError};
 
@@ -187,6 +187,14 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     // Only the fentry and kprobe backends read these; a kernel without the
     // function in its BTF cannot run them anyway.
     let recvmsg = btf.function_params("tcp_recvmsg").unwrap_or_default();
+    let daddr = common("skc_daddr")?;
+    let at = |member: &str, relative: u32| common(member).is_ok_and(|o| o == daddr + relative);
+    let common_block = at("skc_rcv_saddr", CommonBlock::RCV_SADDR)
+        && at("skc_dport", CommonBlock::DPORT)
+        && at("skc_num", CommonBlock::NUM)
+        && at("skc_family", CommonBlock::FAMILY)
+        && at("skc_state", CommonBlock::STATE);
+    let v6_block = common("skc_v6_rcv_saddr")? == common("skc_v6_daddr")? + 16;
     Ok(KernelOffsets {
         skc_family: sk_common + common("skc_family")?,
         skc_state: sk_common + common("skc_state")?,
@@ -203,6 +211,8 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         tcp_segs_out: btf.member_offset("tcp_sock", "segs_out")?,
         recvmsg_flags_arg: recvmsg.iter().position(|p| p == "flags").unwrap_or(3) as u32,
         recvmsg_nargs: if recvmsg.is_empty() { 5 } else { recvmsg.len() as u32 },
+        common_block: u32::from(common_block),
+        v6_block: u32::from(v6_block),
     })
 }
 
