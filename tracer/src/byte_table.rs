@@ -56,6 +56,34 @@ impl ByteTable {
         Ok(ByteTable { base: base.cast(), len })
     }
 
+    /// A table in private anonymous memory, for tests of the sweep.
+    #[cfg(test)]
+    fn anonymous() -> io::Result<Self> {
+        let len = byte_table::SLOTS as usize * SLOT_SIZE;
+        // SAFETY: a fresh private anonymous mapping; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ByteTable { base: base.cast(), len })
+    }
+
+    #[cfg(test)]
+    fn store(&self, slot: usize, words: SlotWords) {
+        for (w, value) in words.into_iter().enumerate() {
+            self.word(slot, w).store(value, Ordering::Release);
+        }
+    }
+
     fn word(&self, slot: usize, word: usize) -> &AtomicU64 {
         debug_assert!(slot < byte_table::SLOTS as usize && word < WORDS);
         // SAFETY: in bounds of the mapping (slot < SLOTS, word < 4), 8-byte
@@ -133,6 +161,42 @@ mod tests {
         add_slot(&mut totals, [0xffff_1000, 9, 40, 0]);
         assert_eq!(totals[&(0xffff_1000, 7)], SlotBytes { tx: 101, rx: 7 });
         assert_eq!(totals[&(0xffff_1000, 9)], SlotBytes { tx: 40, rx: 0 });
+    }
+
+    const TOMB: SlotWords = [byte_table::TOMBSTONE, 0, 0, 0];
+
+    #[test]
+    fn reading_sums_live_slots_and_sweeping_frees_only_unneeded_tombstones() {
+        let table = ByteTable::anonymous().expect("anonymous mapping");
+        let last = byte_table::MASK as usize;
+        // 10: live; 11-13: tombstones ending at an empty slot: all freed.
+        table.store(10, [0xa000, 5, 100, 7]);
+        table.store(11, TOMB);
+        table.store(12, TOMB);
+        table.store(13, TOMB);
+        // 20: a tombstone before a live slot: a probe sequence may run
+        // through it to 21, so it stays.
+        table.store(20, TOMB);
+        table.store(21, [0xb000, 6, 1, 2]);
+        // A second slot of socket 0xa000 (a lost claim race): added up.
+        table.store(30, [0xa000, 5, 3, 3]);
+        // The last slot wraps around to slot 0 (empty): freed.
+        table.store(last, TOMB);
+        let totals = table.read_and_sweep();
+        assert_eq!(totals.len(), 2);
+        assert_eq!(totals[&(0xa000, 5)], SlotBytes { tx: 103, rx: 10 });
+        assert_eq!(totals[&(0xb000, 6)], SlotBytes { tx: 1, rx: 2 });
+        for slot in [11, 12, 13, last] {
+            assert_eq!(table.load(slot)[0], byte_table::EMPTY, "slot {slot}");
+        }
+        assert_eq!(table.load(20)[0], byte_table::TOMBSTONE);
+        assert_eq!(table.load(10), [0xa000, 5, 100, 7]);
+        // Once the live slot after it is given back, the tombstone at 20
+        // goes too (the new tombstone at 21 first, in the same pass).
+        table.store(21, TOMB);
+        table.read_and_sweep();
+        assert_eq!(table.load(21)[0], byte_table::EMPTY);
+        assert_eq!(table.load(20)[0], byte_table::EMPTY);
     }
 
     #[test]
