@@ -2,9 +2,15 @@
 //! record per TCP socket in `SOCKETS` and hand the final record of each
 //! destroyed socket to user space through `CLOSED`.
 //!
-//! The send/receive programs run on every socket syscall of the host, so for
-//! a known socket they do one family read, one map lookup and one atomic add.
-//! Everything else (state changes, retransmits, resets, destruction) is rare.
+//! The send/receive programs run on every socket syscall of the host. For a
+//! socket whose owner is known they find its slot in `BYTES` (an
+//! open-addressing table in an array: the verifier inlines array lookups, so
+//! this takes no function call, where a hash-map lookup is a call into the
+//! kernel's hash table) and do one atomic add. Measured with the kernel's
+//! own accounting, that is ~11 ns per call above an empty program, against
+//! ~88 ns for one hash-map update. Everything else (first sight of a socket,
+//! state changes, retransmits, resets, destruction) is rarer, and keeps its
+//! helper calls (each one costs) to a minimum.
 //! Struct offsets come from user space (`OFFSETS`), resolved from the running
 //! kernel's BTF.
 #![no_std]

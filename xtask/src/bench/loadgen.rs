@@ -14,7 +14,10 @@
 //!   `cpu_secs` is the CPU time client and server got in the window (from
 //!   `/proc/PID/schedstat`, nanoseconds), or -1 if it could not be read: on
 //!   a shared machine the pinned CPU is not all ours, and CPU time per
-//!   operation is what stays comparable;
+//!   operation is what stays comparable; `slices` the CPU ns per operation
+//!   of each 100 ms slice of the window, comma-separated (`-` if none),
+//!   `slice_ops` their operations and `slice_ends` when they ended
+//!   (CLOCK_MONOTONIC ns);
 //! - hold: `ready N` once N connections are open; it keeps them until its
 //!   stdin closes.
 //!
@@ -116,6 +119,12 @@ pub enum Role {
         /// The server's PID, to count its CPU time with the client's.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Run until stdin closes instead of for DURATION_MS, and report
+        /// when each slice ended (`slice_ends`, CLOCK_MONOTONIC ns), so the
+        /// bench can change what is attached while one pair of processes
+        /// runs on.
+        #[arg(long)]
+        until_stdin_closes: bool,
     },
     /// Open CONNECTIONS loopback connections to ADDR (both ends in this
     /// process) and keep them until stdin closes.
@@ -133,9 +142,28 @@ pub fn run(args: LoadgenArgs) -> Result<()> {
             pin(cpu)?;
             serve(workload)
         }
-        Role::Client { workload, connect, duration_ms, warmup_ms, connections, cpu, server_pid } => {
+        Role::Client {
+            workload,
+            connect,
+            duration_ms,
+            warmup_ms,
+            connections,
+            cpu,
+            server_pid,
+            until_stdin_closes,
+        } => {
             pin(cpu)?;
-            let clock = Clock::new(Duration::from_millis(warmup_ms), Duration::from_millis(duration_ms), server_pid);
+            let window =
+                if until_stdin_closes { Duration::from_secs(3600) } else { Duration::from_millis(duration_ms) };
+            let mut clock = Clock::new(Duration::from_millis(warmup_ms), window, server_pid);
+            if until_stdin_closes {
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                clock.stop = Some(stop.clone());
+                std::thread::spawn(move || {
+                    let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
             let tally = match workload {
                 Workload::PingPong => ping_pong_client(connect, clock)?,
                 Workload::Bulk => bulk_client(connect, clock)?,
@@ -144,9 +172,14 @@ pub fn run(args: LoadgenArgs) -> Result<()> {
             };
             let (ops, secs) = tally.window.measured().context("the run ended before its measured window did")?;
             let cpu_secs = tally.window.measured_cpu_secs().unwrap_or(-1.0);
+            let list = |values: Vec<String>| if values.is_empty() { "-".to_owned() } else { values.join(",") };
+            let slices = list(tally.window.slices.iter().map(|s| format!("{:.1}", s.ns_per_op)).collect());
+            let slice_ops = list(tally.window.slices.iter().map(|s| s.ops.to_string()).collect());
+            let slice_ends = list(tally.window.slices.iter().map(|s| s.end_ns.to_string()).collect());
             println!(
-                "client ops={ops} secs={secs:.6} cpu_secs={cpu_secs:.6} total_ops={} syscalls={} bytes={}",
-                tally.ops, tally.io.syscalls, tally.io.bytes
+                "client ops={ops} secs={secs:.6} cpu_secs={cpu_secs:.6} total_ops={} syscalls={} bytes={} slices={slices} \
+                 slice_ops={slice_ops} slice_ends={slice_ends}",
+                tally.ops, tally.io.syscalls, tally.io.bytes,
             );
             Ok(())
         }
@@ -230,7 +263,7 @@ impl Io {
 /// Warm-up, then the measured window: records the operation count, the
 /// time and the CPU time (this process's and the server's) as each boundary
 /// is crossed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Clock {
     warm_until: Instant,
     stop_at: Instant,
@@ -239,7 +272,37 @@ struct Clock {
     end: Option<(u64, Instant)>,
     cpu_start_ns: Option<u64>,
     cpu_end_ns: Option<u64>,
+    /// Start of the current slice: (ops, when, CPU ns).
+    slice: Option<(u64, Instant, u64)>,
+    /// The finished slices of the window.
+    slices: Vec<Slice>,
+    /// Set when the window is to end now (`--until-stdin-closes`).
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// One slice of the measured window.
+#[derive(Debug, Clone, Copy)]
+struct Slice {
+    ops: u64,
+    /// CPU ns of client and server per operation.
+    ns_per_op: f64,
+    /// When it ended, CLOCK_MONOTONIC ns.
+    end_ns: u64,
+}
+
+/// CLOCK_MONOTONIC in ns (the clock the bench stamps its phases with).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Length of one slice of the measured window. Interference from outside
+/// (another VM on the host, a busy sibling hyperthread) only ever adds
+/// time, in bursts of a second or two; the low quantile of the slices is
+/// the cost of the operation itself.
+const SLICE: Duration = Duration::from_millis(100);
 
 impl Clock {
     fn new(warmup: Duration, window: Duration, server_pid: Option<u32>) -> Self {
@@ -252,6 +315,9 @@ impl Clock {
             end: None,
             cpu_start_ns: None,
             cpu_end_ns: None,
+            slice: None,
+            slices: Vec::new(),
+            stop: None,
         }
     }
 
@@ -264,8 +330,27 @@ impl Clock {
         if self.start.is_none() && now >= self.warm_until {
             self.cpu_start_ns = cpu_ns(self.server_pid);
             self.start = Some((ops, now));
+            self.slice = self.cpu_start_ns.map(|cpu| (ops, now, cpu));
         }
-        if now >= self.stop_at {
+        let stopped = self.stop.as_ref().is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed));
+        if let Some((slice_ops, since, slice_cpu)) = self.slice {
+            if now.duration_since(since) >= SLICE || now >= self.stop_at || stopped {
+                match cpu_ns(self.server_pid) {
+                    Some(cpu) => {
+                        if ops > slice_ops && cpu > slice_cpu {
+                            self.slices.push(Slice {
+                                ops: ops - slice_ops,
+                                ns_per_op: (cpu - slice_cpu) as f64 / (ops - slice_ops) as f64,
+                                end_ns: monotonic_ns(),
+                            });
+                        }
+                        self.slice = Some((ops, now, cpu));
+                    }
+                    None => self.slice = None,
+                }
+            }
+        }
+        if now >= self.stop_at || (stopped && self.start.is_some()) {
             self.end = Some((ops, now));
             self.cpu_end_ns = cpu_ns(self.server_pid);
             return false;

@@ -37,7 +37,7 @@ use clap::Args;
 
 use self::{
     loadgen::Workload,
-    stats::{Pairs, Run},
+    stats::{Pairs, Run, Sandwich},
     tracer::{Mode, TracerProcess},
 };
 use crate::{run as run_command, setup, workspace_root};
@@ -303,8 +303,11 @@ impl Quiet {
     }
 }
 
-/// Rounds of A (untraced) then B (traced) runs, workloads interleaved so
-/// that slow drifts of the machine spread over all of them.
+/// Rounds of A (untraced), B (traced), A runs, workloads interleaved so
+/// that slow drifts of the machine spread over all of them; in ping-pong,
+/// each reference program also runs between two untraced runs
+/// (A ref1 A ref2 A ... A B A). Each attached run is compared with the
+/// untraced runs on either side of it.
 fn ab_rounds(
     binaries: &Binaries,
     mode: &Mode,
@@ -314,36 +317,50 @@ fn ab_rounds(
 ) -> Result<Vec<(Workload, Pairs)>> {
     let mut results: Vec<(Workload, Pairs)> = plan.workloads.iter().map(|w| (*w, Pairs::default())).collect();
     let mut references = plan.references.clone();
+    let per_op = |run: &Run| match (run.cpu_ns_per_op(), run.low_ns_per_op) {
+        (Some(ns), Some(low)) => format!("{ns:>7.0} CPU ns/op (quiet slices {low:>7.0})"),
+        (Some(ns), None) => format!("{ns:>7.0} CPU ns/op"),
+        _ => format!("{:>7.0} ns/op", 1e9 / run.ops_per_sec()),
+    };
+    let untraced_run = |workload: Workload, quiet: &mut Quiet| -> Result<Run> {
+        let quiet_before = quiet.check(&[], true);
+        let mut run = run_workload(&binaries.loadgen, workload, &plan.load)
+            .with_context(|| format!("untraced {} run", workload.name()))?;
+        run.foreign_tracer = !quiet_before || !quiet.check(&[], false);
+        Ok(run)
+    };
     for round in 1..=plan.rounds {
         for (workload, pairs) in &mut results {
-            let quiet_before = quiet.check(&[], true);
-            let mut untraced = run_workload(&binaries.loadgen, *workload, &plan.load)
-                .with_context(|| format!("untraced {} run", workload.name()))?;
-            untraced.foreign_tracer = !quiet_before || !quiet.check(&[], false);
             if *workload == Workload::PingPong {
-                references.retain(|reference| match run_reference(binaries, *reference, plan) {
-                    Ok(run) => {
-                        eprintln!(
-                            "xtask: bench: round {round}/{}: ping-pong with {:<8} {:>8.0} ops/s {:>7.0} CPU ns/op",
-                            plan.rounds,
-                            reference.short(),
-                            run.ops_per_sec(),
-                            run.cpu_ns_per_op().unwrap_or(f64::NAN)
-                        );
-                        match pairs.references.iter_mut().find(|(r, _)| r == reference) {
-                            Some((_, runs)) => runs.push(run),
-                            None => pairs.references.push((*reference, vec![run])),
-                        }
-                        true
+                let quiet_before = quiet.check(&[], true);
+                let mut phases = ping_pong_phases(binaries, mode, plan, &mut references, reference_notes)?;
+                if !quiet_before || !quiet.check(&[], false) {
+                    phases.mark_foreign_tracer();
+                }
+                eprintln!(
+                    "xtask: bench: round {round}/{}: ping-pong (one pair of processes throughout): {}",
+                    plan.rounds,
+                    phases.describe()
+                );
+                for (reference, sandwich) in phases.references {
+                    match pairs.references.iter_mut().find(|(r, _)| *r == reference) {
+                        Some((_, runs)) => runs.push(sandwich),
+                        None => pairs.references.push((reference, vec![sandwich])),
                     }
-                    Err(error) => {
-                        let note = format!("{} not measured: {error:#}", reference.short());
-                        eprintln!("xtask: bench: {note}");
-                        reference_notes.push(note);
-                        false
+                }
+                for (reference, added) in phases.quick {
+                    match pairs.quick_added.iter_mut().find(|(r, _)| *r == reference) {
+                        Some((_, all)) => all.extend(added),
+                        None => pairs.quick_added.push((reference, added)),
                     }
-                });
+                }
+                pairs.untraced.push(phases.tracer.before);
+                pairs.traced.push(phases.tracer.run);
+                pairs.untraced_after.push(phases.tracer.after);
+                pairs.tracer_cpu_percent.push(phases.tracer_cpu);
+                continue;
             }
+            let untraced = untraced_run(*workload, quiet)?;
             let tracer = TracerProcess::start(&binaries.tracer, mode, plan.interval)?;
             std::thread::sleep(plan.settle);
             let quiet_before = quiet.check(&[tracer.pid()], false);
@@ -353,27 +370,261 @@ fn ab_rounds(
             let tracer_cpu = (tracer.cpu_seconds()? - cpu_before) / clock.elapsed().as_secs_f64() * 100.0;
             traced.foreign_tracer = !quiet_before || !quiet.check(&[tracer.pid()], false);
             tracer.stop()?;
-            let per_op = |run: &Run| match run.cpu_ns_per_op() {
-                Some(ns) => format!("{ns:>7.0} CPU ns/op"),
-                None => format!("{:>7.0} ns/op", 1e9 / run.ops_per_sec()),
-            };
+            let after = untraced_run(*workload, quiet)?;
             eprintln!(
-                "xtask: bench: round {round}/{}: {:<9} untraced {:>8.0} ops/s {}, traced {:>8.0} ops/s {}, tracer {:.1}% CPU{}",
+                "xtask: bench: round {round}/{}: {:<9} untraced {}, traced {} (tracer {:.1}% CPU), untraced {}{}",
                 plan.rounds,
                 workload.name(),
-                untraced.ops_per_sec(),
                 per_op(&untraced),
-                traced.ops_per_sec(),
                 per_op(&traced),
                 tracer_cpu,
-                if untraced.foreign_tracer || traced.foreign_tracer { " (another eBPF tracer was around)" } else { "" }
+                per_op(&after),
+                if untraced.foreign_tracer || traced.foreign_tracer || after.foreign_tracer {
+                    " (another eBPF tracer was around)"
+                } else {
+                    ""
+                }
             );
             pairs.untraced.push(untraced);
             pairs.traced.push(traced);
+            pairs.untraced_after.push(after);
             pairs.tracer_cpu_percent.push(tracer_cpu);
         }
     }
     Ok(results)
+}
+
+/// What one continuous ping-pong round measured.
+struct Phases {
+    references: Vec<(reference::Reference, Sandwich)>,
+    tracer: Sandwich,
+    tracer_cpu: f64,
+    /// Rapid alternation: per reference, the CPU ns per operation it added
+    /// in each cycle (its phase against the untraced phase of the cycle).
+    quick: Vec<(reference::Reference, Vec<f64>)>,
+}
+
+impl Phases {
+    fn mark_foreign_tracer(&mut self) {
+        for sandwich in self.references.iter_mut().map(|(_, s)| s).chain([&mut self.tracer]) {
+            for run in [&mut sandwich.before, &mut sandwich.run, &mut sandwich.after] {
+                run.foreign_tracer = true;
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        let ns = |run: &Run| run.low_ns_per_op.map_or("?".into(), |ns| format!("{ns:.0}"));
+        let mut parts = Vec::new();
+        for (reference, sandwich) in &self.references {
+            parts.push(format!("A {} | {} {}", ns(&sandwich.before), reference.short(), ns(&sandwich.run)));
+        }
+        parts.push(format!(
+            "A {} | tracer {} ({:.1}% CPU) | A {}",
+            ns(&self.tracer.before),
+            ns(&self.tracer.run),
+            self.tracer_cpu,
+            ns(&self.tracer.after)
+        ));
+        for (reference, added) in &self.quick {
+            parts.push(format!("{} adds {:.0} (rapid alternation)", reference.short(), stats::median(added)));
+        }
+        format!("{} CPU ns/op (quiet slices)", parts.join(" | "))
+    }
+}
+
+/// What is attached during one phase of a continuous round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Untraced,
+    Reference(reference::Reference),
+    Tracer,
+    /// A short phase of the rapid alternation, in cycle N: nothing
+    /// attached (None) or a reference.
+    Quick(usize, Option<reference::Reference>),
+}
+
+/// Length of one phase of the rapid alternation, and the cycles of it per
+/// round.
+pub const QUICK_PHASE: Duration = Duration::from_millis(300);
+pub const QUICK_CYCLES: usize = 12;
+
+/// One ping-pong round on a single client/server pair that runs
+/// throughout, while the bench changes what is attached underneath:
+/// untraced, then each reference program and the tracer, each followed by
+/// another untraced phase. Processes, sockets and their memory stay the
+/// same, so the comparison is not disturbed by where a new pair of
+/// processes happens to land; each phase's figure is the low quantile of
+/// the 100 ms slices that fall wholly inside it.
+fn ping_pong_phases(
+    binaries: &Binaries,
+    mode: &Mode,
+    plan: &Plan,
+    references: &mut Vec<reference::Reference>,
+    reference_notes: &mut Vec<String>,
+) -> Result<Phases> {
+    let phase_len = (plan.load.window / 2).max(Duration::from_secs(1));
+    let cpu = plan.load.cpu.to_string();
+    let mut server = Spawned::start(Command::new(&binaries.loadgen).args([
+        "loadgen",
+        "server",
+        "--workload",
+        Workload::PingPong.name(),
+        "--cpu",
+        &cpu,
+    ]))?;
+    let port: u16 = server.line_starting("port ", Duration::from_secs(10))?.trim_start_matches("port ").parse()?;
+    let server_pid = server.child_mut().id().to_string();
+    let mut client = Spawned::start_with_stdin(
+        Command::new(&binaries.loadgen).args([
+            "loadgen",
+            "client",
+            "--workload",
+            Workload::PingPong.name(),
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--duration-ms",
+            "0",
+            "--warmup-ms",
+            &plan.load.warmup.as_millis().to_string(),
+            "--cpu",
+            &cpu,
+            "--server-pid",
+            &server_pid,
+            "--until-stdin-closes",
+        ]),
+        Stdio::piped(),
+    )?;
+    let stdin = client.child_mut().stdin.take().context("the client's stdin")?;
+    std::thread::sleep(plan.load.warmup + Duration::from_millis(100));
+
+    let mut timeline: Vec<(Phase, u64, u64)> = Vec::new();
+    let measure = |phase: Phase, timeline: &mut Vec<(Phase, u64, u64)>| {
+        let start = loadgen::monotonic_ns();
+        std::thread::sleep(phase_len);
+        timeline.push((phase, start, loadgen::monotonic_ns()));
+    };
+    let pause = || std::thread::sleep(Duration::from_millis(150));
+    measure(Phase::Untraced, &mut timeline);
+    let mut kept = Vec::new();
+    for reference in references.iter() {
+        match reference::Attached::attach(*reference) {
+            Ok(attached) => {
+                pause();
+                measure(Phase::Reference(*reference), &mut timeline);
+                drop(attached);
+                pause();
+                measure(Phase::Untraced, &mut timeline);
+                kept.push(*reference);
+            }
+            Err(error) => {
+                let note = format!("{} not measured: {error:#}", reference.short());
+                eprintln!("xtask: bench: {note}");
+                reference_notes.push(note);
+            }
+        }
+    }
+    *references = kept;
+    // Rapid alternation of the raw-tracepoint references (attached and
+    // detached in a millisecond): the machine's slow swings cancel out.
+    let quick_refs: Vec<reference::Reference> =
+        references.iter().copied().filter(|r| *r != reference::Reference::Bpftrace).collect();
+    if !quick_refs.is_empty() {
+        for cycle in 0..QUICK_CYCLES {
+            let quick = |phase: Phase, timeline: &mut Vec<(Phase, u64, u64)>| {
+                std::thread::sleep(Duration::from_millis(30));
+                let start = loadgen::monotonic_ns();
+                std::thread::sleep(QUICK_PHASE);
+                timeline.push((phase, start, loadgen::monotonic_ns()));
+            };
+            quick(Phase::Quick(cycle, None), &mut timeline);
+            for reference in &quick_refs {
+                let attached = reference::Attached::attach(*reference)?;
+                quick(Phase::Quick(cycle, Some(*reference)), &mut timeline);
+                drop(attached);
+            }
+        }
+        pause();
+        measure(Phase::Untraced, &mut timeline);
+    }
+    let tracer = TracerProcess::start(&binaries.tracer, mode, plan.interval)?;
+    std::thread::sleep(plan.settle);
+    let (cpu_before, clock) = (tracer.cpu_seconds()?, Instant::now());
+    measure(Phase::Tracer, &mut timeline);
+    let tracer_cpu = (tracer.cpu_seconds()? - cpu_before) / clock.elapsed().as_secs_f64() * 100.0;
+    tracer.stop()?;
+    pause();
+    measure(Phase::Untraced, &mut timeline);
+    drop(stdin);
+
+    let client_line = client.line_starting("client ", Duration::from_secs(30))?;
+    client.finish(Duration::from_secs(10))?;
+    let server_line = server.line_starting("server ", Duration::from_secs(20))?;
+    server.finish(Duration::from_secs(10))?;
+    let client_fields = fields(&client_line);
+    let server_fields = fields(&server_line);
+    let total_ops: f64 = field(&client_fields, "total_ops")?;
+    let syscalls: f64 = field::<f64>(&client_fields, "syscalls")? + field::<f64>(&server_fields, "syscalls")?;
+    let list = |name: &str| -> Vec<f64> {
+        client_fields.get(name).map(|l| l.split(',').filter_map(|v| v.parse().ok()).collect()).unwrap_or_default()
+    };
+    let (slices, slice_ops, slice_ends) = (list("slices"), list("slice_ops"), list("slice_ends"));
+    if slices.is_empty() || slices.len() != slice_ops.len() || slices.len() != slice_ends.len() {
+        bail!("the ping-pong client reported no usable slices: {client_line}");
+    }
+    let runs: Vec<(Phase, Run)> = timeline
+        .iter()
+        .map(|(phase, start, end)| {
+            let inside: Vec<usize> = (1..slices.len())
+                .filter(|&i| slice_ends[i - 1] >= *start as f64 && slice_ends[i] <= *end as f64)
+                .collect();
+            let ops: f64 = inside.iter().map(|&i| slice_ops[i]).sum();
+            let wall_secs: f64 = inside.iter().map(|&i| (slice_ends[i] - slice_ends[i - 1]) / 1e9).sum();
+            let cpu_secs: f64 = inside.iter().map(|&i| slices[i] * slice_ops[i] / 1e9).sum();
+            let values: Vec<f64> = inside.iter().map(|&i| slices[i]).collect();
+            let run = Run {
+                ops,
+                wall_secs,
+                cpu_secs: (cpu_secs > 0.0).then_some(cpu_secs),
+                syscalls_per_op: syscalls / total_ops,
+                payload_per_op: payload_per_op(Workload::PingPong) as f64,
+                foreign_tracer: false,
+                low_ns_per_op: stats::low_quantile(&values, stats::SLICE_QUANTILE),
+            };
+            (*phase, run)
+        })
+        .collect();
+    if runs.iter().any(|(phase, run)| run.ops <= 0.0 && !matches!(phase, Phase::Quick(..))) {
+        bail!("a ping-pong phase had no whole slice (phases of {} s)", phase_len.as_secs_f64());
+    }
+    // The rapid alternation: each quick phase against the untraced one of
+    // its cycle (mean CPU ns per operation over the phase's slices).
+    let mut quick: Vec<(reference::Reference, Vec<f64>)> = Vec::new();
+    for cycle in 0..QUICK_CYCLES {
+        let mean_of = |want: Option<reference::Reference>| {
+            runs.iter()
+                .find(|(phase, run)| *phase == Phase::Quick(cycle, want) && run.ops > 0.0)
+                .and_then(|(_, run)| run.cpu_ns_per_op())
+        };
+        let Some(untraced) = mean_of(None) else { continue };
+        for reference in references.iter() {
+            if let Some(with) = mean_of(Some(*reference)) {
+                match quick.iter_mut().find(|(r, _)| r == reference) {
+                    Some((_, added)) => added.push(with - untraced),
+                    None => quick.push((*reference, vec![with - untraced])),
+                }
+            }
+        }
+    }
+    let runs: Vec<(Phase, Run)> = runs.into_iter().filter(|(phase, _)| !matches!(phase, Phase::Quick(..))).collect();
+    let sandwich = |i: usize| Sandwich { before: runs[i - 1].1, run: runs[i].1, after: runs[i + 1].1 };
+    let mut phases = Phases { references: Vec::new(), tracer: sandwich(runs.len() - 2), tracer_cpu, quick };
+    for (i, (phase, _)) in runs.iter().enumerate() {
+        if let Phase::Reference(reference) = phase {
+            phases.references.push((*reference, sandwich(i)));
+        }
+    }
+    Ok(phases)
 }
 
 /// Mean run time of the programs per call, from the kernel's own
@@ -399,7 +650,7 @@ fn program_costs(binaries: &Binaries, mode: &Mode, plan: &Plan) -> Result<Vec<Pr
     run_workload(&binaries.loadgen, Workload::PingPong, &plan.load)?;
     let after = proc::program_runs(tracer.pid());
     tracer.stop()?;
-    costs.push(ProgramCost::new("tracer (all its programs)", before, after));
+    costs.push(ProgramCost::new(TRACER_PROGRAMS, before, after));
     for cost in &costs {
         eprintln!(
             "xtask: bench: program run time: {}: {:.1} ns per run over {} runs",
@@ -410,6 +661,9 @@ fn program_costs(binaries: &Binaries, mode: &Mode, plan: &Plan) -> Result<Vec<Pr
     }
     Ok(costs)
 }
+
+/// The tracer's line in the program run times.
+pub const TRACER_PROGRAMS: &str = "tracer (all its programs)";
 
 /// Program runs during one ping-pong run, from the kernel's accounting.
 #[derive(Debug, Clone)]
@@ -431,15 +685,6 @@ impl ProgramCost {
             self.run_time_ns as f64 / self.runs as f64
         }
     }
-}
-
-/// One ping-pong run with `reference` attached instead of the tracer.
-fn run_reference(binaries: &Binaries, reference: reference::Reference, plan: &Plan) -> Result<Run> {
-    let attached = reference::Attached::attach(reference)?;
-    std::thread::sleep(Duration::from_millis(200));
-    let run = run_workload(&binaries.loadgen, Workload::PingPong, &plan.load);
-    drop(attached);
-    run.context("ping-pong run")
 }
 
 /// Bytes the client writes per operation.
@@ -504,6 +749,10 @@ pub fn run_workload(loadgen: &Path, workload: Workload, spec: &LoadSpec) -> Resu
         syscalls_per_op: syscalls / total_ops,
         payload_per_op: payload_per_op(workload) as f64,
         foreign_tracer: false,
+        low_ns_per_op: client_fields.get("slices").and_then(|list| {
+            let slices: Vec<f64> = list.split(',').filter_map(|v| v.parse().ok()).collect();
+            stats::low_quantile(&slices, stats::SLICE_QUANTILE)
+        }),
     })
 }
 

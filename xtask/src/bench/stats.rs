@@ -19,6 +19,26 @@ pub struct Run {
     /// Another process had eBPF tracing programs loaded before or after the
     /// run (another tracer or test may have been attached during it).
     pub foreign_tracer: bool,
+    /// CPU ns per operation of the run's quieter slices: the
+    /// [`SLICE_QUANTILE`] of its 100 ms slices (see [`low_quantile`]).
+    pub low_ns_per_op: Option<f64>,
+}
+
+/// Which quantile of a run's slices stands for the run. Interference from
+/// outside the machine's control only ever adds time, in bursts: a low
+/// quantile is the operation's own cost, and stable from run to run where
+/// the mean of the run is not.
+pub const SLICE_QUANTILE: f64 = 0.2;
+
+/// The `q` quantile (0..=1, nearest rank) of `values`; None if empty.
+pub fn low_quantile(values: &[f64], q: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    Some(sorted[rank])
 }
 
 impl Run {
@@ -48,15 +68,32 @@ pub enum Basis {
 }
 
 /// The untraced (A) and traced (B) runs of one workload, round by round.
+/// Each traced run is compared with the untraced runs just before and just
+/// after it (when there is one after), so that slow drifts of the machine
+/// cancel out.
 #[derive(Debug, Clone, Default)]
 pub struct Pairs {
+    /// The untraced run just before each traced run.
     pub untraced: Vec<Run>,
     pub traced: Vec<Run>,
+    /// The untraced run just after each traced run (may be empty).
+    pub untraced_after: Vec<Run>,
     /// The tracer's CPU use during each traced run, in % of one CPU.
     pub tracer_cpu_percent: Vec<f64>,
     /// Runs with a reference program attached instead of the tracer, one
-    /// per round, taken between that round's untraced and traced runs.
-    pub references: Vec<(Reference, Vec<Run>)>,
+    /// per round, each between two untraced runs.
+    pub references: Vec<(Reference, Vec<Sandwich>)>,
+    /// Rapid alternation (ping-pong): CPU ns per operation each reference
+    /// added, one figure per cycle.
+    pub quick_added: Vec<(Reference, Vec<f64>)>,
+}
+
+/// A run with something attached, between two untraced runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sandwich {
+    pub before: Run,
+    pub run: Run,
+    pub after: Run,
 }
 
 /// The median; the mean of the middle two for an even count; NaN if empty.
@@ -88,12 +125,22 @@ pub fn cpu_seconds_per_minute(cpu_secs: f64, wall_secs: f64) -> f64 {
 }
 
 impl Pairs {
-    /// The pairs the figures use: those without another eBPF tracer around,
-    /// if there is any such pair; all of them otherwise.
-    pub fn used(&self) -> Vec<(Run, Run)> {
-        let all: Vec<(Run, Run)> = self.untraced.iter().copied().zip(self.traced.iter().copied()).collect();
-        let clean: Vec<(Run, Run)> =
-            all.iter().copied().filter(|(a, b)| !a.foreign_tracer && !b.foreign_tracer).collect();
+    /// The rounds the figures use: (untraced before, traced, untraced
+    /// after), without those with another eBPF tracer around if there is
+    /// any such round; all of them otherwise.
+    pub fn used(&self) -> Vec<(Run, Run, Option<Run>)> {
+        let all: Vec<(Run, Run, Option<Run>)> = self
+            .untraced
+            .iter()
+            .zip(&self.traced)
+            .enumerate()
+            .map(|(i, (a, b))| (*a, *b, self.untraced_after.get(i).copied()))
+            .collect();
+        let clean: Vec<(Run, Run, Option<Run>)> = all
+            .iter()
+            .copied()
+            .filter(|(a, b, after)| !a.foreign_tracer && !b.foreign_tracer && !after.is_some_and(|r| r.foreign_tracer))
+            .collect();
         if clean.is_empty() {
             all
         } else {
@@ -102,28 +149,40 @@ impl Pairs {
     }
 
     pub fn basis(&self) -> Basis {
-        if self.used().iter().all(|(a, b)| a.cpu_secs.is_some() && b.cpu_secs.is_some()) {
+        let runs = self.used().into_iter().flat_map(|(a, b, after)| [Some(a), Some(b), after]).flatten();
+        if runs.clone().all(|r| r.cpu_secs.is_some()) {
             Basis::Cpu
         } else {
             Basis::Wall
         }
     }
 
-    /// Nanoseconds per operation of one run, in this workload's basis.
+    /// Nanoseconds per operation of one run, in this workload's basis: the
+    /// low quantile of its slices where the load generator measured them.
     fn ns_per_op(&self, run: &Run) -> f64 {
-        match (self.basis(), run.cpu_ns_per_op()) {
-            (Basis::Cpu, Some(ns)) => ns,
+        match (self.basis(), run.low_ns_per_op, run.cpu_ns_per_op()) {
+            (Basis::Cpu, Some(ns), _) => ns,
+            (Basis::Cpu, None, Some(ns)) => ns,
             _ => 1e9 / run.ops_per_sec(),
         }
     }
 
-    fn side(&self, traced: bool) -> Vec<Run> {
-        self.used().into_iter().map(|(a, b)| if traced { b } else { a }).collect()
+    /// The untraced time per operation around one attached run: the mean
+    /// of the runs before and after it.
+    fn baseline(&self, before: &Run, after: Option<&Run>) -> f64 {
+        match after {
+            Some(after) => (self.ns_per_op(before) + self.ns_per_op(after)) / 2.0,
+            None => self.ns_per_op(before),
+        }
     }
 
-    /// Nanoseconds per operation of each used run of one side.
+    /// Nanoseconds per operation of each used untraced baseline (traced:
+    /// false) or traced run (true).
     pub fn ns_per_op_list(&self, traced: bool) -> Vec<f64> {
-        self.side(traced).iter().map(|r| self.ns_per_op(r)).collect()
+        self.used()
+            .iter()
+            .map(|(a, b, after)| if traced { self.ns_per_op(b) } else { self.baseline(a, after.as_ref()) })
+            .collect()
     }
 
     pub fn untraced_ns_per_op(&self) -> f64 {
@@ -134,39 +193,50 @@ impl Pairs {
         median(&self.ns_per_op_list(true))
     }
 
-    /// Traced/untraced throughput (per CPU-second, or per second), from the
-    /// medians.
-    pub fn ratio(&self) -> f64 {
-        self.untraced_ns_per_op() / self.traced_ns_per_op()
+    /// Per-round traced/untraced throughput ratios.
+    fn ratios(&self) -> Vec<f64> {
+        self.used().iter().map(|(a, b, after)| self.baseline(a, after.as_ref()) / self.ns_per_op(b)).collect()
     }
 
-    /// Min and max of the per-round ratios (each traced run against the
-    /// untraced run just before it).
+    /// Traced/untraced throughput (per CPU-second, or per second): the
+    /// median of the per-round ratios.
+    pub fn ratio(&self) -> f64 {
+        median(&self.ratios())
+    }
+
+    /// Min and max of the per-round ratios.
     pub fn ratio_spread(&self) -> (f64, f64) {
-        let ratios: Vec<f64> = self.used().iter().map(|(a, b)| self.ns_per_op(a) / self.ns_per_op(b)).collect();
-        spread(&ratios)
+        spread(&self.ratios())
     }
 
     /// Wall-clock throughput, medians: (untraced, traced).
     pub fn ops_per_sec(&self) -> (f64, f64) {
-        let rates = |traced| self.side(traced).iter().map(Run::ops_per_sec).collect::<Vec<_>>();
-        (median(&rates(false)), median(&rates(true)))
+        let used = self.used();
+        let untraced: Vec<f64> = used.iter().map(|(a, _, _)| a.ops_per_sec()).collect();
+        let traced: Vec<f64> = used.iter().map(|(_, b, _)| b.ops_per_sec()).collect();
+        (median(&untraced), median(&traced))
     }
 
     /// Share of the pinned CPU the load generator got, medians: (untraced, traced).
     pub fn cpu_share(&self) -> (f64, f64) {
-        let shares = |traced| self.side(traced).iter().filter_map(Run::cpu_share).collect::<Vec<_>>();
-        (median(&shares(false)), median(&shares(true)))
+        let used = self.used();
+        let untraced: Vec<f64> = used.iter().filter_map(|(a, _, _)| a.cpu_share()).collect();
+        let traced: Vec<f64> = used.iter().filter_map(|(_, b, _)| b.cpu_share()).collect();
+        (median(&untraced), median(&traced))
     }
 
     /// Send/recv syscalls per operation, median over the used runs.
     pub fn syscalls_per_op(&self) -> f64 {
-        let all: Vec<f64> = self.used().iter().flat_map(|(a, b)| [a.syscalls_per_op, b.syscalls_per_op]).collect();
+        let all: Vec<f64> = self.used().iter().flat_map(|(a, b, _)| [a.syscalls_per_op, b.syscalls_per_op]).collect();
         median(&all)
     }
 
+    /// What the tracer adds per operation: the median over rounds of the
+    /// traced time minus its untraced baseline.
     pub fn added_ns_per_op(&self) -> f64 {
-        self.traced_ns_per_op() - self.untraced_ns_per_op()
+        let added: Vec<f64> =
+            self.used().iter().map(|(a, b, after)| self.ns_per_op(b) - self.baseline(a, after.as_ref())).collect();
+        median(&added)
     }
 
     /// The added time per operation shared among its send/recv syscalls.
@@ -182,32 +252,53 @@ impl Pairs {
 
     /// Payload rate, medians: (untraced, traced), bytes per second of wall time.
     pub fn bytes_per_sec(&self) -> (f64, f64) {
-        let rates = |traced| self.side(traced).iter().map(|r| r.ops_per_sec() * r.payload_per_op).collect::<Vec<_>>();
-        (median(&rates(false)), median(&rates(true)))
+        let used = self.used();
+        let untraced: Vec<f64> = used.iter().map(|(a, _, _)| a.ops_per_sec() * a.payload_per_op).collect();
+        let traced: Vec<f64> = used.iter().map(|(_, b, _)| b.ops_per_sec() * b.payload_per_op).collect();
+        (median(&untraced), median(&traced))
     }
 
     /// Runs of `reference`, if it was measured.
-    fn reference_runs(&self, reference: Reference) -> Option<&[Run]> {
+    fn reference_runs(&self, reference: Reference) -> Option<&[Sandwich]> {
         self.references.iter().find(|(r, runs)| *r == reference && !runs.is_empty()).map(|(_, runs)| runs.as_slice())
     }
 
     /// Median time per operation with `reference` attached.
     pub fn reference_ns_per_op(&self, reference: Reference) -> Option<f64> {
         let runs = self.reference_runs(reference)?;
-        Some(median(&runs.iter().map(|r| self.ns_per_op(r)).collect::<Vec<_>>()))
+        Some(median(&runs.iter().map(|s| self.ns_per_op(&s.run)).collect::<Vec<_>>()))
     }
 
-    /// Throughput with `reference` attached over untraced throughput.
+    /// Throughput with `reference` attached over untraced throughput
+    /// (median of the per-round ratios).
     pub fn reference_ratio(&self, reference: Reference) -> Option<f64> {
-        Some(self.untraced_ns_per_op() / self.reference_ns_per_op(reference)?)
+        let runs = self.reference_runs(reference)?;
+        let ratios: Vec<f64> =
+            runs.iter().map(|s| self.baseline(&s.before, Some(&s.after)) / self.ns_per_op(&s.run)).collect();
+        Some(median(&ratios))
     }
 
-    /// What `reference` adds per send/recv syscall.
+    /// What `reference` adds per send/recv syscall (median over rounds).
     pub fn reference_added_ns_per_syscall(&self, reference: Reference) -> Option<f64> {
-        Some((self.reference_ns_per_op(reference)? - self.untraced_ns_per_op()) / self.syscalls_per_op())
+        let runs = self.reference_runs(reference)?;
+        let added: Vec<f64> =
+            runs.iter().map(|s| self.ns_per_op(&s.run) - self.baseline(&s.before, Some(&s.after))).collect();
+        Some(median(&added) / self.syscalls_per_op())
     }
 
-    /// Pairs with another eBPF tracer around.
+    /// What `reference` adds per send/recv syscall in the rapid
+    /// alternation: (median, min of the middle half, max of it).
+    pub fn quick_added_ns_per_syscall(&self, reference: Reference) -> Option<(f64, f64, f64)> {
+        let (_, added) = self.quick_added.iter().find(|(r, added)| *r == reference && !added.is_empty())?;
+        let per_syscall: Vec<f64> = added.iter().map(|a| a / self.syscalls_per_op()).collect();
+        Some((
+            median(&per_syscall),
+            low_quantile(&per_syscall, 0.25).unwrap_or(f64::NAN),
+            low_quantile(&per_syscall, 0.75).unwrap_or(f64::NAN),
+        ))
+    }
+
+    /// Rounds with another eBPF tracer around.
     pub fn foreign_pairs(&self) -> usize {
         self.untraced.iter().zip(&self.traced).filter(|(a, b)| a.foreign_tracer || b.foreign_tracer).count()
     }
@@ -226,7 +317,40 @@ mod tests {
             syscalls_per_op: 4.0,
             payload_per_op: 64.0,
             foreign_tracer: false,
+            low_ns_per_op: None,
         }
+    }
+
+    #[test]
+    fn traced_runs_are_compared_with_the_untraced_runs_around_them() {
+        // The machine slows down over the rounds; each traced run costs 5%
+        // more than the mean of its neighbours.
+        let a = [1000.0, 900.0, 800.0];
+        let after = [950.0, 850.0, 750.0];
+        let pairs = Pairs {
+            untraced: a.iter().map(|r| run(*r, None)).collect(),
+            // Time per operation of the traced run: the neighbours' mean / 0.95.
+            traced: a.iter().zip(&after).map(|(x, y)| run(0.95 * 2.0 / (1.0 / x + 1.0 / y), None)).collect(),
+            untraced_after: after.iter().map(|r| run(*r, None)).collect(),
+            ..Default::default()
+        };
+        assert!((pairs.ratio() - 0.95).abs() < 1e-9, "{}", pairs.ratio());
+        let (low, high) = pairs.ratio_spread();
+        assert!((low - 0.95).abs() < 1e-9 && (high - 0.95).abs() < 1e-9);
+    }
+
+    #[test]
+    fn low_quantiles_ignore_bursts() {
+        // A steady 2,230 with bursts of interference.
+        let slices = [2230.0, 2900.0, 2231.0, 2229.0, 2650.0, 2232.0, 2800.0, 2228.0, 2233.0, 2400.0];
+        let low = low_quantile(&slices, SLICE_QUANTILE).expect("some");
+        assert!((2228.0..=2233.0).contains(&low), "{low}");
+        assert_eq!(low_quantile(&[], 0.2), None);
+        assert_eq!(low_quantile(&[5.0], 0.2), Some(5.0));
+        let mut with_low = run(1000.0, Some(1.0));
+        with_low.low_ns_per_op = Some(900_000.0);
+        let pairs = Pairs { untraced: vec![with_low], traced: vec![with_low], ..Default::default() };
+        assert_eq!(pairs.untraced_ns_per_op(), 900_000.0);
     }
 
     #[test]
@@ -296,7 +420,13 @@ mod tests {
         let pairs = Pairs {
             untraced: vec![run(1000.0, None); 3],
             traced: vec![run(900.0, None); 3],
-            references: vec![(Reference::Floor, vec![run(950.0, None); 3]), (Reference::Hash, vec![])],
+            references: vec![
+                (
+                    Reference::Floor,
+                    vec![Sandwich { before: run(1000.0, None), run: run(950.0, None), after: run(1000.0, None) }; 3],
+                ),
+                (Reference::Hash, vec![]),
+            ],
             ..Default::default()
         };
         assert!((pairs.reference_ratio(Reference::Floor).expect("measured") - 0.95).abs() < 1e-12);
