@@ -24,7 +24,7 @@
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
@@ -109,6 +109,19 @@ fn read<T>(base: *const u8, offset: usize) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T).ok() }
 }
 
+/// Zeroes a 16-byte field of a record with two 8-byte stores. (A plain
+/// `= [0; 16]` becomes a call to a byte-by-byte `memset` on this target;
+/// the fields are 8-byte aligned in `SockRecord`.)
+#[inline(always)]
+fn zero16(field: &mut [u8; 16]) {
+    let words = field.as_mut_ptr().cast::<u64>();
+    // SAFETY: 16 writable bytes, 8-byte aligned in every record.
+    unsafe {
+        core::ptr::write_volatile(words, 0);
+        core::ptr::write_volatile(words.add(1), 0);
+    }
+}
+
 #[inline(always)]
 fn count(index: u32, n: u64) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
@@ -165,8 +178,8 @@ fn fill_tuple(sk: *const u8, common: &CommonBlock, record: &mut SockRecord) {
     record.family = common.family;
     record.local_port = common.num;
     record.remote_port = u16::from_be(common.dport);
-    record.local_addr = [0; 16];
-    record.remote_addr = [0; 16];
+    zero16(&mut record.local_addr);
+    zero16(&mut record.remote_addr);
     if common.family != AF_INET6 {
         record.local_addr[..4].copy_from_slice(&common.rcv_saddr);
         record.remote_addr[..4].copy_from_slice(&common.daddr);
@@ -180,8 +193,12 @@ fn fill_tuple(sk: *const u8, common: &CommonBlock, record: &mut SockRecord) {
         }
         return;
     }
-    record.local_addr = read::<[u8; 16]>(sk, offset!(skc_v6_rcv_saddr)).unwrap_or([0; 16]);
-    record.remote_addr = read::<[u8; 16]>(sk, offset!(skc_v6_daddr)).unwrap_or([0; 16]);
+    if let Some(local) = read::<[u8; 16]>(sk, offset!(skc_v6_rcv_saddr)) {
+        record.local_addr = local;
+    }
+    if let Some(remote) = read::<[u8; 16]>(sk, offset!(skc_v6_daddr)) {
+        record.remote_addr = remote;
+    }
 }
 
 #[inline(always)]
@@ -198,7 +215,10 @@ fn total_retrans(sk: *const u8) -> u32 {
 #[inline(always)]
 fn claim_owner(record: &mut SockRecord) {
     record.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    record.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight into the record: the helper pads with zeroes (and zeroes
+    // the buffer on failure); no zeroed copy first.
+    // SAFETY: a 16-byte buffer for a helper that writes at most 16 bytes.
+    unsafe { generated::bpf_get_current_comm(record.comm.as_mut_ptr().cast(), record.comm.len() as u32) };
 }
 
 /// A new record for a socket first seen now, built in `SCRATCH`, reading
@@ -214,11 +234,15 @@ fn new_record(sk: *const u8, now: u64, known_tcp: bool, born: bool) -> Option<&'
     }
     // SAFETY: this CPU's scratch slot; programs do not nest on a CPU.
     let record = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
-    record.tx_bytes = 0;
-    record.rx_bytes = 0;
+    // Volatile: adjacent zero stores would be merged into a `memset` call.
+    // SAFETY: plain fields of this CPU's scratch record.
+    unsafe {
+        core::ptr::write_volatile(&raw mut record.tx_bytes, 0);
+        core::ptr::write_volatile(&raw mut record.rx_bytes, 0);
+    }
     record.first_seen_ns = now;
     record.state_since_ns = now;
-    record.comm = [0; 16];
+    zero16(&mut record.comm);
     record.pid = 0;
     record.resets_sent = 0;
     record.resets_received = 0;
@@ -565,7 +589,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             record.retrans_base = 0;
             record.segs_out_base = 0;
             record.pid = 0;
-            record.comm = [0; 16];
+            zero16(&mut record.comm);
         }
         (_, tcp_state::LISTEN) => {
             record.role = role::LISTENER;
