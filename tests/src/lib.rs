@@ -136,9 +136,15 @@ impl Tracer {
     /// [`Tracer::start`] with another sampling interval (e.g. `100ms`, for
     /// tests that need many table reads).
     pub fn start_with_interval(interval: &str, args: &[&str]) -> Tracer {
+        Tracer::start_with_env(interval, args, &[])
+    }
+
+    /// [`Tracer::start_with_interval`] with extra environment variables.
+    pub fn start_with_env(interval: &str, args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let mut child = Command::new(tracer_bin())
             .args(["trace", "--format", "json", "--duration", "120s", "--interval", interval])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

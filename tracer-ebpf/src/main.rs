@@ -91,6 +91,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     recvmsg_nargs: 5,
     common_block: 0,
     v6_block: 0,
+    byte_slots: 0,
 };
 
 /// Reads one offset; volatile so the compiler does not fold the zero above.
@@ -323,6 +324,9 @@ fn home_of(key: u64) -> u32 {
 /// are inlined by the verifier: no function call.
 #[inline(always)]
 fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
+    if offset!(byte_slots) == 0 {
+        return None;
+    }
     let home = home_of(key);
     for i in 0..byte_table::PROBES {
         let slot = BYTES.get_ptr_mut(byte_table::probe(home, i))?;
@@ -344,6 +348,9 @@ fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
 /// the bytes are then counted in the record.
 #[inline(always)]
 fn claim_byte_slot(key: u64, born: u64) {
+    if offset!(byte_slots) == 0 {
+        return;
+    }
     let home = home_of(key);
     for i in 0..byte_table::PROBES {
         let Some(slot) = BYTES.get_ptr_mut(byte_table::probe(home, i)) else { return };
@@ -714,6 +721,9 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 /// socket being destroyed.
 #[inline(always)]
 fn release_byte_slots(key: u64, record: &mut SockRecord) {
+    if offset!(byte_slots) == 0 {
+        return;
+    }
     let home = home_of(key);
     for i in 0..byte_table::PROBES {
         let Some(slot) = BYTES.get_ptr_mut(byte_table::probe(home, i)) else { return };

@@ -213,10 +213,47 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         recvmsg_nargs: if recvmsg.is_empty() { 5 } else { recvmsg.len() as u32 },
         common_block: u32::from(common_block),
         v6_block: u32::from(v6_block),
+        byte_slots: u32::from(byte_slots_wanted()),
     })
+}
+
+/// Whether the programs count bytes in the `BYTES` table: if the kernel has
+/// BPF compare-and-swap, unless `TRACER_BYTE_SLOTS=0` (a switch for
+/// checking, on a recent kernel, the path older kernels take).
+fn byte_slots_wanted() -> bool {
+    if std::env::var_os("TRACER_BYTE_SLOTS").is_some_and(|v| v == "0") {
+        return false;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or(true, |r| has_bpf_cmpxchg(r.trim()))
+}
+
+/// Whether a kernel of this release (`uname -r`) has the BPF atomic
+/// compare-and-swap instruction (5.12). An unreadable release is taken to
+/// be recent.
+pub fn has_bpf_cmpxchg(release: &str) -> bool {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (5, 12),
+        _ => true,
+    }
 }
 
 /// The default location of the running kernel's BTF.
 pub fn kernel_btf_path() -> &'static Path {
     Path::new("/sys/kernel/btf/vmlinux")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_and_swap_from_5_12() {
+        assert!(has_bpf_cmpxchg("6.18.44-fc-v669"));
+        assert!(has_bpf_cmpxchg("5.12.0"));
+        assert!(has_bpf_cmpxchg("6.1.0-50-cloud-amd64"));
+        assert!(!has_bpf_cmpxchg("5.10.0-30-amd64"));
+        assert!(!has_bpf_cmpxchg("4.18.0-553.el8_10.x86_64"));
+        assert!(has_bpf_cmpxchg("garbage"));
+    }
 }

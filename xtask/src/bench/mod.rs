@@ -207,6 +207,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let began = Instant::now();
     let started_at = SystemTime::now();
+    // Taken now: the tree may change while the bench runs, the binaries
+    // measured do not.
+    let source = source_revision();
     let load_before = proc::load_average();
     eprintln!(
         "xtask: bench: {} rounds x {} workloads, {:.1} s per run, load generator pinned to CPU {}",
@@ -247,7 +250,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         machine: proc::machine(),
         load_before,
         load_after: proc::load_average(),
-        source: source_revision(),
+        source,
         tracer_version: tracer_version(&binaries.tracer),
         workloads,
         cost,
