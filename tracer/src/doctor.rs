@@ -102,6 +102,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         "btf": btf.is_some(),
         "btf_path": btf_path.display().to_string(),
         "struct_offsets": match &offsets_ok { Some(Ok(())) => "resolved".to_owned(), Some(Err(e)) => e.clone(), None => "no BTF".to_owned() },
+        "byte_table": probes::byte_table_status().1,
         "lockdown": lockdown(),
         "capabilities_effective": capabilities(),
         "hooks": hooks,
@@ -120,6 +121,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 if btf.is_some() { format!("yes ({})", btf_path.display()) } else { "no".into() }
             )?;
             writeln!(text, "offsets:       {}", report["struct_offsets"].as_str().unwrap_or(""))?;
+            writeln!(text, "byte table:    {}", probes::byte_table_status().1)?;
             writeln!(text, "lockdown:      {}", lockdown())?;
             writeln!(text, "capabilities:  CapEff={}", capabilities())?;
             writeln!(text, "hooks:")?;

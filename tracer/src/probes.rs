@@ -221,10 +221,21 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
 /// BPF compare-and-swap, unless `TRACER_BYTE_SLOTS=0` (a switch for
 /// checking, on a recent kernel, the path older kernels take).
 fn byte_slots_wanted() -> bool {
+    byte_table_status().0
+}
+
+/// Whether the send/receive programs use the byte table, and why, for
+/// `tracer doctor`.
+pub fn byte_table_status() -> (bool, &'static str) {
     if std::env::var_os("TRACER_BYTE_SLOTS").is_some_and(|v| v == "0") {
-        return false;
+        return (false, "off (TRACER_BYTE_SLOTS=0): bytes counted in the per-socket records");
     }
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or(true, |r| has_bpf_cmpxchg(r.trim()))
+    match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(release) if !has_bpf_cmpxchg(release.trim()) => {
+            (false, "off (kernel before 5.12, no BPF compare-and-swap): bytes counted in the per-socket records")
+        }
+        _ => (true, "on (bytes counted without a map call on send/receive)"),
+    }
 }
 
 /// Whether a kernel of this release (`uname -r`) has the BPF atomic
