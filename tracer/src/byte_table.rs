@@ -113,12 +113,29 @@ impl ByteTable {
                         // Only a tombstone becomes empty: a claim in between
                         // makes this fail, and a claim that lost its race to
                         // it retries the same slot.
-                        let _ = self.word(slot, 0).compare_exchange(
-                            byte_table::TOMBSTONE,
-                            byte_table::EMPTY,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
+                        let freed = self
+                            .word(slot, 0)
+                            .compare_exchange(
+                                byte_table::TOMBSTONE,
+                                byte_table::EMPTY,
+                                Ordering::AcqRel,
+                                Ordering::Relaxed,
+                            )
+                            .is_ok();
+                        // A claim may have taken the next slot in between
+                        // (its probe sequence passing through this one):
+                        // then this slot must stay a tombstone, or lookups
+                        // would stop before reaching it. (Meanwhile a lookup
+                        // may miss it: its bytes go to the record, and a
+                        // second slot it claims is summed with the first.)
+                        if freed && self.word(next, 0).load(Ordering::Acquire) != byte_table::EMPTY {
+                            let _ = self.word(slot, 0).compare_exchange(
+                                byte_table::EMPTY,
+                                byte_table::TOMBSTONE,
+                                Ordering::AcqRel,
+                                Ordering::Relaxed,
+                            );
+                        }
                     }
                 }
                 _ => add_slot(&mut totals, words),

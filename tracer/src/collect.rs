@@ -30,6 +30,9 @@ use crate::{
 
 /// The compiled eBPF object, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+/// The same programs without the byte table, for kernels without BPF
+/// compare-and-swap (before 5.12).
+static EBPF_OBJECT_LEGACY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-legacy"));
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -83,8 +86,9 @@ pub struct Collector {
     closed: AsyncFd<RingBuf<MapData>>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     backend: Backend,
-    /// The hot path's byte counters, mapped.
-    bytes: ByteTable,
+    /// The hot path's byte counters, mapped (not in the object for kernels
+    /// without BPF compare-and-swap).
+    bytes: Option<ByteTable>,
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns()`.
@@ -193,7 +197,7 @@ fn load_object(btf_path: &Path, plan: &Plan) -> Result<(Ebpf, aya::Btf), LoadErr
     let ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &plan.offsets, true)
-        .load(EBPF_OBJECT)
+        .load(if plan.offsets.byte_slots != 0 { EBPF_OBJECT } else { EBPF_OBJECT_LEGACY })
         .map_err(|e| {
             let text = format!("{e:#}");
             if is_permission_error(&text) {
@@ -296,9 +300,12 @@ impl Collector {
         }
         drop(aya_btf);
 
-        let bytes = match ebpf.map("BYTES") {
-            Some(Map::Array(data)) => ByteTable::map(data.fd().as_fd().as_raw_fd())
-                .map_err(|e| LoadError::Load(format!("mapping map BYTES: {e}")))?,
+        let bytes = match (plan.offsets.byte_slots, ebpf.map("BYTES")) {
+            (0, _) => None,
+            (_, Some(Map::Array(data))) => Some(
+                ByteTable::map(data.fd().as_fd().as_raw_fd())
+                    .map_err(|e| LoadError::Load(format!("mapping map BYTES: {e}")))?,
+            ),
             _ => return Err(LoadError::Load("map BYTES missing".into())),
         };
         let closed_map = ebpf.take_map("CLOSED").ok_or_else(|| LoadError::Load("map CLOSED missing".into()))?;
@@ -352,7 +359,7 @@ impl Collector {
     /// then missing from the table read (its final record comes through the
     /// ring buffer), never seen with its slots already given back.
     pub fn live(&self) -> Vec<SocketObs> {
-        let slots = self.bytes.read_and_sweep();
+        let slots = self.bytes.as_ref().map(ByteTable::read_and_sweep).unwrap_or_default();
         let with_slots = |id: u64, record: &SockRecord| {
             let mut record = *record;
             if let Some(bytes) = slots.get(&(id, record.first_seen_ns)) {
