@@ -79,7 +79,7 @@ enum Task {
     },
     /// Boot stock Debian kernels under qemu and run the tracer's checks in each.
     VmTest {
-        /// Kernel to boot (bookworm-6.1, trixie-6.12); repeatable; default all.
+        /// Kernel to boot (bullseye-5.10, bookworm-6.1, trixie-6.12); repeatable; default all.
         #[arg(long)]
         kernel: Vec<String>,
     },

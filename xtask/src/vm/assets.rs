@@ -31,6 +31,14 @@ pub struct GuestKernel {
 
 /// The kernels of the matrix.
 pub const KERNELS: &[GuestKernel] = &[
+    // Before 5.12: no BPF compare-and-swap, so the tracer loads its
+    // `tracer-legacy` object (no byte table).
+    GuestKernel {
+        name: "bullseye-5.10",
+        suite: "bullseye",
+        package_regex: r"^linux-image-5\.10\.[0-9]+-[0-9]+-cloud-amd64$",
+        backends: &["fentry", "kprobe"],
+    },
     GuestKernel {
         name: "bookworm-6.1",
         suite: "bookworm",
@@ -76,12 +84,13 @@ impl Fetcher {
         Ok(Self { cache: cache.to_owned(), kernel_apt: None, download_time: Duration::ZERO, downloaded: Vec::new() })
     }
 
-    /// bookworm and trixie lists, only for `apt-get download` (never
-    /// install from this one: with trixie in it apt would upgrade the host).
+    /// bullseye, bookworm and trixie lists, only for `apt-get download`
+    /// (never install from this one: with trixie in it apt would upgrade
+    /// the host).
     fn kernel_apt(&mut self) -> Result<&PrivateApt> {
         if self.kernel_apt.is_none() {
-            let apt = PrivateApt::new(&self.cache.join("apt-download"), &["bookworm", "trixie"])?;
-            apt.update().context("refreshing the private package lists (bookworm, trixie)")?;
+            let apt = PrivateApt::new(&self.cache.join("apt-download"), &["bullseye", "bookworm", "trixie"])?;
+            apt.update().context("refreshing the private package lists (bullseye, bookworm, trixie)")?;
             self.kernel_apt = Some(apt);
         }
         self.kernel_apt.as_ref().context("private apt configuration missing")
