@@ -220,11 +220,6 @@ pub struct KernelOffsets {
     /// 1 if `skc_v6_rcv_saddr` directly follows `skc_v6_daddr`: both IPv6
     /// addresses in one read.
     pub v6_block: u32,
-    /// 1 to count bytes in the `BYTES` table. Claiming a slot takes the BPF
-    /// compare-and-swap instruction (kernel 5.12 and later); with 0 the
-    /// verifier drops that code as dead (the value is a read-only constant)
-    /// and all bytes are counted in the records.
-    pub byte_slots: u32,
 }
 
 /// The start of `struct sock_common` at `skc_daddr`, as every kernel lays
@@ -305,7 +300,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockRecord>(), 8 * 4 + 16 * 3 + 4 * 6 + 2 * 3 + 2 + 4 * 4);
         assert_eq!(core::mem::size_of::<SockRecord>() % 8, 0);
         assert_eq!(core::mem::size_of::<ClosedSock>(), 16 + core::mem::size_of::<SockRecord>());
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 18 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4);
         assert_eq!(core::mem::size_of::<CommonBlock>(), 20);
         assert_eq!(core::mem::offset_of!(CommonBlock, dport) as u32, CommonBlock::DPORT);
         assert_eq!(core::mem::offset_of!(CommonBlock, num) as u32, CommonBlock::NUM);

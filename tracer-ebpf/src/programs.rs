@@ -72,7 +72,6 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     recvmsg_nargs: 5,
     common_block: 0,
     v6_block: 0,
-    byte_slots: 0,
 };
 
 /// Reads one offset; volatile so the compiler does not fold the zero above.
@@ -305,7 +304,7 @@ fn home_of(key: u64) -> u32 {
 /// are inlined by the verifier: no function call.
 #[inline(always)]
 fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
-    if !BYTE_TABLE || offset!(byte_slots) == 0 {
+    if !BYTE_TABLE {
         return None;
     }
     let home = home_of(key);
@@ -329,7 +328,7 @@ fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
 /// the bytes are then counted in the record.
 #[inline(always)]
 fn claim_byte_slot(key: u64, born: u64) {
-    if !BYTE_TABLE || offset!(byte_slots) == 0 {
+    if !BYTE_TABLE {
         return;
     }
     let home = home_of(key);
@@ -702,7 +701,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 /// socket being destroyed.
 #[inline(always)]
 fn release_byte_slots(key: u64, record: &mut SockRecord) {
-    if !BYTE_TABLE || offset!(byte_slots) == 0 {
+    if !BYTE_TABLE {
         return;
     }
     let home = home_of(key);

@@ -164,6 +164,8 @@ fn attach_backend(ebpf: &mut Ebpf, aya_btf: &aya::Btf, probes: &[&Probe]) -> Res
 /// so the two parses never hold memory at the same time.
 struct Plan {
     offsets: tracer_common::KernelOffsets,
+    /// Load `tracer` (with the byte table), not `tracer-legacy`.
+    byte_table: bool,
     backends: Vec<(Backend, Result<Vec<&'static Probe>, String>)>,
 }
 
@@ -185,7 +187,7 @@ impl Plan {
                 (backend, programs)
             })
             .collect();
-        Ok(Plan { offsets, backends })
+        Ok(Plan { offsets, byte_table: probes::byte_table_status().0, backends })
     }
 }
 
@@ -197,7 +199,7 @@ fn load_object(btf_path: &Path, plan: &Plan) -> Result<(Ebpf, aya::Btf), LoadErr
     let ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &plan.offsets, true)
-        .load(if plan.offsets.byte_slots != 0 { EBPF_OBJECT } else { EBPF_OBJECT_LEGACY })
+        .load(if plan.byte_table { EBPF_OBJECT } else { EBPF_OBJECT_LEGACY })
         .map_err(|e| {
             let text = format!("{e:#}");
             if is_permission_error(&text) {
@@ -300,9 +302,9 @@ impl Collector {
         }
         drop(aya_btf);
 
-        let bytes = match (plan.offsets.byte_slots, ebpf.map("BYTES")) {
-            (0, _) => None,
-            (_, Some(Map::Array(data))) => Some(
+        let bytes = match (plan.byte_table, ebpf.map("BYTES")) {
+            (false, _) => None,
+            (true, Some(Map::Array(data))) => Some(
                 ByteTable::map(data.fd().as_fd().as_raw_fd())
                     .map_err(|e| LoadError::Load(format!("mapping map BYTES: {e}")))?,
             ),

@@ -213,19 +213,13 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         recvmsg_nargs: if recvmsg.is_empty() { 5 } else { recvmsg.len() as u32 },
         common_block: u32::from(common_block),
         v6_block: u32::from(v6_block),
-        byte_slots: u32::from(byte_slots_wanted()),
     })
 }
 
-/// Whether the programs count bytes in the `BYTES` table: if the kernel has
-/// BPF compare-and-swap, unless `TRACER_BYTE_SLOTS=0` (a switch for
-/// checking, on a recent kernel, the path older kernels take).
-fn byte_slots_wanted() -> bool {
-    byte_table_status().0
-}
-
-/// Whether the send/receive programs use the byte table, and why, for
-/// `tracer doctor`.
+/// Whether to load the object with the `BYTES` table (`tracer`) rather than
+/// `tracer-legacy`, and why: if the kernel has BPF compare-and-swap, unless
+/// `TRACER_BYTE_SLOTS=0` (a switch for checking, on a recent kernel, the
+/// path older kernels take). `tracer doctor` shows the reason.
 pub fn byte_table_status() -> (bool, &'static str) {
     if std::env::var_os("TRACER_BYTE_SLOTS").is_some_and(|v| v == "0") {
         return (false, "off (TRACER_BYTE_SLOTS=0): bytes counted in the per-socket records");

@@ -64,6 +64,7 @@ cargo xtask bench                  # full: 5 rounds x 4 s per run, ~10 minutes; 
 cargo xtask bench --quick          # 2 rounds x 1.5 s, shorter cost windows, ~2 minutes\n\
 cargo xtask bench --rounds 9 --workloads ping-pong,churn --no-write\n\
 cargo xtask bench --tracer ./target/release/tracer --no-agent-cost\n\
+cargo xtask bench --workloads ping-pong --no-references   # without the empty/hash/bpftrace references\n\
 ```\n\n\
 It needs root (the tracer loads eBPF programs), builds `tracer` and the load \
 generator in release mode, and only uses loopback. Every process it starts \
