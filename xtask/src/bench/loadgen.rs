@@ -306,7 +306,10 @@ const SLICE: Duration = Duration::from_millis(100);
 
 impl Clock {
     fn new(warmup: Duration, window: Duration, server_pid: Option<u32>) -> Self {
-        let now = Instant::now();
+        Self::starting_at(Instant::now(), warmup, window, server_pid)
+    }
+
+    fn starting_at(now: Instant, warmup: Duration, window: Duration, server_pid: Option<u32>) -> Self {
         Clock {
             warm_until: now + warmup,
             stop_at: now + warmup + window,
@@ -323,10 +326,15 @@ impl Clock {
 
     /// Notes `ops` done so far; false once the measured window is over.
     fn keep_going(&mut self, ops: u64) -> bool {
+        self.keep_going_at(ops, Instant::now())
+    }
+
+    /// [`Clock::keep_going`] at a given instant (the tests drive it with
+    /// instants of their own, so no assertion depends on the scheduler).
+    fn keep_going_at(&mut self, ops: u64, now: Instant) -> bool {
         if self.end.is_some() {
             return false;
         }
-        let now = Instant::now();
         if self.start.is_none() && now >= self.warm_until {
             self.cpu_start_ns = cpu_ns(self.server_pid);
             self.start = Some((ops, now));
@@ -708,18 +716,35 @@ mod tests {
 
     #[test]
     fn clock_measures_only_after_the_warm_up() {
-        let mut clock = Clock::new(Duration::from_millis(20), Duration::from_millis(30), Some(std::process::id()));
-        let mut ops = 0;
-        while clock.keep_going(ops) {
-            ops += 1;
-            std::thread::sleep(Duration::from_millis(1));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut clock = Clock::starting_at(t0, Duration::from_millis(20), Duration::from_millis(30), None);
+        // Warm-up: ops 0..=3 at 0, 5, 10, 15 ms are not measured.
+        for (ops, ms) in [(0, 0), (1, 5), (2, 10), (3, 15)] {
+            assert!(clock.keep_going_at(ops, at(ms)));
         }
+        assert!(clock.measured().is_none(), "nothing measured during the warm-up");
+        // The window opens at the first call past the warm-up (op 4 at 21 ms)
+        // and closes at the first call past 50 ms (op 10 at 52 ms).
+        for (ops, ms) in [(4, 21), (5, 30), (6, 35), (7, 40), (8, 45), (9, 49)] {
+            assert!(clock.keep_going_at(ops, at(ms)));
+        }
+        assert!(!clock.keep_going_at(10, at(52)));
         let (measured, secs) = clock.measured().expect("both boundaries crossed");
-        assert!(measured < ops, "{measured} of {ops}");
-        assert!((0.029..0.2).contains(&secs), "{secs}");
+        assert_eq!(measured, 6);
+        assert!((secs - 0.031).abs() < 1e-9, "{secs}");
+        assert!(!clock.keep_going_at(11, at(60)), "the window stays closed");
+        assert_eq!(clock.measured().expect("still measured").0, 6);
+    }
+
+    #[test]
+    fn clock_reads_cpu_time_at_both_ends() {
+        let t0 = Instant::now();
+        let mut clock = Clock::starting_at(t0, Duration::ZERO, Duration::from_millis(1), Some(std::process::id()));
+        assert!(clock.keep_going_at(0, t0));
+        assert!(!clock.keep_going_at(1, t0 + Duration::from_millis(2)));
         let cpu = clock.measured_cpu_secs().expect("schedstat is readable");
-        assert!(cpu < 2.0 * secs, "{cpu}");
-        assert!(!clock.keep_going(ops));
+        assert!(cpu >= 0.0, "{cpu}");
     }
 
     #[test]
