@@ -60,8 +60,6 @@ pub mod flags {
     /// The socket was ESTABLISHED at some point while tracked, so its end
     /// closes a connection.
     pub const WAS_ESTABLISHED: u32 = 1 << 3;
-    /// The socket was born while tracing (connect or accept path).
-    pub const BORN_TRACED: u32 = 1 << 4;
 }
 
 /// Per-socket record, kept in the `SOCKETS` map keyed by the kernel's
@@ -110,7 +108,77 @@ pub struct SockRecord {
     /// retransmits and destruction): the denominator of retransmit ratios.
     pub segs_out_base: u32,
     pub segs_out: u32,
+    /// SYN retransmits while the socket was in SYN_SENT.
+    pub syn_retrans: u32,
+    /// TCP health: set at the events the programs already handle and by
+    /// the `sample_sockets` iterator at every collection.
+    pub health: TcpHealth,
+}
+
+/// A socket's TCP health, in the kernel's own units (user space converts).
+///
+/// Event fields: `connect_ns` and `connect_error`. Sampled fields (written
+/// by the `sample_sockets` iterator at collection time, and the chrono
+/// counters once more at destruction): valid once `samples` > 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpHealth {
+    /// Client: connect() (SYN_SENT) to ESTABLISHED. Server: the handshake
+    /// round trip the kernel measured for the accepted socket. 0: none.
+    pub connect_ns: u64,
+    /// `sk_err` when SYN_SENT ended in CLOSE (0: no error).
+    pub connect_error: u32,
+    /// How many times the iterator sampled the socket (wrapping).
+    pub samples: u32,
+    /// `tcp_sock.srtt_us` (microseconds << 3).
+    pub srtt_us8: u32,
+    /// `tcp_sock.rcv_rtt_est.rtt_us` (microseconds << 3).
+    pub rcv_rtt_us8: u32,
+    /// `minmax_get(&tcp_sock.rtt_min)`, microseconds.
+    pub min_rtt_us: u32,
+    /// `rcv_nxt - copied_seq`: arrived, not yet read.
+    pub recv_queue: u32,
+    /// `write_seq - snd_una`: written, not yet acknowledged.
+    pub send_queue: u32,
+    /// `sock.sk_rcvbuf`.
+    pub rcvbuf: u32,
+    /// `tcp_sock.chrono_stat[]` plus the chrono running now, in jiffies:
+    /// busy, limited by the receiver's window, limited by the send buffer.
+    pub chrono: [u32; 3],
+    /// `tcp_sock.rate_delivered` (segments) over `rate_interval_us`, and
+    /// `mss_cache`: the delivery rate as `tcp_get_info` computes it.
+    pub rate_delivered: u32,
+    pub rate_interval_us: u32,
+    pub mss_cache: u32,
+    /// Bits of [`health_flags`].
+    pub flags: u32,
     pub _pad: u32,
+}
+
+/// Bits of [`TcpHealth::flags`].
+pub mod health_flags {
+    /// `connect_ns` holds a measurement.
+    pub const CONNECT_TIMED: u32 = 1 << 0;
+    /// SYN_SENT ended without ESTABLISHED (a failed connect).
+    pub const CONNECT_FAILED: u32 = 1 << 1;
+    /// At least one SYN left (segs_out > 0 when the connect failed).
+    pub const SYN_SENT_OUT: u32 = 1 << 2;
+    /// The chrono counters hold values (sampled or read at destruction).
+    pub const CHRONO: u32 = 1 << 3;
+}
+
+/// What the `sample_sockets` iterator leaves in `HEALTH_CLOCK` at the end
+/// of each pass: the kernel's jiffies and monotonic clock read together,
+/// from which user space measures HZ (BTF does not hold it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealthClock {
+    pub jiffies: u64,
+    pub ktime_ns: u64,
+    /// Sockets the pass sampled.
+    pub sampled: u64,
+    /// Passes so far.
+    pub passes: u64,
 }
 
 /// One slot of the `BYTES` table: where the send/receive programs count
@@ -176,8 +244,8 @@ pub struct ClosedSock {
 }
 
 /// Field offsets in the running kernel's structs, resolved from its BTF in
-/// user space and set as the `OFFSETS` global before load (no CO-RE in Rust
-/// eBPF, see PLATFORM.md).
+/// user space and set as the `OFFSETS` global before load (rustc emits no
+/// CO-RE relocations, so offsets compiled in would fit one kernel only).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelOffsets {
@@ -220,6 +288,35 @@ pub struct KernelOffsets {
     /// 1 if `skc_v6_rcv_saddr` directly follows `skc_v6_daddr`: both IPv6
     /// addresses in one read.
     pub v6_block: u32,
+    /// TCP health fields; 0 where the running kernel lacks one (the value
+    /// is then never read and reported as absent).
+    /// `sock.sk_err` (int).
+    pub sk_err: u32,
+    /// `sock.sk_rcvbuf` (int).
+    pub sk_rcvbuf: u32,
+    /// `tcp_sock.srtt_us` (u32).
+    pub tcp_srtt_us: u32,
+    /// `tcp_sock.rcv_rtt_est.rtt_us` (u32).
+    pub tcp_rcv_rtt_us: u32,
+    /// `tcp_sock.rtt_min.s[0].v` (u32).
+    pub tcp_min_rtt: u32,
+    /// `tcp_sock.rcv_nxt`, `copied_seq`, `write_seq`, `snd_una` (u32).
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
+    pub tcp_write_seq: u32,
+    pub tcp_snd_una: u32,
+    /// `tcp_sock.chrono_start` (u32 jiffies), directly followed by
+    /// `chrono_stat[3]` (checked against the BTF; 0 otherwise).
+    pub tcp_chrono_start: u32,
+    /// The byte holding the 2-bit `tcp_sock.chrono_type`, and the bit it
+    /// starts at.
+    pub tcp_chrono_type_byte: u32,
+    pub tcp_chrono_type_shift: u32,
+    /// `tcp_sock.rate_delivered`, `rate_interval_us`, `mss_cache` (u32).
+    pub tcp_rate_delivered: u32,
+    pub tcp_rate_interval_us: u32,
+    pub tcp_mss_cache: u32,
+    pub _pad: u32,
 }
 
 /// The start of `struct sock_common` at `skc_daddr`, as every kernel lays
@@ -289,6 +386,8 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CallArgs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HealthClock {}
 }
 
 #[cfg(test)]
@@ -297,10 +396,15 @@ mod tests {
 
     #[test]
     fn records_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<SockRecord>(), 8 * 4 + 16 * 3 + 4 * 6 + 2 * 3 + 2 + 4 * 4);
+        assert_eq!(core::mem::size_of::<TcpHealth>(), 8 + 4 * 16);
+        assert_eq!(
+            core::mem::size_of::<SockRecord>(),
+            8 * 4 + 16 * 3 + 4 * 6 + 2 * 3 + 2 + 4 * 4 + core::mem::size_of::<TcpHealth>()
+        );
+        assert_eq!(core::mem::offset_of!(SockRecord, health) % 8, 0);
         assert_eq!(core::mem::size_of::<SockRecord>() % 8, 0);
         assert_eq!(core::mem::size_of::<ClosedSock>(), 16 + core::mem::size_of::<SockRecord>());
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4 + 16 * 4);
         assert_eq!(core::mem::size_of::<CommonBlock>(), 20);
         assert_eq!(core::mem::offset_of!(CommonBlock, dport) as u32, CommonBlock::DPORT);
         assert_eq!(core::mem::offset_of!(CommonBlock, num) as u32, CommonBlock::NUM);

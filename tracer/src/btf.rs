@@ -189,6 +189,15 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Bit offset and bitfield width (0 for a whole member) of `member` in
+    /// struct `strukt`, looking through anonymous structs and unions.
+    pub fn member_bits(&self, strukt: &str, member: &str) -> Result<(u32, u32), BtfError> {
+        let id =
+            self.find_kind(strukt, &[KIND_STRUCT, KIND_UNION]).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        self.find_member(id, member, 0)
+            .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() })
+    }
+
     fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<(u32, u32)> {
         if depth > 8 {
             return None;

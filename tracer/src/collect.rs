@@ -11,19 +11,21 @@ use std::{
 };
 
 use aya::{
+    maps::Array,
     maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FExit, KProbe, ProgramError},
+    programs::{BtfTracePoint, FExit, KProbe, ProgramError, RawTracePoint},
     Ebpf, EbpfLoader,
 };
 use log::{debug, warn};
 use thiserror::Error;
 use tokio::io::{unix::AsyncFd, Interest};
-use tracer_common::{flags, role, stat, ClosedSock, SockRecord};
+use tracer_common::{flags, role, stat, ClosedSock, HealthClock, SockRecord};
 
 use crate::{
     addr, bpf_batch,
     btf::{Btf, BtfError},
     byte_table::ByteTable,
+    health::Sampler,
     model::{Counters, KernelRole, SocketObs, Tuple},
     probes::{self, Backend, HookKind, Probe, BACKEND_ORDER, PROBES},
 };
@@ -89,6 +91,8 @@ pub struct Collector {
     /// The hot path's byte counters, mapped (not in the object for kernels
     /// without BPF compare-and-swap).
     bytes: Option<ByteTable>,
+    /// The TCP health pass over `SOCKETS` (kernel 5.13+), if it runs here.
+    sampler: Option<Sampler>,
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns()`.
@@ -129,6 +133,15 @@ fn attach_probe(ebpf: &mut Ebpf, btf: &aya::Btf, probe: &Probe) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// Loads the TCP health pass (run on demand, never attached).
+fn load_sampler(ebpf: &mut Ebpf) -> Result<Sampler, String> {
+    let program = ebpf.program_mut("sample_sockets").ok_or("program missing from the eBPF object")?;
+    let program: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e:#}"))?;
+    program.load().map_err(|e| format!("loading it: {e:#}"))?;
+    let fd = program.fd().map_err(|e| format!("{e:#}"))?.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+    Ok(Sampler::new(fd))
 }
 
 /// Unloads (and so detaches) a program if it was loaded.
@@ -300,6 +313,13 @@ impl Collector {
                 warn!("{} not attached ({}): {reason}", probe.hook, probe.purpose);
             }
         }
+        let sampler = match load_sampler(&mut ebpf) {
+            Ok(sampler) => Some(sampler),
+            Err(reason) => {
+                warn!("TCP health sampling unavailable (RTT, queues, delivery rate): {reason}");
+                None
+            }
+        };
         drop(aya_btf);
 
         let bytes = match (plan.byte_table, ebpf.map("BYTES")) {
@@ -316,11 +336,28 @@ impl Collector {
         // AsyncFd owns it.
         let closed = unsafe { AsyncFd::register_with_interest(closed, Interest::READABLE) }
             .map_err(|e| LoadError::Load(format!("polling map CLOSED: {e}")))?;
-        Ok(Collector { ebpf, closed, logger, backend, bytes })
+        Ok(Collector { ebpf, closed, logger, backend, bytes, sampler })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether the TCP health pass runs here.
+    pub fn sampling(&self) -> bool {
+        self.sampler.is_some()
+    }
+
+    /// Runs the TCP health pass: every tracked socket's record gets a
+    /// fresh sample. Returns the clocks it noted at the end of the pass.
+    pub fn sample_health(&self) -> Option<HealthClock> {
+        let sampler = self.sampler.as_ref()?;
+        if let Err(e) = sampler.run() {
+            debug!("TCP health pass failed: {e}");
+            return None;
+        }
+        let array = Array::<_, HealthClock>::try_from(self.ebpf.map("HEALTH_CLOCK")?).ok()?;
+        array.get(&0, 0).ok()
     }
 
     /// Waits until destroyed-socket records (or eBPF log lines) are ready.
@@ -361,6 +398,9 @@ impl Collector {
     /// then missing from the table read (its final record comes through the
     /// ring buffer), never seen with its slots already given back.
     pub fn live(&self) -> Vec<SocketObs> {
+        if let Some(clock) = self.sample_health() {
+            debug!("health pass {}: {} sampled so far", clock.passes, clock.sampled);
+        }
         let slots = self.bytes.as_ref().map(ByteTable::read_and_sweep).unwrap_or_default();
         let with_slots = |id: u64, record: &SockRecord| {
             let mut record = *record;

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod collect;
 pub mod doctor;
 pub mod filter;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -195,7 +195,7 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         && at("skc_family", CommonBlock::FAMILY)
         && at("skc_state", CommonBlock::STATE);
     let v6_block = common("skc_v6_rcv_saddr")? == common("skc_v6_daddr")? + 16;
-    Ok(KernelOffsets {
+    let mut offsets = KernelOffsets {
         skc_family: sk_common + common("skc_family")?,
         skc_state: sk_common + common("skc_state")?,
         skc_num: sk_common + common("skc_num")?,
@@ -213,7 +213,10 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         recvmsg_nargs: if recvmsg.is_empty() { 5 } else { recvmsg.len() as u32 },
         common_block: u32::from(common_block),
         v6_block: u32::from(v6_block),
-    })
+        ..KernelOffsets::default()
+    };
+    crate::health::resolve_offsets(btf, &mut offsets);
+    Ok(offsets)
 }
 
 /// Whether to load the object with the `BYTES` table (`tracer`) rather than

@@ -1,0 +1,187 @@
+//! TCP health: why a flow is slow or failing.
+//!
+//! At events the programs already handle (no work on the send/receive
+//! path): connect latency when a connect completes (client: from entering
+//! SYN_SENT; server: the handshake round trip the kernel measured for the
+//! accepted socket), `sk_err` when SYN_SENT ends in CLOSE, and the chrono
+//! counters once more at destruction.
+//!
+//! At collection time: [`sample_sockets`], a pass over `SOCKETS` that user
+//! space runs once per tick (kernel 5.13+). For each tracked socket it reads the smoothed RTTs, the minimum
+//! RTT, the receive and send backlogs, the receive buffer, the chrono
+//! counters and the delivery-rate inputs straight into the socket's record.
+//! It covers every network namespace (the sockets are those the tracer
+//! already tracks), so it needs no `setns`.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_for_each_map_elem, bpf_jiffies64, bpf_ktime_get_ns},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use tracer_common::{flags, health_flags, role, tcp_state, SockRecord, TcpHealth};
+
+use super::{
+    kernel::{read, segs_out},
+    maps::{HEALTH_CLOCK, SOCKETS},
+};
+
+/// A client's connect completed (SYN_SENT -> ESTABLISHED) at `now`.
+#[inline(always)]
+pub(super) fn on_connected(record: &mut SockRecord, now: u64) {
+    // Timed only if the tracer saw the socket enter SYN_SENT.
+    if record.state == tcp_state::SYN_SENT && record.flags & flags::STATE_TIMED != 0 && now > record.state_since_ns {
+        record.health.connect_ns = now - record.state_since_ns;
+        record.health.flags |= health_flags::CONNECT_TIMED;
+    }
+}
+
+/// An accepted socket became ESTABLISHED (SYN_RECV -> ESTABLISHED). Its
+/// own state changes happen in one softirq (~0 apart); the kernel has just
+/// taken its first RTT sample from the SYN-ACK, which is the handshake.
+#[inline(always)]
+pub(super) fn on_accepted(sk: *const u8, record: &mut SockRecord) {
+    if record.role != role::SERVER || offset!(tcp_srtt_us) == 0 {
+        return;
+    }
+    let srtt_us8 = read::<u32>(sk, offset!(tcp_srtt_us)).unwrap_or(0);
+    if srtt_us8 != 0 {
+        record.health.connect_ns = (srtt_us8 as u64 >> 3) * 1000;
+        record.health.flags |= health_flags::CONNECT_TIMED;
+    }
+}
+
+/// SYN_SENT ended without ESTABLISHED: keep the socket's error (the kernel
+/// sets it before the state change) and whether any SYN left.
+#[inline(always)]
+pub(super) fn on_connect_failed(sk: *const u8, record: &mut SockRecord) {
+    if offset!(sk_err) != 0 {
+        record.health.connect_error = read::<i32>(sk, offset!(sk_err)).unwrap_or(0) as u32;
+    }
+    let segs = segs_out(sk);
+    record.segs_out = segs;
+    record.health.flags |= health_flags::CONNECT_FAILED;
+    if segs > record.segs_out_base {
+        record.health.flags |= health_flags::SYN_SENT_OUT;
+    }
+}
+
+/// The socket is being destroyed: its chrono counters as they end, so a
+/// short connection keeps its own.
+#[inline(always)]
+pub(super) fn on_destroy(sk: *const u8, record: &mut SockRecord) {
+    if record.tx_bytes > 0 || record.health.flags & health_flags::CHRONO != 0 {
+        read_chrono(sk, &mut record.health);
+    }
+}
+
+/// Reads `chrono_stat[]` plus the chrono running now (what `tcp_get_info`
+/// reports, in jiffies).
+#[inline(always)]
+fn read_chrono(sk: *const u8, health: &mut TcpHealth) {
+    if offset!(tcp_chrono_start) == 0 {
+        return;
+    }
+    // `chrono_start` then `chrono_stat[3]`, in one read.
+    let Some(block) = read::<[u32; 4]>(sk, offset!(tcp_chrono_start)) else { return };
+    let type_byte = read::<u8>(sk, offset!(tcp_chrono_type_byte)).unwrap_or(0);
+    let running = (type_byte >> (offset!(tcp_chrono_type_shift) & 7)) & 3;
+    let (mut busy, mut rwnd, mut sndbuf) = (block[1], block[2], block[3]);
+    if running != 0 {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_jiffies64() } as u32;
+        let since = now.wrapping_sub(block[0]);
+        match running {
+            1 => busy = busy.wrapping_add(since),
+            2 => rwnd = rwnd.wrapping_add(since),
+            _ => sndbuf = sndbuf.wrapping_add(since),
+        }
+    }
+    health.chrono[0] = busy;
+    health.chrono[1] = rwnd;
+    health.chrono[2] = sndbuf;
+    health.flags |= health_flags::CHRONO;
+}
+
+/// Reads a u32 field of `sk` at `offset`, 0 where the kernel lacks it.
+#[inline(always)]
+fn field(sk: *const u8, offset: usize) -> u32 {
+    if offset == 0 {
+        return 0;
+    }
+    read::<u32>(sk, offset).unwrap_or(0)
+}
+
+/// One health sample of `sk` into `health`.
+#[inline(always)]
+fn sample(sk: *const u8, health: &mut TcpHealth) {
+    health.srtt_us8 = field(sk, offset!(tcp_srtt_us));
+    health.rcv_rtt_us8 = field(sk, offset!(tcp_rcv_rtt_us));
+    health.min_rtt_us = field(sk, offset!(tcp_min_rtt));
+    // Wrapping differences clamped at 0, as `tcp_diag` reports them.
+    let rcv_nxt = field(sk, offset!(tcp_rcv_nxt));
+    let copied_seq = field(sk, offset!(tcp_copied_seq));
+    health.recv_queue = (rcv_nxt.wrapping_sub(copied_seq) as i32).max(0) as u32;
+    let write_seq = field(sk, offset!(tcp_write_seq));
+    let snd_una = field(sk, offset!(tcp_snd_una));
+    health.send_queue = (write_seq.wrapping_sub(snd_una) as i32).max(0) as u32;
+    health.rcvbuf = field(sk, offset!(sk_rcvbuf));
+    health.rate_delivered = field(sk, offset!(tcp_rate_delivered));
+    health.rate_interval_us = field(sk, offset!(tcp_rate_interval_us));
+    health.mss_cache = field(sk, offset!(tcp_mss_cache));
+    read_chrono(sk, health);
+    health.samples = health.samples.wrapping_add(1);
+}
+
+/// Samples one tracked socket (a `bpf_for_each_map_elem` callback over
+/// `SOCKETS`: the key is the socket's address, the value its record).
+#[inline(never)]
+extern "C" fn sample_one(_map: *mut c_void, key: *const u64, value: *mut SockRecord, _ctx: *mut c_void) -> i64 {
+    // SAFETY: the kernel passes one live element of `SOCKETS`; the health
+    // block of a record is written only here while the socket lives.
+    let (sk, record) = unsafe { (*key as *const u8, &mut *value) };
+    if record.role == role::LISTENER || record.state == tcp_state::LISTEN {
+        return 0;
+    }
+    sample(sk, &mut record.health);
+    if let Some(clock) = HEALTH_CLOCK.get_ptr_mut(0) {
+        // SAFETY: one pass runs at a time (user space runs them in turn).
+        unsafe { (*clock).sampled += 1 };
+    }
+    0
+}
+
+/// One health pass over every tracked socket. Never attached: user space
+/// runs it with `BPF_PROG_TEST_RUN` once per tick (a raw tracepoint
+/// program can be run that way from kernel 5.10, and
+/// `bpf_for_each_map_elem` needs 5.13). The kernel refuses map-element
+/// iterators on some hardened systems where this works.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sample_sockets(_ctx: RawTracePointContext) -> i32 {
+    // SAFETY: `SOCKETS` is a map of this object (the loader turns its
+    // address into the map); the callback has the signature the helper
+    // expects.
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const SOCKETS).cast_mut().cast(),
+            sample_one as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    end_of_pass();
+    0
+}
+
+#[inline(always)]
+fn end_of_pass() {
+    if let Some(clock) = HEALTH_CLOCK.get_ptr_mut(0) {
+        // SAFETY: as above; no preconditions for the clock helpers.
+        unsafe {
+            (*clock).jiffies = bpf_jiffies64();
+            (*clock).ktime_ns = bpf_ktime_get_ns();
+            (*clock).passes += 1;
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Every map of the programs, and the `OFFSETS` global. User space opens
+//! each map by the name it has here.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    byte_table, stat, ByteSlot, CallArgs, HealthClock, KernelOffsets, SockRecord, CLOSED_RING_BYTES, MAX_SOCKETS,
+};
+
+#[map]
+// Preallocated: under connection churn, allocating and RCU-freeing an
+// entry per socket cost more than everything else the tracer does (measured:
+// churn 0.80 -> 0.90 of untraced throughput). The price is a fixed
+// MAX_SOCKETS x ~280 bytes of kernel memory.
+pub(super) static SOCKETS: HashMap<u64, SockRecord> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// `BPF_F_MMAPABLE`: user space maps the byte table to read it and to turn
+/// tombstones back into empty slots (with atomics).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The hot path's byte counters (see `ByteSlot`): about 4 MB, fixed.
+#[map]
+pub(super) static BYTES: Array<ByteSlot> = Array::with_max_entries(byte_table::SLOTS, BPF_F_MMAPABLE);
+
+/// Final records of destroyed sockets, for user space.
+#[map]
+pub(super) static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_RING_BYTES, 0);
+
+/// Scratch space for building a new record: the BPF stack (512 bytes) is
+/// too small to hold copies of it.
+#[map]
+pub(super) static SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub(super) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Arguments of in-flight `tcp_sendmsg`/`tcp_recvmsg` calls, for the
+/// kprobe backend. LRU: an entry whose kretprobe never ran (kretprobe
+/// instances run out under heavy concurrency) is evicted instead of filling
+/// the map and stopping the count for every other thread.
+#[map]
+pub(super) static CALLS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The clocks the `sample_sockets` pass read at the end of its last
+/// pass (one entry).
+#[map]
+pub(super) static HEALTH_CLOCK: Array<HealthClock> = Array::with_max_entries(1, 0);
+
+/// Set by user space before load; all zero here.
+#[no_mangle]
+pub(super) static OFFSETS: KernelOffsets = KernelOffsets {
+    skc_family: 0,
+    skc_state: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    skc_rcv_saddr: 0,
+    skc_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    skc_net: 0,
+    net_ns_inum: 0,
+    sk_protocol: 0,
+    tcp_total_retrans: 0,
+    tcp_segs_out: 0,
+    recvmsg_flags_arg: 3,
+    recvmsg_nargs: 5,
+    common_block: 0,
+    v6_block: 0,
+    sk_err: 0,
+    sk_rcvbuf: 0,
+    tcp_srtt_us: 0,
+    tcp_rcv_rtt_us: 0,
+    tcp_min_rtt: 0,
+    tcp_rcv_nxt: 0,
+    tcp_copied_seq: 0,
+    tcp_write_seq: 0,
+    tcp_snd_una: 0,
+    tcp_chrono_start: 0,
+    tcp_chrono_type_byte: 0,
+    tcp_chrono_type_shift: 0,
+    tcp_rate_delivered: 0,
+    tcp_rate_interval_us: 0,
+    tcp_mss_cache: 0,
+    _pad: 0,
+};
+
+/// Adds `n` to this CPU's counter `index` of `STATS`.
+#[inline(always)]
+pub(super) fn count(index: u32, n: u64) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, this CPU only; programs do not nest on a CPU
+        // for these tracepoints.
+        unsafe { *slot += n };
+    }
+}

@@ -1,0 +1,127 @@
+//! The `BYTES` table (see `tracer_common::ByteSlot`): where the
+//! send/receive path counts the bytes of sockets whose owner is known,
+//! without a hash lookup. Compiled out of the legacy object
+//! (`crate::BYTE_TABLE`).
+
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+
+use tracer_common::{byte_table, ByteSlot, SockRecord};
+
+use super::maps::BYTES;
+use crate::BYTE_TABLE;
+
+/// Where `key`'s probe sequence starts.
+///
+/// The verifier allows no arithmetic but addition on a socket pointer (and
+/// whether it still sees the key as a pointer depends on the kernel and on
+/// where the compiler spilled it), but a 32-bit move of a pointer is a
+/// plain number for a privileged program. The hash is taken of the low 32
+/// bits of the address, which are the ones that differ between sockets.
+/// The slots themselves hold the whole address, which user space knows the
+/// socket by.
+#[inline(always)]
+pub(super) fn home_of(key: u64) -> u32 {
+    let low: u64;
+    // SAFETY: one register move, no memory access.
+    unsafe {
+        core::arch::asm!("w0 = w1", in("r1") key, lateout("r0") low, options(pure, nomem, nostack, preserves_flags));
+    }
+    byte_table::home(low)
+}
+
+/// The `BYTES` slot holding `key`'s counters, if it has one. Array lookups
+/// are inlined by the verifier: no function call.
+#[inline(always)]
+pub(super) fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
+    if !BYTE_TABLE {
+        return None;
+    }
+    let home = home_of(key);
+    for i in 0..byte_table::PROBES {
+        let slot = BYTES.get_ptr_mut(byte_table::probe(home, i))?;
+        // SAFETY: a live array value; `sock` only changes atomically.
+        let sock = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
+        if sock == key {
+            return Some(slot);
+        }
+        if sock == byte_table::EMPTY {
+            return None;
+        }
+    }
+    None
+}
+
+/// Gives `key` (whose record has an owner and was first seen at `born`) a
+/// `BYTES` slot: the first empty or tombstone slot of its probe sequence,
+/// taken with compare-and-swap. Nothing happens when the sequence is full;
+/// the bytes are then counted in the record.
+#[inline(always)]
+pub(super) fn claim_byte_slot(key: u64, born: u64) {
+    if !BYTE_TABLE {
+        return;
+    }
+    let home = home_of(key);
+    for i in 0..byte_table::PROBES {
+        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe(home, i)) else { return };
+        // SAFETY: a live array value; `sock` only changes atomically.
+        let mut seen = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
+        // Twice: user space may turn the tombstone seen into an empty slot
+        // in between, and the claim must then take this slot, not a later
+        // one (a lookup stops at the first empty slot).
+        for _ in 0..2 {
+            if seen == key {
+                return;
+            }
+            if seen != byte_table::EMPTY && seen != byte_table::TOMBSTONE {
+                break;
+            }
+            // SAFETY: as above; compare-and-swap on an aligned u64.
+            let (previous, won) = unsafe {
+                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    &raw mut (*slot).sock,
+                    seen,
+                    key,
+                )
+            };
+            if won {
+                // SAFETY: the slot is ours now; its counters were zeroed
+                // when it was given back.
+                unsafe { core::ptr::write_volatile(&raw mut (*slot).born_ns, born) };
+                return;
+            }
+            seen = previous;
+        }
+    }
+}
+
+/// Adds the counters of `key`'s `BYTES` slots to its final record and gives
+/// the slots back, zeroed, as tombstones. Nothing sends or receives on a
+/// socket being destroyed.
+#[inline(always)]
+pub(super) fn release_byte_slots(key: u64, record: &mut SockRecord) {
+    if !BYTE_TABLE {
+        return;
+    }
+    let home = home_of(key);
+    for i in 0..byte_table::PROBES {
+        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe(home, i)) else { return };
+        // SAFETY: a live array value.
+        unsafe {
+            // All the probes, not only up to an empty slot: a slot cut off
+            // from its home by a concurrent sweep must still be given back.
+            let sock = core::ptr::read_volatile(&raw const (*slot).sock);
+            if sock == key {
+                record.tx_bytes += core::ptr::read_volatile(&raw const (*slot).tx_bytes);
+                record.rx_bytes += core::ptr::read_volatile(&raw const (*slot).rx_bytes);
+                core::ptr::write_volatile(&raw mut (*slot).tx_bytes, 0);
+                core::ptr::write_volatile(&raw mut (*slot).rx_bytes, 0);
+                core::ptr::write_volatile(&raw mut (*slot).born_ns, 0);
+                let _ = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    &raw mut (*slot).sock,
+                    key,
+                    byte_table::TOMBSTONE,
+                );
+            }
+        }
+    }
+}
