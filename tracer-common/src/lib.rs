@@ -210,7 +210,8 @@ pub mod byte_table {
     pub const EMPTY: u64 = 0;
     /// A slot given back (a lookup goes on past it; a claim may reuse it).
     pub const TOMBSTONE: u64 = 1;
-    /// log2 of the number of slots.
+    /// log2 of the number of slots by default (the table is sized at load
+    /// time, `KernelOffsets::byte_slots_log2`).
     pub const SLOTS_LOG2: u32 = 17;
     pub const SLOTS: u32 = 1 << SLOTS_LOG2;
     pub const MASK: u32 = SLOTS - 1;
@@ -218,17 +219,39 @@ pub mod byte_table {
     /// probing). Past them the bytes are counted in the record instead.
     pub const PROBES: u32 = 8;
 
-    /// The first slot a socket's probe sequence looks at (Fibonacci hashing
-    /// of the `struct sock` address).
+    /// The first slot a socket's probe sequence looks at in a table of
+    /// `2^log2` slots (Fibonacci hashing of the `struct sock` address).
     #[inline(always)]
-    pub const fn home(sock: u64) -> u32 {
-        (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS_LOG2)) as u32
+    pub const fn home_in(sock: u64, log2: u32) -> u32 {
+        (sock.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - log2)) as u32
     }
 
-    /// The `i`-th slot of `sock`'s probe sequence.
+    /// The `i`-th slot of a probe sequence in a table of `mask + 1` slots.
+    #[inline(always)]
+    pub const fn probe_in(home: u32, i: u32, mask: u32) -> u32 {
+        (home.wrapping_add(i)) & mask
+    }
+
+    /// [`home_in`] for the default size.
+    #[inline(always)]
+    pub const fn home(sock: u64) -> u32 {
+        home_in(sock, SLOTS_LOG2)
+    }
+
+    /// [`probe_in`] for the default size.
     #[inline(always)]
     pub const fn probe(home: u32, i: u32) -> u32 {
-        (home.wrapping_add(i)) & MASK
+        probe_in(home, i, MASK)
+    }
+
+    /// log2 of the slots for a socket table of `max_sockets` entries: a
+    /// power of two at least as large, between 2^10 and 2^24.
+    pub const fn slots_log2_for(max_sockets: u32) -> u32 {
+        let mut log2 = 10;
+        while log2 < 24 && (1u32 << log2) < max_sockets {
+            log2 += 1;
+        }
+        log2
     }
 }
 
@@ -316,7 +339,9 @@ pub struct KernelOffsets {
     pub tcp_rate_delivered: u32,
     pub tcp_rate_interval_us: u32,
     pub tcp_mss_cache: u32,
-    pub _pad: u32,
+    /// Load-time setting, not an offset: log2 of the `BYTES` table's slots
+    /// (0: [`byte_table::SLOTS_LOG2`]).
+    pub byte_slots_log2: u32,
 }
 
 /// The start of `struct sock_common` at `skc_daddr`, as every kernel lays
@@ -352,9 +377,13 @@ pub mod stat {
     pub const EVENTS: u32 = 0;
     /// Destroyed-socket records lost because the ring buffer was full.
     pub const EVENTS_DROPPED: u32 = 1;
-    /// New sockets not tracked because the `SOCKETS` map was full.
+    /// Sockets not tracked because the `SOCKETS` map was full: counted once
+    /// per socket (`UNTRACKED` remembers the ones counted).
     pub const MAP_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Destroyed-socket records that found the ring buffer full and were
+    /// kept in `OVERFLOW` instead (user space drains it: nothing lost).
+    pub const EVENTS_DEFERRED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Arguments of an in-flight `tcp_sendmsg`/`tcp_recvmsg` call, saved by the
@@ -367,9 +396,15 @@ pub struct CallArgs {
     pub _pad: u32,
 }
 
-/// Capacity of the `SOCKETS` map (preallocated: ~26 MB of kernel memory).
-/// Sockets past it are not tracked and counted in `map_full_drops`.
+/// Default capacity of the `SOCKETS` map (preallocated, ~350 bytes of
+/// kernel memory per entry; user space sizes it at load with
+/// `--max-sockets`). Sockets past it are not tracked and counted once each
+/// in `map_full_drops`.
 pub const MAX_SOCKETS: u32 = 131_072;
+/// Capacity of `OVERFLOW`: final records kept while the ring buffer is full.
+pub const OVERFLOW_RECORDS: u32 = 16_384;
+/// Capacity of `UNTRACKED`: sockets already counted as untracked.
+pub const UNTRACKED_SOCKETS: u32 = 65_536;
 /// Size of the `CLOSED` ring buffer in bytes (a power of two).
 pub const CLOSED_RING_BYTES: u32 = 2 << 20;
 

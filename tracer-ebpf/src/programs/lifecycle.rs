@@ -5,13 +5,12 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use aya_log_ebpf::debug;
-use tracer_common::{flags, role, stat, tcp_state, ClosedSock, CLOSED_RING_BYTES};
+use tracer_common::{flags, role, stat, tcp_state, ClosedSock, SockRecord, CLOSED_RING_BYTES};
 
 use super::{
     health,
     kernel::{bpf_now, read_tuple, segs_out, total_retrans, zero16},
-    maps::{count, CLOSED, SOCKETS},
+    maps::{count, CLOSED, OVERFLOW, SCRATCH_CLOSED, SOCKETS, UNTRACKED},
     record::{claim_owner, record_of},
     slots::release_byte_slots,
 };
@@ -20,6 +19,8 @@ use super::{
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `BPF_NOEXIST`: insert only if absent.
+const BPF_NOEXIST: u64 = 1;
 /// Unread bytes in `CLOSED` at which user space is woken.
 const CLOSED_WAKEUP_BYTES: u64 = CLOSED_RING_BYTES as u64 / 4;
 
@@ -161,26 +162,18 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let key = sk as u64;
     let Some(record) = SOCKETS.get_ptr(&key) else {
+        // Untracked (the table was full) or never seen: forget it, so a
+        // later socket at this address is counted again.
+        let _ = UNTRACKED.remove(&key);
         return 0;
     };
     let now = bpf_now();
     match CLOSED.reserve::<ClosedSock>(0) {
         Some(mut entry) => {
-            let closed = entry.as_mut_ptr();
-            // SAFETY: `closed` is this program's reserved ring-buffer space;
+            // SAFETY: `entry` is this program's reserved ring-buffer space;
             // `record` points into a live map value that nothing writes to
-            // any more (the socket is being destroyed). The record is
-            // copied there directly: the BPF stack cannot hold a copy.
-            unsafe {
-                (*closed).sock = key;
-                (*closed).destroyed_ns = now;
-                core::ptr::copy_nonoverlapping(record, &raw mut (*closed).record, 1);
-                let final_record = &mut (*closed).record;
-                release_byte_slots(key, final_record);
-                final_record.retrans_total = total_retrans(sk);
-                final_record.segs_out = segs_out(sk);
-                health::on_destroy(sk, final_record);
-            }
+            // any more (the socket is being destroyed).
+            unsafe { finish(sk, key, now, record, entry.as_mut_ptr()) };
             // User space drains the ring at every tick; waking it for every
             // closed socket would cost more than the socket itself under
             // connection churn. Wake it only when the ring fills up.
@@ -191,18 +184,48 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             };
             entry.submit(wakeup);
         }
-        None => {
-            // The final counts are lost; the slots still go back.
-            // SAFETY: `record` points into a live map value that nothing
-            // else writes to any more.
-            if let Some(record) = SOCKETS.get_ptr_mut(&key) {
-                release_byte_slots(key, unsafe { &mut *record });
-            }
-            count(stat::EVENTS_DROPPED, 1);
-            debug!(&ctx, "ring buffer full: final counts of a socket lost");
-        }
+        None => defer(sk, key, now, record),
     }
     let _ = SOCKETS.remove(&key);
     count(stat::EVENTS, 1);
     0
+}
+
+/// Writes the final record of `key` to `closed`: the record as it is, plus
+/// its byte slots (given back now), its retransmit and segment totals and
+/// its last chrono counters. The record is copied there directly: the BPF
+/// stack cannot hold a copy.
+///
+/// # Safety
+/// `record` points at the socket's live map value, which nothing else
+/// writes any more; `closed` at writable space for a `ClosedSock`.
+#[inline(always)]
+unsafe fn finish(sk: *const u8, key: u64, now: u64, record: *const SockRecord, closed: *mut ClosedSock) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        (*closed).sock = key;
+        (*closed).destroyed_ns = now;
+        core::ptr::copy_nonoverlapping(record, &raw mut (*closed).record, 1);
+        let final_record = &mut (*closed).record;
+        release_byte_slots(key, final_record);
+        final_record.retrans_total = total_retrans(sk);
+        final_record.segs_out = segs_out(sk);
+        health::on_destroy(sk, final_record);
+    }
+}
+
+/// The ring buffer is full: the final record goes to `OVERFLOW`, which
+/// user space drains at its next tick. Only if that is full too are the
+/// counts lost (and counted as dropped).
+#[inline(always)]
+fn defer(sk: *const u8, key: u64, now: u64, record: *const SockRecord) {
+    let Some(scratch) = SCRATCH_CLOSED.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch entry; `record` as in `finish`.
+    unsafe { finish(sk, key, now, record, scratch) };
+    // SAFETY: the scratch entry was just written in full.
+    if OVERFLOW.insert(&key, unsafe { &*scratch }, BPF_NOEXIST).is_ok() {
+        count(stat::EVENTS_DEFERRED, 1);
+    } else {
+        count(stat::EVENTS_DROPPED, 1);
+    }
 }

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    byte_table, stat, ByteSlot, CallArgs, HealthClock, KernelOffsets, SockRecord, CLOSED_RING_BYTES, MAX_SOCKETS,
+    byte_table, stat, ByteSlot, CallArgs, ClosedSock, HealthClock, KernelOffsets, SockRecord, CLOSED_RING_BYTES,
+    MAX_SOCKETS, OVERFLOW_RECORDS, UNTRACKED_SOCKETS,
 };
 
 #[map]
@@ -27,6 +28,22 @@ pub(super) static BYTES: Array<ByteSlot> = Array::with_max_entries(byte_table::S
 /// Final records of destroyed sockets, for user space.
 #[map]
 pub(super) static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_RING_BYTES, 0);
+
+/// Final records of destroyed sockets that found `CLOSED` full, keyed by
+/// socket address; user space drains it every tick, so no count is lost
+/// unless this fills up too.
+#[map]
+pub(super) static OVERFLOW: HashMap<u64, ClosedSock> = HashMap::with_max_entries(OVERFLOW_RECORDS, 0);
+
+/// Scratch space for an `OVERFLOW` entry (too big for the BPF stack).
+#[map]
+pub(super) static SCRATCH_CLOSED: PerCpuArray<ClosedSock> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sockets counted as untracked (the socket table was full), so each is
+/// counted once; forgotten when the socket is destroyed. LRU: a full set
+/// forgets the oldest, which may then be counted again.
+#[map]
+pub(super) static UNTRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(UNTRACKED_SOCKETS, 0);
 
 /// Scratch space for building a new record: the BPF stack (512 bytes) is
 /// too small to hold copies of it.
@@ -83,7 +100,7 @@ pub(super) static OFFSETS: KernelOffsets = KernelOffsets {
     tcp_rate_delivered: 0,
     tcp_rate_interval_us: 0,
     tcp_mss_cache: 0,
-    _pad: 0,
+    byte_slots_log2: 0,
 };
 
 /// Adds `n` to this CPU's counter `index` of `STATS`.

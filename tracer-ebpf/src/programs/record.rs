@@ -6,7 +6,7 @@ use tracer_common::{flags, role, stat, tcp_state, SockRecord, TcpHealth};
 
 use super::{
     kernel::{fill_tuple, is_inet_family, is_tcp_protocol, read, read_common, segs_out, total_retrans, zero16},
-    maps::{count, SCRATCH, SOCKETS},
+    maps::{count, SCRATCH, SOCKETS, UNTRACKED},
 };
 
 /// `BPF_NOEXIST`: insert only if absent (another CPU may race us).
@@ -85,7 +85,10 @@ pub(super) fn insert(key: u64, record: &SockRecord) -> Option<*mut SockRecord> {
         if let Some(existing) = SOCKETS.get_ptr_mut(&key) {
             return Some(existing);
         }
-        count(stat::MAP_FULL, 1);
+        // Count each socket once, not each of its events.
+        if UNTRACKED.insert(&key, &0, BPF_NOEXIST).is_ok() {
+            count(stat::MAP_FULL, 1);
+        }
         return None;
     }
     SOCKETS.get_ptr_mut(&key)

@@ -26,7 +26,22 @@ pub(super) fn home_of(key: u64) -> u32 {
     unsafe {
         core::arch::asm!("w0 = w1", in("r1") key, lateout("r0") low, options(pure, nomem, nostack, preserves_flags));
     }
-    byte_table::home(low)
+    byte_table::home_in(low, slots_log2())
+}
+
+/// log2 of the table's slots, as user space sized it at load.
+#[inline(always)]
+fn slots_log2() -> u32 {
+    match offset!(byte_slots_log2) as u32 {
+        0 => byte_table::SLOTS_LOG2,
+        log2 => log2.clamp(1, 31),
+    }
+}
+
+/// The `i`-th slot of the probe sequence from `home`.
+#[inline(always)]
+fn probe(home: u32, i: u32) -> u32 {
+    byte_table::probe_in(home, i, (1u32 << slots_log2()) - 1)
 }
 
 /// The `BYTES` slot holding `key`'s counters, if it has one. Array lookups
@@ -38,7 +53,7 @@ pub(super) fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
     }
     let home = home_of(key);
     for i in 0..byte_table::PROBES {
-        let slot = BYTES.get_ptr_mut(byte_table::probe(home, i))?;
+        let slot = BYTES.get_ptr_mut(probe(home, i))?;
         // SAFETY: a live array value; `sock` only changes atomically.
         let sock = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
         if sock == key {
@@ -62,7 +77,7 @@ pub(super) fn claim_byte_slot(key: u64, born: u64) {
     }
     let home = home_of(key);
     for i in 0..byte_table::PROBES {
-        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe(home, i)) else { return };
+        let Some(slot) = BYTES.get_ptr_mut(probe(home, i)) else { return };
         // SAFETY: a live array value; `sock` only changes atomically.
         let mut seen = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
         // Twice: user space may turn the tombstone seen into an empty slot
@@ -104,7 +119,7 @@ pub(super) fn release_byte_slots(key: u64, record: &mut SockRecord) {
     }
     let home = home_of(key);
     for i in 0..byte_table::PROBES {
-        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe(home, i)) else { return };
+        let Some(slot) = BYTES.get_ptr_mut(probe(home, i)) else { return };
         // SAFETY: a live array value.
         unsafe {
             // All the probes, not only up to an empty slot: a slot cut off
