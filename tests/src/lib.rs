@@ -122,6 +122,9 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 pub struct Tracer {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// Its stderr lines after the attach line (the transcript keeps them
+    /// all; this channel is read by [`Tracer::wait_samples`]).
+    lines: Receiver<String>,
     stdout: Option<JoinHandle<Vec<u8>>>,
     started: Instant,
 }
@@ -154,11 +157,11 @@ impl Tracer {
         let stderr = Arc::new(Mutex::new(String::new()));
         let lines = stream_lines(child.stderr.take().expect("stderr is piped"), stderr.clone());
         let started = Instant::now();
-        let mut tracer = Tracer { child, stderr, stdout: Some(stdout), started };
+        let mut tracer = Tracer { child, stderr, lines, stdout: Some(stdout), started };
         let deadline = started + ATTACH_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
+            match tracer.lines.recv_timeout(left) {
                 Ok(line) if line.starts_with("tracer: attached") => break,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -174,9 +177,30 @@ impl Tracer {
                 ),
             }
         }
-        // Keep draining progress lines so the pipe never fills.
-        thread::spawn(move || while lines.recv().is_ok() {});
+        // The reader thread keeps draining the pipe; the progress lines wait
+        // in the channel (one per interval) for `wait_samples`.
         tracer
+    }
+
+    /// Waits until the tracer has taken `count` samples from now on (its progress
+    /// line after each tick: `tracer:   2.0s / 120s  events ...`), at most
+    /// [`ATTACH_TIMEOUT`]: a test that must act between two samples waits
+    /// for them instead of sleeping for an interval and hoping.
+    pub fn wait_samples(&self, count: usize) {
+        // Samples taken before this call do not count.
+        while self.lines.try_recv().is_ok() {}
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let mut seen = 0;
+        while seen < count {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with("tracer: ") && line.contains("s / ") => seen += 1,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "tracer took no {count} samples within {ATTACH_TIMEOUT:?} ({e}); stderr:\n{}",
+                    transcript(&self.stderr)
+                ),
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -9,6 +9,7 @@
 mod bench;
 mod guest;
 mod setup;
+mod stress;
 mod vm;
 
 use std::{
@@ -56,6 +57,12 @@ enum Task {
         no_vm: bool,
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
+    },
+    /// Run the unit tests (no root) RUNS times in a row under a CPU hog on
+    /// every core (stress-ng); passes when every run passes.
+    UnitStress {
+        #[arg(long, default_value = "50", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: u32,
     },
     /// Measure the tracer's overhead (A/B throughput, own CPU and memory); writes BENCHMARKS.md.
     Bench {
@@ -177,6 +184,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Task::Test { no_lint, no_vm, filter } => setup::setup().and_then(|()| test(no_lint, no_vm, filter)),
+        Task::UnitStress { runs } => stress::unit_stress(runs),
         Task::Bench { args } => bench::run(args),
         Task::Loadgen { args } => bench::loadgen::run(args),
         Task::Reference { reference, seconds } => bench::reference::hold(reference, seconds),

@@ -27,6 +27,8 @@
 //! `--from-rate` to `--to-rate` over `--secs` (paced by the wall clock, so
 //! the ramp holds under CPU contention), prints `ramped`, then keeps
 //! sending at `--to-rate` until stdin closes, closes and exits.
+//! Leaky and polite clients are paced by the wall clock too, and their
+//! `done` line says how long the series took (`secs`).
 //! A server without `--read` reads each connection to EOF; it answers
 //! `--answer` bytes, then closes.
 //! `idle-pairs` raises its soft fd limit to the hard one, then connects K
@@ -262,36 +264,48 @@ fn hold_client(options: &Options, control: &Control) {
     drop(held);
 }
 
-/// Opens a connection every `--every-ms` and never closes one.
+/// Sleeps until connection `i` of a series started at `started` is due
+/// (one every `every`): paced by the wall clock, so a process the scheduler
+/// held back catches up instead of running slower.
+fn wait_turn(started: Instant, every: Duration, i: u64) {
+    let due = started + every * u32::try_from(i).unwrap_or(u32::MAX);
+    thread::sleep(due.saturating_duration_since(Instant::now()));
+}
+
+/// Opens a connection every `--every-ms` and never closes one; `done`
+/// says how long the series took (`secs`, first connect to last).
 fn leaky_client(options: &Options, control: &Control) {
     let target = options.addr("connect", None);
     let every = Duration::from_millis(options.num("every-ms", 100));
     println!("ready pid={}", pid());
+    let started = Instant::now();
     let mut held = Vec::new();
-    for _ in 0..options.num("count", 1) {
+    for i in 0..options.num("count", 1) {
+        wait_turn(started, every, i);
         held.push(connect(options, target));
-        thread::sleep(every);
     }
-    println!("done n={} pid={}", held.len(), pid());
+    println!("done n={} pid={} secs={:.3}", held.len(), pid(), started.elapsed().as_secs_f64());
     control.hold();
 }
 
-/// Every `--every-ms`: connect, send, read the answer, close.
+/// Every `--every-ms`: connect, send, read the answer, close; `done` says
+/// how long the series took (`secs`, first connect to last close).
 fn polite_client(options: &Options, control: &Control) {
     let target = options.addr("connect", None);
     let every = Duration::from_millis(options.num("every-ms", 100));
     let (send, expect) = (options.num("send", 0), options.num("expect", 0));
     println!("ready pid={}", pid());
     let count = options.num("count", 1);
-    for _ in 0..count {
+    let started = Instant::now();
+    for i in 0..count {
+        wait_turn(started, every, i);
         let mut stream = connect(options, target);
         send_exactly(&mut stream, send);
         receive_exactly(&mut stream, expect);
         receive_to_end(&mut stream);
         drop(stream);
-        thread::sleep(every);
     }
-    println!("done n={count} pid={}", pid());
+    println!("done n={count} pid={} secs={:.3}", pid(), started.elapsed().as_secs_f64());
     control.hold();
 }
 
@@ -450,9 +464,7 @@ fn bursty_client(options: &Options, control: &Control) {
     let started = Instant::now();
     let mut workers = Vec::new();
     for i in 0..count {
-        // Paced by the wall clock: connection i starts at i x every.
-        let due = started + every * u32::try_from(i).unwrap_or(u32::MAX);
-        thread::sleep(due.saturating_duration_since(Instant::now()));
+        wait_turn(started, every, i);
         workers.push(thread::spawn(move || burst(target, chunks, chunk, pause)));
     }
     let sent: u64 = workers.into_iter().map(|w| w.join().unwrap_or_else(|_| fail("a burst thread panicked"))).sum();

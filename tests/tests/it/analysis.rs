@@ -84,9 +84,9 @@ fn a_ramping_send_rate_is_traffic_growth_its_mirror_throughput_decay_and_a_stead
     let (_decaying_server, decaying_port, decaying_server_pid) = server(&["--conns", "1"]);
     let (_steady_server, steady_port, steady_server_pid) = server(&["--conns", "1"]);
     let tracer = Tracer::start(&[]);
-    // Start the clients inside the second interval: the analysis leaves a
+    // Start the clients after the first sample: the analysis leaves a
     // key's partial first interval out when it is not the window's first.
-    thread::sleep(Duration::from_millis(1500));
+    tracer.wait_samples(1);
     let started = Instant::now();
     let (mut growing, growing_pid) = paced_client("growing client", growing_port, LOW_RATE, HIGH_RATE);
     let (mut decaying, decaying_pid) = paced_client("decaying client", decaying_port, HIGH_RATE, LOW_RATE);
@@ -171,15 +171,18 @@ fn close_wait_older_than_the_threshold_is_close_wait_leak_with_the_exact_count()
     let clients: Vec<TcpStream> =
         (0..K).map(|i| TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("client {i}: {e}"))).collect();
     server.expect("accepted", LINE_TIMEOUT);
+    // The sockets enter CLOSE_WAIT between these two instants, so their age
+    // at the report is bracketed however the test thread is scheduled.
+    let closing = Instant::now();
     drop(clients);
     let closed_at = Instant::now();
-    wait_until(&format!("{K} sockets in CLOSE_WAIT on port {port}"), Duration::from_secs(10), || {
+    wait_until(&format!("{K} sockets in CLOSE_WAIT on port {port}"), Duration::from_secs(30), || {
         ss_sockets("close-wait", port).len() == K
     });
     thread::sleep(Duration::from_secs(4).saturating_sub(closed_at.elapsed()));
     let earliest = closed_at.elapsed().as_secs_f64();
     let report = tracer.stop();
-    let latest = closed_at.elapsed().as_secs_f64();
+    let latest = closing.elapsed().as_secs_f64();
     let default_report = default_tracer.stop();
 
     let findings = report.findings_of(server_pid);
@@ -243,12 +246,18 @@ fn a_leaking_client_is_connection_leak_and_a_polite_one_has_no_finding() {
     );
     let leaky_pid: u32 = leaky.expect("ready", LINE_TIMEOUT).num("pid");
     let polite_pid: u32 = polite.expect("ready", LINE_TIMEOUT).num("pid");
-    leaky.expect("done", LINE_TIMEOUT);
+    let leaked_in: f64 = leaky.expect("done", LINE_TIMEOUT).num("secs");
     polite.expect("done", LINE_TIMEOUT);
     let report = tracer.stop();
+    // The rise the client really made (nominally one every 100 ms, ~600 a
+    // minute), by its own clock: a busy host may have stretched it.
+    let made_per_minute = (LEAKED - 1) as f64 / leaked_in.max(1e-3) * 60.0;
 
     let established: Vec<u64> = report.timeline.iter().map(|s| s.sockets_in(leaky_pid, "ESTABLISHED")).collect();
-    let context = format!("{}\nESTABLISHED per sample: {established:?}", describe(&report, leaky_pid));
+    let context = format!(
+        "{}\nESTABLISHED per sample: {established:?}; the client opened {made_per_minute:.0}/min",
+        describe(&report, leaky_pid)
+    );
     let findings = report.findings_of(leaky_pid);
     for finding in &findings {
         eprintln!("leaky client (pid {leaky_pid}): {}\n  evidence {}", finding.summary, finding.evidence);
@@ -262,9 +271,13 @@ fn a_leaking_client_is_connection_leak_and_a_polite_one_has_no_finding() {
     );
     let start = leak.number("start_count");
     assert!(start < LEAKED as f64 / 2.0, "the leak started during the trace: {leak:#?}\n{context}");
-    // One connection every ~100 ms: ~600 a minute, less the flat tail.
+    // The fitted rise is the client's own, less the flat tail (300-700 a
+    // minute for the nominal 600).
     let per_minute = leak.number("rise_per_minute");
-    assert!((300.0..=700.0).contains(&per_minute), "rise {per_minute}/min: {leak:#?}\n{context}");
+    assert!(
+        (0.5 * made_per_minute..=1.17 * made_per_minute).contains(&per_minute),
+        "rise {per_minute}/min: {leak:#?}\n{context}"
+    );
 
     let polite_flow = report.flow(polite_pid, "client", "127.0.0.1", port);
     assert_eq!((polite_flow.connections_opened, polite_flow.connections_closed), (POLITE, POLITE), "{polite_flow:#?}");
@@ -299,11 +312,11 @@ fn dozens_of_short_connections_a_second_are_connection_churn() {
         ],
     );
     let pid: u32 = client.expect("ready", LINE_TIMEOUT).num("pid");
-    let started = Instant::now();
-    client.expect("done", Duration::from_secs(60));
-    let made = CONNECTIONS as f64 / started.elapsed().as_secs_f64();
+    // Paced by the wall clock at 50/s; its own clock says what it made.
+    let secs: f64 = client.expect("done", Duration::from_secs(60)).num("secs");
+    let made = CONNECTIONS as f64 / secs.max(1e-3);
     let report = tracer.stop();
-    assert!(made >= 30.0, "the client made only {made:.1} connections/s (host too busy?); the scenario needs >= 30/s");
+    assert!(made >= 20.0, "the client made only {made:.1} connections/s (host too busy?); the scenario needs >= 20/s");
 
     let findings = report.findings_of(pid);
     for finding in &findings {

@@ -7,7 +7,6 @@
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     thread,
-    time::Duration,
 };
 
 use tracer_tests::{receive_exactly, receive_to_end, send_exactly, serial, Proc, Report, Tracer};
@@ -102,12 +101,13 @@ fn connection_opened_and_closed_between_samples_is_counted_exactly() {
     let _serial = serial();
     let (mut server, port, server_pid) = server(&["--read", &n(), "--answer", &m()]);
     let tracer = Tracer::start(&[]);
-    // Open and close well inside the trace, between two samples, so the
-    // counts can only come from the socket's destroy record.
-    thread::sleep(Duration::from_millis(1300));
+    // Open and close well inside the trace, just after a sample (so, on
+    // an idle host, before the next one), so the counts can only come from
+    // the socket's destroy record; then another sample before the stop.
+    tracer.wait_samples(1);
     let (_client, client_pid) = client(&format!("127.0.0.1:{port}"), &["--send", &n(), "--expect", &m()]);
     server.expect("served", LINE_TIMEOUT);
-    thread::sleep(Duration::from_millis(1300));
+    tracer.wait_samples(1);
     let report = tracer.stop();
     assert_exact_pair(&report, client_pid, server_pid, "127.0.0.1", port);
 }

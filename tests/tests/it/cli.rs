@@ -2,7 +2,10 @@
 //! one clear line, no panic), `--version`, `doctor` in both formats, and a
 //! timed `trace` that writes the documented JSON report to `--output`.
 
-use std::process::{Command, Output, Stdio};
+use std::{
+    process::{Command, Output, Stdio},
+    time::Instant,
+};
 
 use tracer_tests::{serial, tracer_bin, Report};
 
@@ -83,7 +86,9 @@ fn timed_trace_writes_the_documented_report_to_output() {
     let path = dir.join("report.json");
     let _ = std::fs::remove_file(&path);
     let path_text = path.to_str().expect("UTF-8 temp path");
+    let began = Instant::now();
     let output = tracer(&["trace", "--duration", "2s", "--format", "json", "--output", path_text]);
+    let ran_secs = began.elapsed().as_secs_f64();
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "trace failed:\n{stderr}");
     assert!(stderr.contains("tracer: attached"), "no attach line on stderr:\n{stderr}");
@@ -94,7 +99,13 @@ fn timed_trace_writes_the_documented_report_to_output() {
 
     assert_eq!(report.schema, "tracer.report/v1");
     assert_eq!(report.backend, "tracepoint");
-    assert!((1.5..=3.0).contains(&report.duration_secs), "a 2 s trace lasted {} s", report.duration_secs);
+    // At least the 2 s asked for, at most as long as the process ran
+    // (attaching on a busy host may take longer than the trace itself).
+    assert!(
+        report.duration_secs >= 1.99 && report.duration_secs <= ran_secs,
+        "a 2 s trace lasted {} s, in a process that ran {ran_secs:.2} s",
+        report.duration_secs
+    );
     let started = &report.started_at;
     assert!(
         started.len() == 20 && started.ends_with('Z') && started.as_bytes()[10] == b'T',

@@ -20,20 +20,23 @@ use crate::{server, traffic, LINE_TIMEOUT, TRAFFIC};
 const K: usize = 20;
 
 /// A `cw-server` that accepted `K` connections from this process, whose
-/// clients then closed: `K` sockets in CLOSE_WAIT, as `ss` confirms.
-fn close_wait_pileup() -> (Proc, u16, u32, Instant) {
+/// clients then closed: `K` sockets in CLOSE_WAIT, as `ss` confirms. The
+/// two instants bracket the close (just before it, just after it), so ages
+/// can be checked however the test thread was scheduled.
+fn close_wait_pileup() -> (Proc, u16, u32, (Instant, Instant)) {
     let mut server = traffic("cw-server", &["cw-server", "--conns", &K.to_string()]);
     let ready = server.expect("ready", LINE_TIMEOUT);
     let (port, pid): (u16, u32) = (ready.num("port"), ready.num("pid"));
     let clients: Vec<TcpStream> =
         (0..K).map(|i| TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("client {i}: {e}"))).collect();
     server.expect("accepted", LINE_TIMEOUT);
+    let closing = Instant::now();
     drop(clients);
     let closed_at = Instant::now();
-    wait_until(&format!("{K} sockets in CLOSE_WAIT on port {port}"), Duration::from_secs(10), || {
+    wait_until(&format!("{K} sockets in CLOSE_WAIT on port {port}"), Duration::from_secs(30), || {
         ss_sockets("close-wait", port).len() == K
     });
-    (server, port, pid, closed_at)
+    (server, port, pid, (closing, closed_at))
 }
 
 /// The report agrees with `ss`: `K` CLOSE_WAIT sockets on `port`, all
@@ -66,12 +69,13 @@ fn close_wait_pileup_is_reported_with_owner_and_growing_age() {
     // sockets, by the time between the two stops.
     let first = Tracer::start(&[]);
     let second = Tracer::start(&[]);
-    let (_server, port, pid, closed_at) = close_wait_pileup();
+    let (_server, port, pid, (closing, closed_at)) = close_wait_pileup();
     let ss = ss_sockets("close-wait", port);
     thread::sleep(Duration::from_millis(1000));
     let earliest = closed_at.elapsed().as_secs_f64();
     let first = first.stop();
-    let latest = closed_at.elapsed().as_secs_f64();
+    let latest = closing.elapsed().as_secs_f64();
+    // At least 1.5 s between the two reports (a sleep only runs long).
     thread::sleep(Duration::from_millis(1500));
     let second = second.stop();
 
@@ -355,7 +359,7 @@ fn sockets_in_another_network_namespace_are_found_at_start_with_their_owner() {
     closer.expect("connected", LINE_TIMEOUT);
     server.expect("accepted", LINE_TIMEOUT);
     closer.finish();
-    wait_until("3 sockets in CLOSE_WAIT in the namespace", Duration::from_secs(10), || {
+    wait_until("3 sockets in CLOSE_WAIT in the namespace", Duration::from_secs(30), || {
         netns.ss_sockets("close-wait", port).len() == 3
     });
 

@@ -324,7 +324,8 @@ impl Clock {
         }
     }
 
-    /// Notes `ops` done so far; false once the measured window is over.
+    /// Notes `ops` done so far; false once the measured window is over
+    /// (its time is up and it holds at least one operation).
     fn keep_going(&mut self, ops: u64) -> bool {
         self.keep_going_at(ops, Instant::now())
     }
@@ -358,7 +359,10 @@ impl Clock {
                 }
             }
         }
-        if now >= self.stop_at || (stopped && self.start.is_some()) {
+        // A window holds at least one operation, however late the
+        // scheduler lets this process run: a run never measures nothing.
+        let measured_some = self.start.is_some_and(|(start_ops, _)| ops > start_ops);
+        if (now >= self.stop_at || stopped) && measured_some {
             self.end = Some((ops, now));
             self.cpu_end_ns = cpu_ns(self.server_pid);
             return false;
@@ -735,6 +739,19 @@ mod tests {
         assert!((secs - 0.031).abs() < 1e-9, "{secs}");
         assert!(!clock.keep_going_at(11, at(60)), "the window stays closed");
         assert_eq!(clock.measured().expect("still measured").0, 6);
+    }
+
+    #[test]
+    fn a_window_opened_late_still_holds_an_operation() {
+        // The process was not scheduled from the start until past the
+        // whole window: the window opens there and closes after one more
+        // operation, whenever that comes.
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut clock = Clock::starting_at(t0, Duration::from_millis(10), Duration::from_millis(50), None);
+        assert!(clock.keep_going_at(0, at(500)), "the window opens at the first call, already late");
+        assert!(!clock.keep_going_at(1, at(900)));
+        assert_eq!(clock.measured().map(|(ops, _)| ops), Some(1));
     }
 
     #[test]
