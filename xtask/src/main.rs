@@ -1,10 +1,26 @@
-//! Project tasks: `cargo xtask setup | build | run -- ARGS | test`.
+//! Project tasks, `cargo xtask TASK`:
 //!
-//! `setup` makes a fresh machine able to build the eBPF programs: the nightly
-//! toolchain's `rust-src`, and `bpf-linker` built against the nightly
-//! toolchain's own libLLVM (see ../shared/PLATFORM.md). It is idempotent and
-//! fast when everything is in place. `run` and `test` call it first; `test`
-//! also installs the Debian packages the integration tests use.
+//! - `setup`: makes a fresh machine able to build the eBPF programs: the
+//!   nightly toolchain's `rust-src`, and `bpf-linker` built against the
+//!   nightly toolchain's own libLLVM (no system LLVM of nightly's version is
+//!   packaged; the toolchain ships `libLLVM.so`, which a prefix of symlinks
+//!   offers to bpf-linker's build). Idempotent, and fast when everything is
+//!   in place; `build`, `run` and `test` call it first.
+//! - `build [--release]`: the tracer binary, eBPF programs embedded.
+//! - `run [--release] -- ARGS`: builds and runs the tracer (as root).
+//! - `test`: fmt and clippy, the unit tests, the integration tests against
+//!   the running kernel (installing the Debian packages they call), then
+//!   `vm-test`.
+//! - `unit-stress [--runs 50]`: the unit tests again and again under a CPU
+//!   hog on every core (`stress`).
+//! - `bench`: the tracer's overhead, written to BENCHMARKS.md (`bench`).
+//! - `vm-test [--kernel K]`: stock Debian kernels under qemu, every attach
+//!   backend each supports checked inside (`vm`).
+//!
+//! Hidden helpers run by the tasks above: `loadgen` (a load-generator
+//! process of the bench), `reference` (attach one of the bench's reference
+//! programs by hand) and `guest-check` (the checks inside a vm-test guest,
+//! `guest`).
 
 mod bench;
 mod guest;

@@ -23,11 +23,12 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
+    child::Spawned,
     loadgen::Workload,
+    plan::Plan,
     proc::{self, Memory},
-    run_workload,
     tracer::{self, Mode, TracerProcess},
-    Plan, Spawned,
+    workload::run_workload,
 };
 
 /// Connections per holder process: 5,000 sockets, a quarter of the

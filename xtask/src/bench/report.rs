@@ -8,9 +8,10 @@ use super::reference::Reference;
 use super::{
     cost::{self, mb, CollectPass, CostResults, Stage},
     loadgen::Workload,
+    plan::Plan,
+    program_cost::{ProgramCost, TRACER_PROGRAMS},
     stats::Pairs,
     tracer::Mode,
-    Plan,
 };
 
 /// Everything one bench run found.
@@ -31,7 +32,7 @@ pub struct Document {
     /// Why a reference program was not measured.
     pub reference_notes: Vec<String>,
     /// Program run times per call (kernel accounting).
-    pub program_costs: Vec<super::ProgramCost>,
+    pub program_costs: Vec<ProgramCost>,
 }
 
 /// Targets of issue 7.
@@ -119,8 +120,8 @@ fn method(doc: &Document) -> String {
          (untraced, empty program, minimal hash tracer; attaching and detaching these takes a \
          millisecond), compares each reference with the untraced phase of its own cycle.",
         (plan.load.window / 2).max(std::time::Duration::from_secs(1)).as_secs_f64(),
-        super::QUICK_CYCLES,
-        super::QUICK_PHASE.as_millis()
+        super::phases::QUICK_CYCLES,
+        super::phases::QUICK_PHASE.as_millis()
     );
     let _ = writeln!(
         out,
@@ -433,7 +434,7 @@ fn derived_added_ns_per_syscall(doc: &Document) -> Option<(f64, f64, f64)> {
     let (_, pairs) = doc.workloads.iter().find(|(w, _)| *w == Workload::PingPong)?;
     let (floor, _, _) = pairs.quick_added_ns_per_syscall(Reference::Floor)?;
     let empty = doc.program_costs.iter().find(|c| c.name == Reference::Floor.name())?.ns_per_run();
-    let tracer = doc.program_costs.iter().find(|c| c.name == super::TRACER_PROGRAMS)?.ns_per_run();
+    let tracer = doc.program_costs.iter().find(|c| c.name == TRACER_PROGRAMS)?.ns_per_run();
     let body = tracer - empty;
     (floor.is_finite() && body.is_finite()).then_some((floor + body, floor, body))
 }

@@ -155,7 +155,7 @@ impl TracerProcess {
         // SAFETY: kill has no pointer arguments; the PID is our own child,
         // which has not been reaped (try_wait above), so it is not reused.
         unsafe { libc::kill(pid, libc::SIGINT) };
-        if super::wait_for_exit(&mut self.child, STOP_TIMEOUT)?.is_none() {
+        if super::child::wait_for_exit(&mut self.child, STOP_TIMEOUT)?.is_none() {
             self.child.kill().context("killing the tracer")?;
             self.child.wait()?;
             bail!("the tracer did not stop within {}s of SIGINT; killed", STOP_TIMEOUT.as_secs());

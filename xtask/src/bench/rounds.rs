@@ -1,0 +1,192 @@
+//! The A/B rounds of the throughput part: workloads interleaved round
+//! after round, each run untraced (A), with the tracer (B), untraced again,
+//! so that slow drifts of the machine spread over all of them; ping-pong
+//! runs as one continuous round with the reference programs (`phases`).
+//! `Quiet` waits until no other eBPF tracer is around, and marks the runs
+//! it could not keep clean.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    loadgen::Workload,
+    phases::{ping_pong_phases, Phases},
+    plan::{Binaries, Plan},
+    proc,
+    stats::{Pairs, Run},
+    tracer::{Mode, TracerProcess},
+    workload::run_workload,
+};
+
+/// Waits, within a time budget for the whole bench, until no other process
+/// holds eBPF tracing programs: someone else's tracer or test attached to
+/// the same hooks would slow the "untraced" runs down.
+pub struct Quiet {
+    budget: Duration,
+    /// Names of the processes seen holding tracing programs.
+    pub seen: BTreeSet<String>,
+}
+
+impl Quiet {
+    pub fn new(budget_secs: u64) -> Self {
+        Quiet { budget: Duration::from_secs(budget_secs), seen: Default::default() }
+    }
+
+    /// True if no foreign tracer is around (now, or after waiting).
+    pub fn check(&mut self, exclude: &[u32], wait: bool) -> bool {
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            let foreign = proc::foreign_tracers(exclude);
+            if foreign.is_empty() {
+                self.budget = self.budget.saturating_sub(started.elapsed());
+                return true;
+            }
+            self.seen.extend(foreign.iter().map(|(_, comm)| comm.clone()));
+            if !wait || started.elapsed() >= self.budget.min(Duration::from_secs(15)) {
+                self.budget = self.budget.saturating_sub(started.elapsed());
+                return false;
+            }
+            if !announced {
+                let names: Vec<String> = foreign.iter().map(|(pid, comm)| format!("{comm} ({pid})")).collect();
+                eprintln!("xtask: bench: waiting for other eBPF tracers to go: {}", names.join(", "));
+                announced = true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// Rounds of A (untraced), B (traced), A runs, workloads interleaved so
+/// that slow drifts of the machine spread over all of them; in ping-pong,
+/// each reference program also runs between two untraced runs
+/// (A ref1 A ref2 A ... A B A). Each attached run is compared with the
+/// untraced runs on either side of it.
+pub fn ab_rounds(
+    binaries: &Binaries,
+    mode: &Mode,
+    plan: &Plan,
+    quiet: &mut Quiet,
+    reference_notes: &mut Vec<String>,
+) -> Result<Vec<(Workload, Pairs)>> {
+    let mut results: Vec<(Workload, Pairs)> = plan.workloads.iter().map(|w| (*w, Pairs::default())).collect();
+    let mut references = plan.references.clone();
+    for round in 1..=plan.rounds {
+        for (workload, pairs) in &mut results {
+            if *workload == Workload::PingPong {
+                let quiet_before = quiet.check(&[], true);
+                let mut phases = ping_pong_phases(binaries, mode, plan, &mut references, reference_notes)?;
+                if !quiet_before || !quiet.check(&[], false) {
+                    phases.mark_foreign_tracer();
+                }
+                eprintln!(
+                    "xtask: bench: round {round}/{}: ping-pong (one pair of processes throughout): {}",
+                    plan.rounds,
+                    phases.describe()
+                );
+                add_phases(pairs, phases);
+            } else {
+                ab_triplet(binaries, mode, plan, quiet, *workload, round, pairs)?;
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Files one continuous ping-pong round under its workload's results.
+fn add_phases(pairs: &mut Pairs, phases: Phases) {
+    for (reference, sandwich) in phases.references {
+        match pairs.references.iter_mut().find(|(r, _)| *r == reference) {
+            Some((_, runs)) => runs.push(sandwich),
+            None => pairs.references.push((reference, vec![sandwich])),
+        }
+    }
+    for (reference, added) in phases.quick {
+        match pairs.quick_added.iter_mut().find(|(r, _)| *r == reference) {
+            Some((_, all)) => all.extend(added),
+            None => pairs.quick_added.push((reference, added)),
+        }
+    }
+    pairs.untraced.push(phases.tracer.before);
+    pairs.traced.push(phases.tracer.run);
+    pairs.untraced_after.push(phases.tracer.after);
+    pairs.tracer_cpu_percent.push(phases.tracer_cpu);
+}
+
+/// One untraced run, after waiting for other tracers to go.
+fn untraced_run(binaries: &Binaries, plan: &Plan, quiet: &mut Quiet, workload: Workload) -> Result<Run> {
+    let quiet_before = quiet.check(&[], true);
+    let mut run = run_workload(&binaries.loadgen, workload, &plan.load)
+        .with_context(|| format!("untraced {} run", workload.name()))?;
+    run.foreign_tracer = !quiet_before || !quiet.check(&[], false);
+    Ok(run)
+}
+
+/// One run with the tracer attached; also returns the tracer's CPU use
+/// during it, in percent of one CPU.
+fn traced_run(
+    binaries: &Binaries,
+    mode: &Mode,
+    plan: &Plan,
+    quiet: &mut Quiet,
+    workload: Workload,
+) -> Result<(Run, f64)> {
+    let tracer = TracerProcess::start(&binaries.tracer, mode, plan.interval)?;
+    std::thread::sleep(plan.settle);
+    let quiet_before = quiet.check(&[tracer.pid()], false);
+    let (cpu_before, clock) = (tracer.cpu_seconds()?, Instant::now());
+    let mut traced = run_workload(&binaries.loadgen, workload, &plan.load)
+        .with_context(|| format!("traced {} run", workload.name()))?;
+    let tracer_cpu = (tracer.cpu_seconds()? - cpu_before) / clock.elapsed().as_secs_f64() * 100.0;
+    traced.foreign_tracer = !quiet_before || !quiet.check(&[tracer.pid()], false);
+    tracer.stop()?;
+    Ok((traced, tracer_cpu))
+}
+
+/// Untraced, traced, untraced runs of one workload (not ping-pong), filed
+/// under its results.
+fn ab_triplet(
+    binaries: &Binaries,
+    mode: &Mode,
+    plan: &Plan,
+    quiet: &mut Quiet,
+    workload: Workload,
+    round: u32,
+    pairs: &mut Pairs,
+) -> Result<()> {
+    let untraced = untraced_run(binaries, plan, quiet, workload)?;
+    let (traced, tracer_cpu) = traced_run(binaries, mode, plan, quiet, workload)?;
+    let after = untraced_run(binaries, plan, quiet, workload)?;
+    eprintln!(
+        "xtask: bench: round {round}/{}: {:<9} untraced {}, traced {} (tracer {:.1}% CPU), untraced {}{}",
+        plan.rounds,
+        workload.name(),
+        per_op(&untraced),
+        per_op(&traced),
+        tracer_cpu,
+        per_op(&after),
+        if untraced.foreign_tracer || traced.foreign_tracer || after.foreign_tracer {
+            " (another eBPF tracer was around)"
+        } else {
+            ""
+        }
+    );
+    pairs.untraced.push(untraced);
+    pairs.traced.push(traced);
+    pairs.untraced_after.push(after);
+    pairs.tracer_cpu_percent.push(tracer_cpu);
+    Ok(())
+}
+
+/// A run's cost per operation, for the progress lines.
+fn per_op(run: &Run) -> String {
+    match (run.cpu_ns_per_op(), run.low_ns_per_op) {
+        (Some(ns), Some(low)) => format!("{ns:>7.0} CPU ns/op (quiet slices {low:>7.0})"),
+        (Some(ns), None) => format!("{ns:>7.0} CPU ns/op"),
+        _ => format!("{:>7.0} ns/op", 1e9 / run.ops_per_sec()),
+    }
+}
