@@ -152,8 +152,16 @@ fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
     setup::install_test_packages()?;
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
-        // The eBPF crate only builds for the bpf target (through tracer's
-        // build script, where it is compiled and checked).
+        // The eBPF crate only builds for the bpf target: linted there, with
+        // the nightly toolchain its build uses.
+        run(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--bins", "--", "-D", "warnings"])
+            .current_dir(workspace_root().join("tracer-ebpf"))
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO"))?;
         run(cargo().args([
             "clippy",
             "--workspace",

@@ -42,7 +42,7 @@ fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp
     }
     // Look the socket up first: a known socket is TCP, which spares the
     // family and protocol reads.
-    let record = match SOCKETS.get_ptr_mut(&key) {
+    let record = match SOCKETS.get_ptr_mut(key) {
         Some(record) => record,
         None => {
             let Some(fresh) = new_record(sk, bpf_now(), checked_tcp, false) else { return };
@@ -128,7 +128,7 @@ pub fn tcp_recvmsg_exit6(ctx: FExitContext) -> i32 {
 #[inline(always)]
 fn save_call(sock: Option<u64>, flags: i32) {
     if let Some(sock) = sock {
-        let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &CallArgs { sock, flags, _pad: 0 }, 0);
+        let _ = CALLS.insert(bpf_get_current_pid_tgid(), CallArgs { sock, flags, _pad: 0 }, 0);
     }
 }
 
@@ -136,8 +136,8 @@ fn save_call(sock: Option<u64>, flags: i32) {
 fn finish_call(moved: i32, sending: bool) {
     let thread = bpf_get_current_pid_tgid();
     // SAFETY: the entry is this thread's own; read by value.
-    let Some(call) = (unsafe { CALLS.get(&thread) }).copied() else { return };
-    let _ = CALLS.remove(&thread);
+    let Some(call) = (unsafe { CALLS.get(thread) }).copied() else { return };
+    let _ = CALLS.remove(thread);
     on_data(call.sock as *const u8, moved, call.flags, sending, true);
 }
 

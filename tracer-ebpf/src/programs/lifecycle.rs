@@ -161,10 +161,10 @@ fn on_reset(sk: *const u8, sent: bool) {
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let key = sk as u64;
-    let Some(record) = SOCKETS.get_ptr(&key) else {
+    let Some(record) = SOCKETS.get_ptr(key) else {
         // Untracked (the table was full) or never seen: forget it, so a
         // later socket at this address is counted again.
-        let _ = UNTRACKED.remove(&key);
+        let _ = UNTRACKED.remove(key);
         return 0;
     };
     let now = bpf_now();
@@ -186,7 +186,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         }
         None => defer(sk, key, now, record),
     }
-    let _ = SOCKETS.remove(&key);
+    let _ = SOCKETS.remove(key);
     count(stat::EVENTS, 1);
     0
 }
@@ -223,7 +223,7 @@ fn defer(sk: *const u8, key: u64, now: u64, record: *const SockRecord) {
     // SAFETY: this CPU's scratch entry; `record` as in `finish`.
     unsafe { finish(sk, key, now, record, scratch) };
     // SAFETY: the scratch entry was just written in full.
-    if OVERFLOW.insert(&key, unsafe { &*scratch }, BPF_NOEXIST).is_ok() {
+    if OVERFLOW.insert(key, unsafe { *scratch }, BPF_NOEXIST).is_ok() {
         count(stat::EVENTS_DEFERRED, 1);
     } else {
         count(stat::EVENTS_DROPPED, 1);

@@ -81,17 +81,17 @@ pub(super) fn new_record(sk: *const u8, now: u64, known_tcp: bool, born: bool) -
 /// entry in the map.
 #[inline(always)]
 pub(super) fn insert(key: u64, record: &SockRecord) -> Option<*mut SockRecord> {
-    if SOCKETS.insert(&key, record, BPF_NOEXIST).is_err() {
-        if let Some(existing) = SOCKETS.get_ptr_mut(&key) {
+    if SOCKETS.insert(key, record, BPF_NOEXIST).is_err() {
+        if let Some(existing) = SOCKETS.get_ptr_mut(key) {
             return Some(existing);
         }
         // Count each socket once, not each of its events.
-        if UNTRACKED.insert(&key, &0, BPF_NOEXIST).is_ok() {
+        if UNTRACKED.insert(key, 0, BPF_NOEXIST).is_ok() {
             count(stat::MAP_FULL, 1);
         }
         return None;
     }
-    SOCKETS.get_ptr_mut(&key)
+    SOCKETS.get_ptr_mut(key)
 }
 
 /// The record of `sk`, created from the socket if the tracer has not seen it
@@ -100,7 +100,7 @@ pub(super) fn insert(key: u64, record: &SockRecord) -> Option<*mut SockRecord> {
 #[inline(always)]
 pub(super) fn record_of(sk: *const u8, now: u64, born: bool) -> Option<(*mut SockRecord, bool)> {
     let key = sk as u64;
-    if let Some(record) = SOCKETS.get_ptr_mut(&key) {
+    if let Some(record) = SOCKETS.get_ptr_mut(key) {
         return Some((record, false));
     }
     Some((insert(key, new_record(sk, now, false, born)?)?, true))
