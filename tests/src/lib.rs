@@ -19,7 +19,10 @@
 //! - [`Proc`]: a child process (usually the `traffic` binary) that speaks
 //!   in `word key=value` lines on stdout;
 //! - byte-exact loopback helpers ([`send_exactly`], [`receive_exactly`],
-//!   [`connect_from`], ...), also used by the `traffic` binary.
+//!   [`connect_from`], ...), also used by the `traffic` binary;
+//! - [`health`]: the TCP health tooling: `TCP_INFO`/`FIONREAD`/`SIOCOUTQ`
+//!   oracles and [`DelayedLink`], two namespaces joined by a veth pair with
+//!   a delay (the `netdelay` binary) and failure fixtures.
 
 use std::{
     collections::BTreeMap,
@@ -37,6 +40,9 @@ use std::{
 };
 
 use serde::Deserialize;
+
+pub mod health;
+pub use health::DelayedLink;
 
 /// How long the tracer may take to load and attach its programs.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -737,7 +743,7 @@ pub fn connect_from(local_ip: IpAddr, remote: SocketAddr) -> std::io::Result<Tcp
 }
 
 /// A socket address in the kernel's layout: (bytes of sockaddr_storage, length).
-fn sockaddr(address: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+pub fn sockaddr(address: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
     match address {
         SocketAddr::V4(v4) => {
             let raw = libc::sockaddr_in {

@@ -22,6 +22,11 @@
 //! traffic paced-client  --connect ADDR --from-rate B --to-rate B --secs S [--step-ms 10]
 //! traffic idle-pairs    --conns K [--wait-go]            K idle loopback connections, both ends held
 //! traffic bursty-client --connect ADDR --count C [--every-ms 5] [--chunks 6] [--chunk 1000] [--pause-ms 50]
+//! traffic connect-fail  --connect ADDR --count N [--syn-retries R] [--give-up-ms T] [--every-ms 0]
+//! traffic slow-reader   [--bind ADDR] [--rcvbuf B] [--read-every-ms 100] [--read-chunk 4096] [--report-ms 500]
+//! traffic fast-sender   --connect ADDR --bytes N [--sndbuf B] [--report-ms 500]
+//! traffic rtt-probe     --connect ADDR [--size 100] [--every-ms 50] [--secs S]
+//! traffic echo-server   [--bind ADDR] [--conns 1]
 //! ```
 //! A paced client sends at a rate (bytes/s) moving linearly from
 //! `--from-rate` to `--to-rate` over `--secs` (paced by the wall clock, so
@@ -40,6 +45,40 @@
 //! wall clock), `--count` in all, each in its own thread: `--chunks` writes
 //! of `--chunk` bytes with `--pause-ms` after each, then close; it prints
 //! `done n=C tx=BYTES` once all are closed.
+//!
+//! TCP health modes (the kernel's own numbers are printed as an oracle;
+//! on stdin, `info` prints `info rtt_us=.. min_rtt_us=.. rcv_rtt_us=..
+//! total_retrans=.. bytes_acked=.. rwnd_limited_us=.. fionread=.. outq=..
+//! ...` from `TCP_INFO` of the mode's socket, see `health::info_line`):
+//! - `connect-fail`: `--count` sequential connects expected to fail
+//!   (non-blocking connect + poll). `--syn-retries R` sets `TCP_SYNCNT`
+//!   (the kernel gives up after ~2^(R+1)-1 s: R=1 -> 3 s); `--give-up-ms T`
+//!   closes the socket still in SYN_SENT after T ms. Per attempt it prints
+//!   `failed errno=E reason=R syn_retrans=K local_port=P ms=M` (errno from
+//!   `SO_ERROR`, 0 when we gave up; reason as DESIGN.md maps it; K is
+//!   `tcpi_total_retrans`, read before closing), or `connected
+//!   local_port=P ms=M` if one succeeds, then `done failed=N connected=C
+//!   syn_retrans_total=K pid=PID`.
+//! - `slow-reader`: accepts one connection (`ready port= pid=`, then
+//!   `accepted pid= rcvbuf=`; `--rcvbuf` sets `SO_RCVBUF` on the listener,
+//!   so the accepted socket's window is sized by it) and reads at most
+//!   `--read-chunk` bytes every `--read-every-ms`, so a backlog builds.
+//!   Every `--report-ms` it prints `queue rx=<FIONREAD> read=<bytes read>`.
+//!   On stdin `close` (or the peer's EOF, printed `eof read=N`) it stops
+//!   reading, closes and prints `done rx=<bytes read>`.
+//! - `fast-sender`: connects, writes `--bytes` as fast as the socket takes
+//!   them, printing `outq bytes=<SIOCOUTQ> tx=<written>` every
+//!   `--report-ms`; then `sent tx=N` and `done tx=N`, and keeps printing
+//!   `outq` lines while the value changes; stdin `outq` prints one now,
+//!   `close` closes the socket.
+//! - `rtt-probe`: one connection to an echo server; every `--every-ms` it
+//!   sends `--size` bytes and reads them back (`connected pid= port=`
+//!   first). After `--secs` (default: until stdin closes) it prints `done
+//!   pings=N`. Its `info` line adds `app_rtt_us=` (the last ping's wall
+//!   time) and `pings=`.
+//! - `echo-server`: accepts `--conns` connections (`accepted n=I
+//!   peer_port=P` each) and echoes each to EOF; `info` reports the latest
+//!   accepted socket (the server side's RTT, handshake included).
 
 use std::{
     collections::HashMap,
@@ -51,7 +90,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_tests::{connect_from, receive_exactly, receive_to_end, send_exactly, set_process_name};
+use std::{
+    io::{ErrorKind, Read, Write},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::mpsc::RecvTimeoutError,
+};
+
+use tracer_tests::{
+    connect_from,
+    health::{failure_reason, fionread, info_line, int_sockopt, set_int_sockopt, siocoutq, tcp_info},
+    receive_exactly, receive_to_end, send_exactly, set_process_name, sockaddr,
+};
 
 /// `--key value` options and `--flag`s after the command word.
 struct Options {
@@ -496,6 +545,390 @@ fn main() {
         "paced-client" => paced_client(&options, &control, deadline),
         "idle-pairs" => idle_pairs(&options, &control),
         "bursty-client" => bursty_client(&options, &control),
+        "connect-fail" => connect_fail(&options, &control, deadline),
+        "slow-reader" => slow_reader(&options, &control, deadline),
+        "fast-sender" => fast_sender(&options, &control, deadline),
+        "rtt-probe" => rtt_probe(&options, &control, deadline),
+        "echo-server" => echo_server(&options, &control, deadline),
         other => fail(&format!("unknown command {other:?}")),
+    }
+}
+
+/// What a command loop ended on.
+#[derive(PartialEq, Eq)]
+enum Ended {
+    Close,
+    StdinClosed,
+    Deadline,
+}
+
+/// Serves stdin commands (`info` about `fd`, `close`) until `close`, stdin
+/// closing or `deadline`; calls `tick` every `every` (and may end the loop
+/// by returning false). Bounded by the deadline and by count.
+fn command_loop(
+    control: &Control,
+    fd: RawFd,
+    deadline: Instant,
+    every: Duration,
+    mut tick: impl FnMut() -> bool,
+    mut other: impl FnMut(&str),
+) -> Ended {
+    let every = every.max(Duration::from_millis(1));
+    let mut next = Instant::now() + every;
+    let max_turns = deadline.saturating_duration_since(Instant::now()).as_millis() as u64 + 1_000_000;
+    for _ in 0..max_turns {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ended::Deadline;
+        }
+        match control.stdin.recv_timeout(next.saturating_duration_since(now)) {
+            Ok(line) if line.trim() == "close" => return Ended::Close,
+            Ok(line) if line.trim() == "info" => println!("{}", info_line(fd)),
+            Ok(line) => other(line.trim()),
+            Err(RecvTimeoutError::Disconnected) => return Ended::StdinClosed,
+            Err(RecvTimeoutError::Timeout) => {
+                next += every;
+                if !tick() {
+                    return Ended::Close;
+                }
+            }
+        }
+    }
+    Ended::Deadline
+}
+
+/// Polls `fd` for `events` up to `timeout`; true if it became ready.
+fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> bool {
+    let mut poll = libc::pollfd { fd, events, revents: 0 };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one live pollfd.
+    let rc = unsafe { libc::poll(&raw mut poll, 1, ms) };
+    rc > 0
+}
+
+fn local_port(fd: RawFd) -> u16 {
+    // SAFETY: storage is a zeroed sockaddr_storage of the length given.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockname(fd, (&raw mut storage).cast(), &mut len) != 0 {
+            return 0;
+        }
+        // sin_port and sin6_port sit at the same offset.
+        let sin = &*(&raw const storage).cast::<libc::sockaddr_in>();
+        u16::from_be(sin.sin_port)
+    }
+}
+
+/// One connect expected to fail: (errno, SYN retransmits, local port, connected?).
+fn attempt_connect(
+    target: SocketAddr,
+    syn_retries: Option<i32>,
+    give_up: Option<Duration>,
+    deadline: Instant,
+) -> (i32, u32, u16, bool) {
+    let family = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        fail(&format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh socket we own; OwnedFd closes it on drop.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = socket.as_raw_fd();
+    if let Some(retries) = syn_retries {
+        set_int_sockopt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, retries)
+            .unwrap_or_else(|e| fail(&format!("setsockopt(TCP_SYNCNT, {retries}): {e}")));
+    }
+    let (address, len) = sockaddr(target);
+    // SAFETY: address is a live sockaddr buffer of len bytes.
+    let rc = unsafe { libc::connect(fd, address.as_ptr().cast(), len) };
+    let port = local_port(fd);
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINPROGRESS) {
+            // Failed inside connect() (e.g. no route): no SYN was sent.
+            return (error.raw_os_error().unwrap_or(-1), 0, port, false);
+        }
+        // Leave the watchdog time to spare when no give-up is set.
+        let wait =
+            give_up.unwrap_or_else(|| deadline.saturating_duration_since(Instant::now() + Duration::from_secs(5)));
+        if !poll_fd(fd, libc::POLLOUT, wait) {
+            // Gave up while still in SYN_SENT: read the retransmits, then close.
+            let retrans = tcp_info(fd).map(|(info, _)| info.total_retrans).unwrap_or(0);
+            let errno = int_sockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(-1) as i32;
+            return (errno, retrans, port, false);
+        }
+    }
+    let retrans = tcp_info(fd).map(|(info, _)| info.total_retrans).unwrap_or(0);
+    let errno = int_sockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(-1) as i32;
+    (errno, retrans, port, errno == 0)
+}
+
+/// `--count` sequential connects that are expected to fail.
+fn connect_fail(options: &Options, control: &Control, deadline: Instant) {
+    let target = options.addr("connect", None);
+    let count = options.num("count", 1);
+    let syn_retries = options
+        .text("syn-retries")
+        .map(|_| i32::try_from(options.num("syn-retries", 0)).unwrap_or_else(|_| fail("--syn-retries is too large")));
+    let give_up = options.text("give-up-ms").map(|_| Duration::from_millis(options.num("give-up-ms", 0)));
+    let every = Duration::from_millis(options.num("every-ms", 0));
+    println!("ready pid={}", pid());
+    let (mut failed, mut connected, mut retrans_total) = (0u64, 0u64, 0u64);
+    for _ in 0..count {
+        if Instant::now() + Duration::from_secs(5) >= deadline {
+            break;
+        }
+        let started = Instant::now();
+        let (errno, retrans, port, ok) = attempt_connect(target, syn_retries, give_up, deadline);
+        let ms = started.elapsed().as_millis();
+        retrans_total += u64::from(retrans);
+        if ok {
+            connected += 1;
+            println!("connected local_port={port} ms={ms} syn_retrans={retrans}");
+        } else {
+            failed += 1;
+            let reason = failure_reason(errno);
+            println!("failed errno={errno} reason={reason} syn_retrans={retrans} local_port={port} ms={ms}");
+        }
+        thread::sleep(every);
+    }
+    println!("done failed={failed} connected={connected} syn_retrans_total={retrans_total} pid={}", pid());
+    control.hold();
+}
+
+/// Accepts one connection and reads it slowly, so a receive backlog builds.
+fn slow_reader(options: &Options, control: &Control, deadline: Instant) {
+    let bind = options.addr("bind", Some("127.0.0.1:0"));
+    let listener = TcpListener::bind(bind).unwrap_or_else(|e| fail(&format!("listen on {bind}: {e}")));
+    if options.text("rcvbuf").is_some() {
+        let bytes = i32::try_from(options.num("rcvbuf", 0)).unwrap_or(i32::MAX);
+        set_int_sockopt(listener.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+            .unwrap_or_else(|e| fail(&format!("setsockopt(SO_RCVBUF): {e}")));
+    }
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("ready port={port} pid={}", pid());
+    let mut stream = accept(&listener);
+    let fd = stream.as_raw_fd();
+    let rcvbuf = int_sockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(-1);
+    println!("accepted pid={} rcvbuf={rcvbuf}", pid());
+    stream.set_nonblocking(true).unwrap_or_else(|e| fail(&format!("set_nonblocking: {e}")));
+    let every = Duration::from_millis(options.num("read-every-ms", 100));
+    let chunk = usize::try_from(options.num("read-chunk", 4096)).unwrap_or(usize::MAX).max(1);
+    let report = Duration::from_millis(options.num("report-ms", 500)).max(every);
+    let mut buf = vec![0u8; chunk.min(1 << 20)];
+    let (mut total, mut eof) = (0u64, false);
+    let mut next_report = Instant::now();
+    let ended = command_loop(
+        control,
+        fd,
+        deadline,
+        every,
+        || {
+            // Read at most `chunk` bytes now (a bounded number of reads).
+            let mut left = chunk;
+            for _ in 0..chunk.div_ceil(buf.len()) + 1 {
+                if left == 0 {
+                    break;
+                }
+                let want = left.min(buf.len());
+                match stream.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        total += n as u64;
+                        left -= n;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => break,
+                    Err(e) => fail(&format!("read: {e}")),
+                }
+            }
+            if Instant::now() >= next_report {
+                next_report += report;
+                println!("queue rx={} read={total}", fionread(fd).unwrap_or(0));
+            }
+            if eof {
+                println!("eof read={total}");
+            }
+            !eof
+        },
+        |_| {},
+    );
+    drop(stream);
+    println!("done rx={total}");
+    if ended != Ended::StdinClosed {
+        control.hold();
+    }
+}
+
+/// Writes `--bytes` as fast as the socket takes them, reporting SIOCOUTQ.
+fn fast_sender(options: &Options, control: &Control, deadline: Instant) {
+    let target = options.addr("connect", None);
+    let bytes = options.num("bytes", 0);
+    let report = Duration::from_millis(options.num("report-ms", 500).max(1));
+    let mut stream = connect(options, target);
+    let fd = stream.as_raw_fd();
+    if options.text("sndbuf").is_some() {
+        let size = i32::try_from(options.num("sndbuf", 0)).unwrap_or(i32::MAX);
+        set_int_sockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, size)
+            .unwrap_or_else(|e| fail(&format!("setsockopt(SO_SNDBUF): {e}")));
+    }
+    let local = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("connected pid={} port={local}", pid());
+    stream.set_write_timeout(Some(Duration::from_millis(100))).unwrap_or_else(|e| fail(&format!("timeout: {e}")));
+    let buf = vec![0x5au8; 64 * 1024];
+    let mut sent = 0u64;
+    let mut next_report = Instant::now() + report;
+    let mut stdin_closed = false;
+    // Bounded by the deadline; each turn writes or waits up to 100 ms.
+    while sent < bytes && Instant::now() + Duration::from_secs(5) < deadline {
+        let want = usize::try_from(bytes - sent).unwrap_or(usize::MAX).min(buf.len());
+        match stream.write(&buf[..want]) {
+            Ok(n) => sent += n as u64,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e) => fail(&format!("write: {e}")),
+        }
+        if Instant::now() >= next_report {
+            next_report += report;
+            println!("outq bytes={} tx={sent}", siocoutq(fd).unwrap_or(0));
+        }
+        match control.stdin.try_recv() {
+            Ok(line) if line.trim() == "info" => println!("{}", info_line(fd)),
+            Ok(line) if line.trim() == "close" => break,
+            Ok(_) | Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => {
+                stdin_closed = true;
+                break;
+            }
+        }
+    }
+    println!("sent tx={sent}");
+    println!("done tx={sent}");
+    if stdin_closed {
+        return;
+    }
+    let mut last = u64::MAX;
+    let ended = command_loop(
+        control,
+        fd,
+        deadline,
+        report,
+        || {
+            let now = siocoutq(fd).unwrap_or(0);
+            if now != last {
+                println!("outq bytes={now} tx={sent}");
+                last = now;
+            }
+            true
+        },
+        |line| {
+            if line == "outq" {
+                println!("outq bytes={} tx={sent}", siocoutq(fd).unwrap_or(0));
+            }
+        },
+    );
+    drop(stream);
+    if ended == Ended::Close {
+        println!("closed pid={}", pid());
+        control.hold();
+    }
+}
+
+/// Small request/response ping-pongs over one connection.
+fn rtt_probe(options: &Options, control: &Control, deadline: Instant) {
+    let target = options.addr("connect", None);
+    let size = options.num("size", 100).max(1);
+    let every = Duration::from_millis(options.num("every-ms", 50).max(1));
+    let secs = options.text("secs").map(|_| Duration::from_secs(options.num("secs", 0)));
+    let mut stream = connect(options, target);
+    let fd = stream.as_raw_fd();
+    stream.set_nodelay(true).unwrap_or_else(|e| fail(&format!("TCP_NODELAY: {e}")));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap_or_else(|e| fail(&format!("timeout: {e}")));
+    let local = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("connected pid={} port={local}", pid());
+    let started = Instant::now();
+    let (mut pings, mut app_rtt) = (0u64, Duration::ZERO);
+    let mut stdin_closed = false;
+    let max_pings = deadline.saturating_duration_since(started).as_millis() / every.as_millis() + 1;
+    for _ in 0..max_pings {
+        if Instant::now() + Duration::from_secs(5) >= deadline || secs.is_some_and(|s| started.elapsed() >= s) {
+            break;
+        }
+        let sent_at = Instant::now();
+        send_exactly(&mut stream, size);
+        receive_exactly(&mut stream, size);
+        app_rtt = sent_at.elapsed();
+        pings += 1;
+        match control.stdin.try_recv() {
+            Ok(line) if line.trim() == "info" => {
+                println!("{} app_rtt_us={} pings={pings}", info_line(fd), app_rtt.as_micros())
+            }
+            Ok(_) | Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => {
+                stdin_closed = true;
+                break;
+            }
+        }
+        thread::sleep((sent_at + every).saturating_duration_since(Instant::now()));
+    }
+    println!("done pings={pings} app_rtt_us={} pid={}", app_rtt.as_micros(), pid());
+    if !stdin_closed {
+        command_loop(control, fd, deadline, Duration::from_secs(1), || true, |_| {});
+    }
+}
+
+/// Accepts `--conns` connections and echoes each until EOF.
+fn echo_server(options: &Options, control: &Control, deadline: Instant) {
+    let listener = listen(options);
+    let conns = options.num("conns", 1);
+    let (sender, accepted) = mpsc::channel::<TcpStream>();
+    thread::spawn(move || {
+        for n in 1..=conns {
+            let stream = accept(&listener);
+            let peer = stream.peer_addr().map(|a| a.port()).unwrap_or(0);
+            println!("accepted n={n} peer_port={peer}");
+            let Ok(probe) = stream.try_clone() else { fail("try_clone") };
+            thread::spawn(move || echo(stream));
+            if sender.send(probe).is_err() {
+                break;
+            }
+        }
+    });
+    let mut latest: Option<TcpStream> = None;
+    let max_turns = deadline.saturating_duration_since(Instant::now()).as_millis() as u64 / 50 + 1;
+    for _ in 0..max_turns {
+        if let Ok(stream) = accepted.try_recv() {
+            latest = Some(stream);
+        }
+        match control.stdin.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) if line.trim() == "info" => match &latest {
+                Some(stream) => println!("{}", info_line(stream.as_raw_fd())),
+                None => println!("info none=1"),
+            },
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+}
+
+/// Echoes one connection until EOF (a bounded number of reads: each moves
+/// at least one byte, and the process has a deadline).
+fn echo(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..u32::MAX {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
     }
 }
