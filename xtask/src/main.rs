@@ -155,13 +155,14 @@ fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
         // The eBPF crate only builds for the bpf target: linted there, with
         // the nightly toolchain its build uses.
         run(Command::new("rustup")
-            .args(["run", "nightly", "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-            .args(["--bins", "--", "-D", "warnings"])
-            .current_dir(workspace_root().join("tracer-ebpf"))
+            .args(["run", "nightly", "cargo", "clippy", "--package", "tracer-ebpf", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--bins", "--", "-D", "warnings"])
+            // What `cargo xtask` sets for its own run must not pick the
+            // stable toolchain for this nightly build.
+            .env_remove("CARGO")
             .env_remove("RUSTC")
             .env_remove("RUSTC_WRAPPER")
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO"))?;
+            .env_remove("RUSTUP_TOOLCHAIN"))?;
         run(cargo().args([
             "clippy",
             "--workspace",
