@@ -7,9 +7,10 @@
 //! Needs root (the agent loads eBPF programs) and fails, never skips, when
 //! the agent cannot start. The agent runs with `--pid <this test process>`
 //! so other traffic on the host cannot push the test's flows out of the
-//! top-n. promtool, the Prometheus server and Chromium come from Debian's
-//! `prometheus` and `chromium` packages; each check runs when its binary is
-//! installed (the test setup installs them).
+//! top-n. promtool, the Prometheus server, Chromium and bpftool come from
+//! Debian's `prometheus`, `chromium` and `bpftool` packages, which
+//! `cargo xtask test` installs: no check is skipped, a missing tool fails
+//! the test with a message that says so.
 //!
 //! The tracer binary is `TRACER_BIN`, else `target/<profile>/tracer` next to
 //! this test's directory: build it first (`cargo build -p tracer`).
@@ -60,7 +61,7 @@ impl Agent {
     fn start(args: &[&str]) -> Agent {
         let mut child = Command::new(tracer_bin())
             .args(["agent", "--listen", "127.0.0.1:0", "--interval", "1s"])
-            .env("RUST_LOG", "tracer::agent=debug")
+            .env("RUST_LOG", "tracer::cmd::agent=debug")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -490,8 +491,8 @@ fn chromium_renders(agent: &Agent, comm_fragment_escaped: &str) {
     eprintln!("chromium: dashboard rendered; screenshot at {}", screenshot.display());
 }
 
-/// Loaded BPF programs (id -> name) per Debian's `bpftool`, if installed.
-fn bpf_programs() -> Option<BTreeMap<u64, String>> {
+/// Loaded BPF programs (id -> name) per Debian's `bpftool`.
+fn bpf_programs() -> BTreeMap<u64, String> {
     let Some(bpftool) = which("bpftool").or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file()))
     else {
         panic!("a test tool is missing (bpftool): run the tests with `cargo xtask test`, which installs it");
@@ -500,12 +501,10 @@ fn bpf_programs() -> Option<BTreeMap<u64, String>> {
     assert!(output.status.success(), "bpftool prog show: {}", String::from_utf8_lossy(&output.stderr));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
     let programs = json.as_array().expect("a list of programs");
-    Some(
-        programs
-            .iter()
-            .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str().unwrap_or_default().to_owned())))
-            .collect(),
-    )
+    programs
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str().unwrap_or_default().to_owned())))
+        .collect()
 }
 
 #[test]
@@ -516,13 +515,9 @@ fn agent_exports_exact_counters_api_and_dashboard() {
     let programs_before = bpf_programs();
     let agent = Agent::start(&["--pid", &pid]);
     // Programs are attached before the agent says it listens.
-    let agent_programs: Option<BTreeMap<u64, String>> = programs_before.map(|before| {
-        let now = bpf_programs().expect("bpftool");
-        now.into_iter().filter(|(id, _)| !before.contains_key(id)).collect()
-    });
-    if let Some(loaded) = &agent_programs {
-        assert!(!loaded.is_empty(), "bpftool shows no program loaded by the agent");
-    }
+    let agent_programs: BTreeMap<u64, String> =
+        bpf_programs().into_iter().filter(|(id, _)| !programs_before.contains_key(id)).collect();
+    assert!(!agent_programs.is_empty(), "bpftool shows no program loaded by the agent");
 
     // Endpoints have data from the first tick on.
     let health = agent.get("/healthz");
@@ -657,11 +652,10 @@ fn agent_exports_exact_counters_api_and_dashboard() {
     let (status, took, stderr) = agent.terminate();
     eprintln!("{stderr}");
     assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
-    if let (Some(loaded), Some(now)) = (&agent_programs, bpf_programs()) {
-        let left: Vec<_> = loaded.iter().filter(|(id, _)| now.contains_key(id)).collect();
-        assert!(left.is_empty(), "programs still loaded after the agent exited: {left:?}");
-        eprintln!("bpftool: all {} programs of the agent are gone", loaded.len());
-    }
+    let now = bpf_programs();
+    let left: Vec<_> = agent_programs.iter().filter(|(id, _)| now.contains_key(id)).collect();
+    assert!(left.is_empty(), "programs still loaded after the agent exited: {left:?}");
+    eprintln!("bpftool: all {} programs of the agent are gone", agent_programs.len());
     eprintln!("SIGTERM: exit 0 in {took:?}");
 }
 

@@ -8,7 +8,7 @@
 //! How the rules avoid crying wolf:
 //! - Rates are interval averages, so a rate series is fitted at interval
 //!   midpoints, weighted by interval length, and the fitted start/end rates
-//!   are read at the first and last points (a 200 -> 800 KB/s ramp reads 4.0).
+//!   are read at the first and last points (a 200 -> 800 KiB/s ramp reads 4.0).
 //!   A series starts at its key's first active interval; if that is not the
 //!   window's first interval the key started somewhere inside it, so that
 //!   partial interval is left out (it would look like growth).
@@ -31,14 +31,15 @@
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
 };
 
+use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    model::{Counters, FlowKey, Sample},
-    report::{CloseWaitReport, Finding, FlowReport, Role, Severity},
+    model::{CloseWait, Counters, Flow, FlowKey, Role, Sample},
+    units,
 };
 
 /// Shorter intervals (or negative, NaN) carry no usable rate.
@@ -80,30 +81,63 @@ const MIN_CHURN_INTERVALS: usize = 3;
 /// Retransmit ratio or churn rate this many times the threshold is critical.
 const CRITICAL_FACTOR: f64 = 5.0;
 
-/// Thresholds of the analysis (flags in `cli::AnalysisArgs`).
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One verdict with the numbers behind it. Serialized as is into the
+/// report's `findings` (its fields are that part of the wire format).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Finding {
+    /// `traffic_growth`, `throughput_decay`, `connection_leak`,
+    /// `close_wait_leak`, `retransmit_spike`, `connection_churn`.
+    pub(crate) kind: &'static str,
+    pub(crate) severity: Severity,
+    pub(crate) pid: u32,
+    pub(crate) comm: String,
+    pub(crate) remote_addr: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) summary: String,
+    pub(crate) evidence: serde_json::Value,
+}
+
+/// Thresholds of the analysis (the commands fill them from their flags).
 #[derive(Debug, Clone)]
-pub struct Thresholds {
-    pub growth_ratio: f64,
-    pub close_wait_age_secs: f64,
-    pub retransmit_ratio: f64,
-    pub churn_rate: f64,
+pub(crate) struct Thresholds {
+    pub(crate) growth_ratio: f64,
+    pub(crate) close_wait_age_secs: f64,
+    pub(crate) retransmit_ratio: f64,
+    pub(crate) churn_rate: f64,
     /// Analyse only the last this-many seconds of history.
-    pub window_secs: Option<f64>,
+    pub(crate) window_secs: Option<f64>,
 }
 
 /// What the analysis reads.
-pub struct Input<'a> {
-    pub samples: &'a VecDeque<Sample>,
-    pub close_wait: &'a [CloseWaitReport],
+pub(crate) struct Input<'a> {
+    pub(crate) samples: &'a VecDeque<Sample>,
+    pub(crate) close_wait: &'a [CloseWait],
     /// Per-flow totals over the model's window; used only when there are no
     /// samples (the samples give the same totals, restricted to the
     /// analysis window).
-    pub flows: &'a [FlowReport],
-    pub comm: &'a dyn Fn(u32) -> String,
+    pub(crate) flows: &'a [Flow],
+    pub(crate) comm: &'a dyn Fn(u32) -> String,
 }
 
 /// All findings, most severe first, then by kind, pid and remote.
-pub fn analyze(input: &Input<'_>, thresholds: &Thresholds) -> Vec<Finding> {
+pub(crate) fn analyze(input: &Input<'_>, thresholds: &Thresholds) -> Vec<Finding> {
     let window = Window::new(input.samples, thresholds.window_secs);
     let totals = flow_totals(&window, input);
     let mut findings = traffic_trends(&window, thresholds.growth_ratio, input.comm);
@@ -425,7 +459,7 @@ fn trend_finding(trend: &Trend, growth_ratio: f64, comm: &dyn Fn(u32) -> String)
         Subject::Process(_) => process_label(pid, comm),
         Subject::Flow(key) => flow_label(&key, comm, trend.direction.arrow()),
     };
-    let (from, to) = format_rates(trend.start_rate, trend.end_rate);
+    let (from, to) = units::rate_pair(trend.start_rate, trend.end_rate);
     let summary = format!(
         "{label}: {} rate {change} in {} ({from} -> {to})",
         trend.direction.noun(),
@@ -550,11 +584,11 @@ fn connection_leaks(window: &Window<'_>, comm: &dyn Fn(u32) -> String) -> Vec<Fi
 /// threshold, or a CLOSE_WAIT count rising steadily.
 fn close_wait_leaks(
     window: &Window<'_>,
-    close_wait: &[CloseWaitReport],
+    close_wait: &[CloseWait],
     age_threshold: f64,
     comm: &dyn Fn(u32) -> String,
 ) -> Vec<Finding> {
-    let mut by_pid: BTreeMap<u32, Vec<&CloseWaitReport>> = BTreeMap::new();
+    let mut by_pid: BTreeMap<u32, Vec<&CloseWait>> = BTreeMap::new();
     for socket in close_wait {
         by_pid.entry(socket.pid).or_default().push(socket);
     }
@@ -576,7 +610,8 @@ fn close_wait_leaks(
             len => len as u64,
         };
         let oldest = sockets.iter().max_by(|a, b| a.age_secs.total_cmp(&b.age_secs));
-        let remotes: BTreeSet<&str> = sockets.iter().map(|s| s.remote_addr.as_str()).collect();
+        // Sorted as they read.
+        let remotes: BTreeSet<String> = sockets.iter().map(|s| s.remote.ip().to_string()).collect();
         let critical = count >= CRITICAL_CLOSE_WAIT_COUNT
             || (age_threshold > 0.0
                 && oldest.is_some_and(|o| o.age_secs >= CRITICAL_CLOSE_WAIT_AGE_FACTOR * age_threshold));
@@ -626,7 +661,7 @@ fn close_wait_leaks(
 
 /// A flow's counters over the analysis window.
 #[derive(Debug, Clone, Copy, Default)]
-struct FlowTotals {
+struct FlowWindow {
     counters: Counters,
     /// Intervals in which the flow opened connections.
     opening_intervals: usize,
@@ -634,35 +669,18 @@ struct FlowTotals {
 
 /// Per-flow totals from the window's samples, or from the caller's flow
 /// totals when there are no samples at all.
-fn flow_totals(window: &Window<'_>, input: &Input<'_>) -> BTreeMap<FlowKey, FlowTotals> {
-    let mut totals: BTreeMap<FlowKey, FlowTotals> = BTreeMap::new();
+fn flow_totals(window: &Window<'_>, input: &Input<'_>) -> BTreeMap<FlowKey, FlowWindow> {
+    let mut totals: BTreeMap<FlowKey, FlowWindow> = BTreeMap::new();
     if input.samples.is_empty() {
         for flow in input.flows {
-            let Ok(remote) = flow.remote_addr.parse::<IpAddr>() else { continue };
-            let key = FlowKey { pid: flow.pid, role: flow.role, remote, port: flow.service_port() };
-            let entry = totals.entry(key).or_default();
-            add_saturating(
-                &mut entry.counters,
-                &Counters {
-                    tx_bytes: flow.tx_bytes,
-                    rx_bytes: flow.rx_bytes,
-                    retransmits: flow.retransmits,
-                    segments_out: flow.segments_out,
-                    opened: flow.connections_opened,
-                    closed: flow.connections_closed,
-                    failed_connects: flow.failed_connects,
-                    // The report sums both directions of resets.
-                    resets_sent: flow.resets,
-                    ..Counters::default()
-                },
-            );
+            totals.entry(flow.key).or_default().counters.add(&flow.counters);
         }
         return totals;
     }
     for sample in &window.samples {
         for (key, counters) in &sample.flows {
             let entry = totals.entry(*key).or_default();
-            add_saturating(&mut entry.counters, counters);
+            entry.counters.add(counters);
             if counters.opened > 0 {
                 entry.opening_intervals += 1;
             }
@@ -671,24 +689,10 @@ fn flow_totals(window: &Window<'_>, input: &Input<'_>) -> BTreeMap<FlowKey, Flow
     totals
 }
 
-/// Sums counters without overflowing: the analysis must not panic on
-/// whatever the model holds.
-fn add_saturating(total: &mut Counters, more: &Counters) {
-    total.tx_bytes = total.tx_bytes.saturating_add(more.tx_bytes);
-    total.rx_bytes = total.rx_bytes.saturating_add(more.rx_bytes);
-    total.retransmits = total.retransmits.saturating_add(more.retransmits);
-    total.segments_out = total.segments_out.saturating_add(more.segments_out);
-    total.resets_sent = total.resets_sent.saturating_add(more.resets_sent);
-    total.resets_received = total.resets_received.saturating_add(more.resets_received);
-    total.opened = total.opened.saturating_add(more.opened);
-    total.closed = total.closed.saturating_add(more.closed);
-    total.failed_connects = total.failed_connects.saturating_add(more.failed_connects);
-}
-
 /// `retransmit_spike`: retransmitted / sent segments of a flow above the
 /// threshold, with enough traffic to mean something.
 fn retransmit_spikes(
-    totals: &BTreeMap<FlowKey, FlowTotals>,
+    totals: &BTreeMap<FlowKey, FlowWindow>,
     threshold: f64,
     comm: &dyn Fn(u32) -> String,
 ) -> Vec<Finding> {
@@ -741,7 +745,7 @@ fn retransmit_spikes(
 /// over the window, in several intervals.
 fn connection_churn(
     window: &Window<'_>,
-    totals: &BTreeMap<FlowKey, FlowTotals>,
+    totals: &BTreeMap<FlowKey, FlowWindow>,
     threshold: f64,
     comm: &dyn Fn(u32) -> String,
 ) -> Vec<Finding> {
@@ -774,7 +778,7 @@ fn connection_churn(
                 "opened": c.opened,
                 "closed": c.closed,
                 "failed_connects": c.failed_connects,
-                "resets": c.resets_sent.saturating_add(c.resets_received),
+                "resets": c.resets(),
                 "per_sec": round(per_sec, 3),
                 "threshold": threshold,
                 "window_secs": round(span_secs, 3),
@@ -829,21 +833,6 @@ fn role_arrow(role: Role) -> &'static str {
     }
 }
 
-/// Both rates in the unit that suits the larger, so they compare at a glance.
-fn format_rates(a: f64, b: f64) -> (String, String) {
-    let top = a.abs().max(b.abs());
-    let (divisor, unit, decimals) = if top >= 1e9 {
-        (1e9, "GB/s", 1)
-    } else if top >= 1e6 {
-        (1e6, "MB/s", 1)
-    } else if top >= 1e3 {
-        (1e3, "KB/s", 1)
-    } else {
-        (1.0, "B/s", 0)
-    };
-    (format!("{:.*} {unit}", decimals, a / divisor), format!("{:.*} {unit}", decimals, b / divisor))
-}
-
 fn human_duration(secs: f64) -> String {
     if secs.is_nan() || secs < 0.0 {
         "?".to_owned()
@@ -861,22 +850,10 @@ fn round(value: f64, decimals: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-impl From<&crate::cli::AnalysisArgs> for Thresholds {
-    fn from(args: &crate::cli::AnalysisArgs) -> Self {
-        Thresholds {
-            growth_ratio: args.growth_ratio,
-            close_wait_age_secs: args.close_wait_age.as_secs_f64(),
-            retransmit_ratio: args.retransmit_ratio,
-            churn_rate: args.churn_rate,
-            window_secs: args.analysis_window.map(|d| d.as_secs_f64()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::StateCounts;
+    use crate::model::StateCounts;
 
     const PID: u32 = 4242;
 
@@ -933,8 +910,8 @@ mod tests {
 
     fn run_with(
         samples: &VecDeque<Sample>,
-        close_wait: &[CloseWaitReport],
-        flows: &[FlowReport],
+        close_wait: &[CloseWait],
+        flows: &[Flow],
         thresholds: &Thresholds,
     ) -> Vec<Finding> {
         analyze(&Input { samples, close_wait, flows, comm: &comm }, thresholds)
@@ -969,7 +946,7 @@ mod tests {
             "{}",
             growth.summary
         );
-        assert!(growth.summary.ends_with("(200.0 KB/s -> 800.0 KB/s)"), "{}", growth.summary);
+        assert!(growth.summary.ends_with("(195.3 KiB/s -> 781.2 KiB/s)"), "{}", growth.summary);
     }
 
     #[test]
@@ -1095,14 +1072,12 @@ mod tests {
         assert!(run(&pool_warm_up).is_empty());
     }
 
-    fn close_wait_socket(pid: u32, remote: &str, age_secs: f64, age_is_lower_bound: bool) -> CloseWaitReport {
-        CloseWaitReport {
+    fn close_wait_socket(pid: u32, remote: &str, age_secs: f64, age_is_lower_bound: bool) -> CloseWait {
+        CloseWait {
             pid,
             comm: comm(pid),
-            local_addr: "10.0.0.9".into(),
-            local_port: 40000,
-            remote_addr: remote.into(),
-            remote_port: 443,
+            local: "10.0.0.9:40000".parse().expect("address"),
+            remote: SocketAddr::new(remote.parse().expect("ip"), 443),
             age_secs,
             age_is_lower_bound,
         }
@@ -1194,21 +1169,16 @@ mod tests {
 
     #[test]
     fn flow_totals_are_used_without_samples() {
-        let flow = FlowReport {
-            pid: PID,
+        let flow = Flow {
+            key: client(PID, "203.0.113.5", 443),
             comm: comm(PID),
-            role: Role::Client,
-            local_port: 0,
-            remote_addr: "203.0.113.5".into(),
-            remote_port: 443,
-            tx_bytes: 1000 * 1448,
-            rx_bytes: 0,
-            retransmits: 100,
-            connections_opened: 1,
-            connections_closed: 0,
-            failed_connects: 0,
-            resets: 0,
-            segments_out: 1100,
+            counters: Counters {
+                tx_bytes: 1000 * 1448,
+                retransmits: 100,
+                opened: 1,
+                segments_out: 1100,
+                ..Counters::default()
+            },
         };
         let findings = run_with(&VecDeque::new(), &[], &[flow], &defaults());
         assert_eq!(kinds(&findings), ["retransmit_spike"], "{findings:#?}");
@@ -1274,7 +1244,7 @@ mod tests {
         for window_secs in [None, Some(f64::NAN), Some(0.0), Some(f64::INFINITY)] {
             let thresholds =
                 Thresholds { window_secs, growth_ratio: f64::NAN, close_wait_age_secs: f64::NAN, ..defaults() };
-            let findings = run_with(&odd, &[close_wait_socket(0, "x", f64::NAN, true)], &[], &thresholds);
+            let findings = run_with(&odd, &[close_wait_socket(0, "10.0.0.1", f64::NAN, true)], &[], &thresholds);
             for f in &findings {
                 assert!(serde_json::to_string(f).is_ok());
             }

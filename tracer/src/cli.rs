@@ -1,25 +1,28 @@
 //! Command-line surface (DESIGN.md): `tracer trace`, `tracer agent`,
 //! `tracer doctor`, shared filters and analysis thresholds. Values are
-//! validated here; a bad one is a usage error (exit code 2).
+//! validated here; a bad one is a usage error (exit code 2). The only
+//! module that knows clap: flags become the plain types of the layers
+//! below (`Filter`, `Thresholds`, `Backend`) here.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    filter::{Cidr, Filter},
-    probes::Backend,
+    analysis::Thresholds,
+    load::probes::Backend,
+    model::filter::{Cidr, Filter},
 };
 
 #[derive(Debug, Parser)]
 #[command(name = "tracer", version, about = "Kernel-exact TCP socket and bandwidth tracer (eBPF)")]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Trace for a while, then print a report (Ctrl-C ends early and still reports).
     Trace(TraceArgs),
     /// Run until SIGTERM/SIGINT, serving Prometheus metrics, a JSON API and a dashboard.
@@ -29,7 +32,7 @@ pub enum Command {
 }
 
 /// Parses a duration such as `30s`, `500ms`, `10m`, `1h`; zero is refused.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|e| format!("'{text}' is not a duration ({e}); use e.g. 30s, 500ms, 10m"))?;
     if duration.is_zero() {
@@ -77,24 +80,24 @@ fn parse_growth_ratio(text: &str) -> Result<f64, String> {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct FilterArgs {
+pub(crate) struct FilterArgs {
     /// Only this process (thread-group id); repeat for several.
     #[arg(long = "pid", value_name = "PID", value_parser = parse_pid)]
-    pub pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// Only processes with this exact name (as /proc/PID/comm shows it); repeatable.
     #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
-    pub comms: Vec<String>,
+    pub(crate) comms: Vec<String>,
     /// Only sockets with this local or remote port; repeatable.
     #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
-    pub ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
     /// Only sockets whose remote address is in this network (IPv4 CIDRs also
     /// match IPv4-mapped IPv6); repeatable.
     #[arg(long = "remote", value_name = "CIDR")]
-    pub remotes: Vec<Cidr>,
+    pub(crate) remotes: Vec<Cidr>,
 }
 
 impl FilterArgs {
-    pub fn filter(&self) -> Filter {
+    pub(crate) fn filter(&self) -> Filter {
         Filter {
             pids: self.pids.clone(),
             comms: self.comms.clone(),
@@ -104,91 +107,124 @@ impl FilterArgs {
     }
 }
 
+impl AnalysisArgs {
+    pub(crate) fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            growth_ratio: self.growth_ratio,
+            close_wait_age_secs: self.close_wait_age.as_secs_f64(),
+            retransmit_ratio: self.retransmit_ratio,
+            churn_rate: self.churn_rate,
+            window_secs: self.analysis_window.map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// How the send/receive path is hooked (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendArg {
+    /// BTF tracepoints `sock:sock_send_length`/`sock_recv_length` (kernel >= 6.3).
+    Tracepoint,
+    /// fexit on `tcp_sendmsg`/`tcp_recvmsg` (BTF kernels >= 5.5).
+    Fentry,
+    /// kprobes on `tcp_sendmsg`/`tcp_recvmsg` (any kernel with kprobes).
+    Kprobe,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Tracepoint => Backend::Tracepoint,
+            BackendArg::Fentry => Backend::Fentry,
+            BackendArg::Kprobe => Backend::Kprobe,
+        }
+    }
+}
+
 /// Thresholds of the analysis (findings).
 #[derive(Debug, Clone, Args)]
-pub struct AnalysisArgs {
+pub(crate) struct AnalysisArgs {
     /// Flag traffic growth when the fitted end rate / start rate exceeds this
     /// (decay: below its inverse).
     #[arg(long, value_name = "RATIO", default_value = "1.5", value_parser = parse_growth_ratio)]
-    pub growth_ratio: f64,
+    pub(crate) growth_ratio: f64,
     /// Flag sockets in CLOSE_WAIT for longer than this.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub close_wait_age: Duration,
+    pub(crate) close_wait_age: Duration,
     /// Flag a remote whose retransmitted/sent segments exceed this.
     #[arg(long, value_name = "RATIO", default_value = "0.02", value_parser = parse_positive_ratio)]
-    pub retransmit_ratio: f64,
+    pub(crate) retransmit_ratio: f64,
     /// Flag a remote with more new connections per second than this.
     #[arg(long, value_name = "PER_SEC", default_value = "10", value_parser = parse_positive_ratio)]
-    pub churn_rate: f64,
+    pub(crate) churn_rate: f64,
     /// Analyse only the last DURATION of history (default: all of it).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub analysis_window: Option<Duration>,
+    pub(crate) analysis_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Json,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct TraceArgs {
+pub(crate) struct TraceArgs {
     /// How long to trace.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Sampling interval of the timeline.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Report format.
     #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
+    pub(crate) format: Format,
     /// Write the report to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
     /// Attach backend (default: the cheapest one this kernel supports).
     #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    pub(crate) backend: Option<BackendArg>,
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub(crate) filters: FilterArgs,
     #[command(flatten)]
-    pub analysis: AnalysisArgs,
+    pub(crate) analysis: AnalysisArgs,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct AgentArgs {
+pub(crate) struct AgentArgs {
     /// Address to serve HTTP on (loopback unless you say otherwise).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9669")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Collection interval.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// History kept for the report and the analysis.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// Add a `pid` label to flow metrics (raises cardinality).
     #[arg(long)]
-    pub metrics_pid_label: bool,
+    pub(crate) metrics_pid_label: bool,
     /// At most this many series per metric, the rest summed into "other"
     /// (which takes two of them for flow metrics, one per role).
     #[arg(long, value_name = "N", default_value = "50", value_parser = clap::value_parser!(u64).range(3..=100_000))]
-    pub metrics_top_n: u64,
+    pub(crate) metrics_top_n: u64,
     /// Drop series of flows quiet for this long.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub metrics_expiry: Duration,
+    pub(crate) metrics_expiry: Duration,
     /// Attach backend (default: the cheapest one this kernel supports).
     #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    pub(crate) backend: Option<BackendArg>,
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub(crate) filters: FilterArgs,
     #[command(flatten)]
-    pub analysis: AnalysisArgs,
+    pub(crate) analysis: AnalysisArgs,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct DoctorArgs {
+pub(crate) struct DoctorArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
+    pub(crate) format: Format,
 }
 
 #[cfg(test)]
@@ -227,6 +263,17 @@ mod tests {
         assert_eq!(args.format, Format::Json);
         let cli = parse(&["agent", "--listen", "127.0.0.1:0", "--metrics-top-n", "5"]).expect("parses");
         assert!(matches!(cli.command, Command::Agent(_)));
+    }
+
+    #[test]
+    fn backend_values_are_the_backends_names() {
+        for arg in BackendArg::value_variants() {
+            let value = arg.to_possible_value().expect("listed");
+            assert_eq!(value.get_name(), Backend::from(*arg).as_str());
+        }
+        let cli = parse(&["agent", "--backend", "fentry"]).expect("parses");
+        let Command::Agent(args) = cli.command else { panic!("not agent") };
+        assert_eq!(args.backend.map(Backend::from), Some(Backend::Fentry));
     }
 
     #[test]

@@ -1,60 +1,6 @@
-//! The `tracer` binary: parse flags, run the command, map the outcome to an
-//! exit code (0 ok, 2 usage error, 1 runtime error) with one clear line.
+//! The `tracer` binary: everything, exit codes included, is in the library
+//! ([`tracer::main`]).
 
-use std::process::ExitCode;
-
-use clap::{error::ErrorKind, Parser};
-use tracer::cli::{Cli, Command};
-
-fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => {
-            return match err.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-                    let _ = err.print();
-                    ExitCode::SUCCESS
-                }
-                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-                    let _ = err.print();
-                    ExitCode::from(2)
-                }
-                _ => {
-                    let text = err.render().to_string();
-                    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-                    eprintln!("tracer: {} (see tracer --help)", line.trim_start_matches("error: "));
-                    ExitCode::from(2)
-                }
-            };
-        }
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("tracer: error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Trace(args) => tracer::trace::run(args).await,
-            Command::Agent(args) => tracer::agent::run(args).await,
-            Command::Doctor(args) => tracer::doctor::run(args),
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            if err.chain().any(|e| {
-                e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
-                return ExitCode::SUCCESS;
-            }
-            let line = format!("{err:#}").replace('\n', " ");
-            eprintln!("tracer: error: {line}");
-            ExitCode::from(1)
-        }
-    }
+fn main() -> std::process::ExitCode {
+    tracer::main()
 }

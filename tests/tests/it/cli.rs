@@ -1,6 +1,7 @@
 //! The command line (DESIGN.md): bad flags are usage errors (exit code 2,
-//! one clear line, no panic), `--version`, `doctor` in both formats, and a
-//! timed `trace` that writes the documented JSON report to `--output`.
+//! one clear line, no panic), `--version`, `doctor` in both formats (and
+//! its choice of backend is the one a trace attaches), and a timed `trace`
+//! that writes the documented JSON report to `--output`.
 
 use std::{
     process::{Command, Output, Stdio},
@@ -59,23 +60,61 @@ fn version_prints_the_version() {
     assert_eq!(stdout.trim(), format!("tracer {}", env!("CARGO_PKG_VERSION")), "--version printed {stdout:?}");
 }
 
-#[test]
-fn doctor_names_the_backend() {
-    let output = tracer(&["doctor"]);
-    let stdout = text(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "doctor failed; stdout:\n{stdout}\nstderr:\n{}", text(&output.stderr));
-    assert!(stdout.contains("tracepoint"), "doctor should name the tracepoint backend:\n{stdout}");
-}
+/// The backends in order of cost, as doctor lists them and `auto` tries them.
+const BACKENDS: [&str; 3] = ["tracepoint", "fentry", "kprobe"];
 
-#[test]
-fn doctor_json_parses() {
+/// What `tracer doctor --format json` says of each backend, in its order:
+/// (backend, usable), and the backend `auto` would use.
+fn doctor_backends() -> (Vec<(String, bool)>, Option<String>) {
     let output = tracer(&["doctor", "--format", "json"]);
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "doctor failed; stderr:\n{}", text(&output.stderr));
     let json: serde_json::Value =
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("doctor --format json is not JSON ({e}):\n{stdout}"));
-    assert!(json.is_object(), "doctor JSON is not an object: {json}");
-    assert!(stdout.contains("tracepoint"), "doctor JSON should name the tracepoint backend:\n{stdout}");
+    let backends = json["backends"]
+        .as_array()
+        .unwrap_or_else(|| panic!("doctor JSON has no backends list:\n{stdout}"))
+        .iter()
+        .map(|b| {
+            let name = b["backend"].as_str().unwrap_or_else(|| panic!("a backend without a name:\n{stdout}"));
+            let usable = b["usable"].as_bool().unwrap_or_else(|| panic!("{name}: no usable flag:\n{stdout}"));
+            (name.to_owned(), usable)
+        })
+        .collect();
+    (backends, json["auto_backend"].as_str().map(str::to_owned))
+}
+
+/// Doctor (run as root, so it tries each backend for real) names as `auto`
+/// the cheapest backend this kernel can run, the table says the same, and a
+/// real trace attaches with exactly that backend.
+#[test]
+fn doctor_names_the_backend() {
+    let _serial = serial();
+    let (backends, auto) = doctor_backends();
+    let names: Vec<&str> = backends.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, BACKENDS, "doctor lists the backends in order of cost");
+    let cheapest_usable = backends.iter().find(|(_, usable)| *usable).map(|(name, _)| name.clone());
+    let auto = auto.unwrap_or_else(|| panic!("doctor found no usable backend on this kernel: {backends:?}"));
+    assert_eq!(Some(&auto), cheapest_usable.as_ref(), "auto must be the cheapest usable backend: {backends:?}");
+
+    let output = tracer(&["doctor"]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "doctor failed; stdout:\n{stdout}\nstderr:\n{}", text(&output.stderr));
+    let said = format!("auto would use: {auto} (the cheapest that works)");
+    assert!(stdout.lines().any(|l| l == said), "doctor's table should say {said:?}:\n{stdout}");
+    for (name, usable) in &backends {
+        let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(name.as_str()));
+        let line = line.unwrap_or_else(|| panic!("doctor's table has no line for {name}:\n{stdout}"));
+        assert_eq!(line.contains("not usable"), !usable, "{name}: table and JSON disagree:\n{stdout}");
+    }
+
+    let output = tracer(&["trace", "--duration", "1s", "--format", "json"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "trace failed:\n{stderr}");
+    let stdout = text(&output.stdout);
+    let report = Report::parse(&stdout).unwrap_or_else(|e| panic!("not the documented report ({e}):\n{stdout}"));
+    assert_eq!(report.backend, auto, "the trace attached another backend than doctor's choice");
+    assert!(stderr.contains(&format!("attached ({auto} backend)")), "trace should say its backend:\n{stderr}");
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! - `lifecycle`: socket states, CLOSE_WAIT, failed connects, resets,
 //!   churn, retransmits, sockets that predate the tracer (issue 3);
 //! - `cli`: flags, exit codes, `--version`, `doctor`;
-//! - `analysis`: findings on real traffic (issue 4).
+//! - `analysis`: findings on real traffic (issue 4);
+//! - `race`: sockets destroyed while the tracer reads its tables, counted
+//!   once and exactly.
 
 mod analysis;
 mod bytes;

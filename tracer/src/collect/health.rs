@@ -1,5 +1,5 @@
-//! TCP health in user space: the kernel fields it reads (resolved from
-//! BTF, absent ones named), running the `sample_sockets` iterator over the
+//! TCP health in user space (the fields it reads are resolved at load, in
+//! `load::health`): running the `sample_sockets` iterator over the
 //! socket table once per tick, the kernel's HZ (for the chrono counters,
 //! which count jiffies), and the kernel's raw values turned into the
 //! report's units (RTT choice, failure reasons, delivery rate).
@@ -19,163 +19,35 @@
 //!   `unreachable`; anything else, or no SYN ever sent (no free ephemeral
 //!   port), is `other`.
 
-use std::{
-    io,
-    mem::{size_of, size_of_val},
-    os::fd::{AsRawFd, OwnedFd},
-};
+use std::os::fd::{AsFd, OwnedFd};
 
-use tracer_common::{health_flags, HealthClock, KernelOffsets, TcpHealth};
+use tracer_common::{health_flags, HealthClock, TcpHealth};
 
-use crate::btf::Btf;
-
-/// Resolves the offsets of the fields TCP health reads into `offsets`, and
-/// returns the fields the running kernel lacks (left at 0: never read,
-/// reported as absent).
-pub fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'static str> {
-    let mut missing = Vec::new();
-    let mut field = |name: &'static str, offset: Result<u32, crate::btf::BtfError>| match offset {
-        Ok(offset) => offset,
-        Err(_) => {
-            missing.push(name);
-            0
-        }
-    };
-    let tcp = |member: &str| btf.member_offset("tcp_sock", member);
-    offsets.sk_err = field("sock.sk_err", btf.member_offset("sock", "sk_err"));
-    offsets.sk_rcvbuf = field("sock.sk_rcvbuf", btf.member_offset("sock", "sk_rcvbuf"));
-    offsets.tcp_srtt_us = field("tcp_sock.srtt_us", tcp("srtt_us"));
-    // `struct { u32 rtt_us; u32 seq; u64 time; } rcv_rtt_est`: `rtt_us`
-    // first, as in every kernel since it was added.
-    offsets.tcp_rcv_rtt_us = field("tcp_sock.rcv_rtt_est", tcp("rcv_rtt_est"));
-    // `struct minmax { struct minmax_sample { u32 t; u32 v; } s[3]; }`:
-    // the minimum is `s[0].v`.
-    offsets.tcp_min_rtt =
-        field("tcp_sock.rtt_min", tcp("rtt_min").and_then(|at| Ok(at + btf.member_offset("minmax_sample", "v")?)));
-    offsets.tcp_rcv_nxt = field("tcp_sock.rcv_nxt", tcp("rcv_nxt"));
-    offsets.tcp_copied_seq = field("tcp_sock.copied_seq", tcp("copied_seq"));
-    offsets.tcp_write_seq = field("tcp_sock.write_seq", tcp("write_seq"));
-    offsets.tcp_snd_una = field("tcp_sock.snd_una", tcp("snd_una"));
-    offsets.tcp_rate_delivered = field("tcp_sock.rate_delivered", tcp("rate_delivered"));
-    offsets.tcp_rate_interval_us = field("tcp_sock.rate_interval_us", tcp("rate_interval_us"));
-    offsets.tcp_mss_cache = field("tcp_sock.mss_cache", tcp("mss_cache"));
-    // The programs read `chrono_start` and `chrono_stat[3]` in one go, and
-    // the 2-bit `chrono_type` from its byte.
-    let chrono_start = tcp("chrono_start").ok();
-    let chrono_stat = tcp("chrono_stat").ok();
-    let chrono_type = btf.member_bits("tcp_sock", "chrono_type").ok();
-    match (chrono_start, chrono_stat, chrono_type) {
-        (Some(start), Some(stat), Some((bits, 2))) if stat == start + 4 && bits % 8 <= 6 => {
-            offsets.tcp_chrono_start = start;
-            offsets.tcp_chrono_type_byte = bits / 8;
-            offsets.tcp_chrono_type_shift = bits % 8;
-        }
-        _ => missing.push("tcp_sock.chrono_stat"),
-    }
-    missing
-}
-
-/// What the report can say for the fields a kernel lacks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Available {
-    pub rtt: bool,
-    pub min_rtt: bool,
-    pub queues: bool,
-    pub chrono: bool,
-    pub delivery_rate: bool,
-    pub failure_reasons: bool,
-    /// The sampling pass runs (kernel 5.13+ and the program loaded).
-    pub sampling: bool,
-}
-
-impl Available {
-    pub fn from_offsets(offsets: &KernelOffsets, sampling: bool) -> Self {
-        Available {
-            rtt: sampling && offsets.tcp_srtt_us != 0,
-            min_rtt: sampling && offsets.tcp_min_rtt != 0,
-            queues: sampling
-                && [offsets.tcp_rcv_nxt, offsets.tcp_copied_seq, offsets.tcp_write_seq, offsets.tcp_snd_una]
-                    .iter()
-                    .all(|&o| o != 0),
-            chrono: offsets.tcp_chrono_start != 0,
-            delivery_rate: sampling
-                && [offsets.tcp_rate_delivered, offsets.tcp_rate_interval_us, offsets.tcp_mss_cache]
-                    .iter()
-                    .all(|&o| o != 0),
-            failure_reasons: offsets.sk_err != 0,
-            sampling,
-        }
-    }
-}
-
-/// `BPF_PROG_TEST_RUN` (`enum bpf_cmd`).
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
+use crate::sys;
 
 /// The loaded `sample_sockets` program, run on demand: one pass samples
 /// every socket of the socket table (no attach point involved).
 #[derive(Debug)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     prog: OwnedFd,
 }
 
 impl Sampler {
-    pub fn new(prog: OwnedFd) -> Self {
+    pub(crate) fn new(prog: OwnedFd) -> Self {
         Sampler { prog }
     }
 
     /// One pass over every tracked socket: each record's health block is
     /// refreshed in the map, and `HEALTH_CLOCK` notes the clocks.
-    pub fn run(&self) -> io::Result<()> {
+    pub(crate) fn run(&self) -> std::io::Result<()> {
         // A raw tracepoint program's context: its arguments (none read).
-        let context = [0u64; 1];
-        let mut attr = TestRunAttr {
-            prog_fd: self.prog.as_raw_fd() as u32,
-            ctx_size_in: size_of_val(&context) as u32,
-            ctx_in: context.as_ptr() as u64,
-            ..TestRunAttr::default()
-        };
-        // SAFETY: `attr` is the `test` member of `union bpf_attr`, and the
-        // context buffer it points at outlives the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
-                size_of::<TestRunAttr>() as u32,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::bpf::prog_test_run(self.prog.as_fd(), &[0u64; 1])
     }
 }
 
 /// The kernel's HZ, measured from the clocks of two sampling passes.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HzMeter {
+pub(crate) struct HzMeter {
     first: Option<HealthClock>,
     hz: Option<u32>,
 }
@@ -185,7 +57,7 @@ const HZ_VALUES: [u32; 5] = [100, 250, 300, 500, 1000];
 
 impl HzMeter {
     /// Notes the clocks of the latest pass.
-    pub fn observe(&mut self, clock: HealthClock) {
+    pub(crate) fn observe(&mut self, clock: HealthClock) {
         if self.hz.is_some() || clock.passes == 0 {
             return;
         }
@@ -206,14 +78,14 @@ impl HzMeter {
         }
     }
 
-    pub fn hz(&self) -> Option<u32> {
+    pub(crate) fn hz(&self) -> Option<u32> {
         self.hz
     }
 }
 
 /// Why a connect failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum FailReason {
+pub(crate) enum FailReason {
     Refused,
     Timeout,
     Unreachable,
@@ -221,10 +93,10 @@ pub enum FailReason {
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 4] =
+    pub(crate) const ALL: [FailReason; 4] =
         [FailReason::Refused, FailReason::Timeout, FailReason::Unreachable, FailReason::Other];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             FailReason::Refused => "refused",
             FailReason::Timeout => "timeout",
@@ -235,7 +107,7 @@ impl FailReason {
 
     /// The reason of a failed connect from the socket's error and whether a
     /// SYN ever left.
-    pub fn of(sk_err: u32, syn_sent: bool) -> FailReason {
+    pub(crate) fn of(sk_err: u32, syn_sent: bool) -> FailReason {
         match sk_err as i32 {
             libc::ECONNREFUSED => FailReason::Refused,
             libc::ETIMEDOUT => FailReason::Timeout,
@@ -246,7 +118,7 @@ impl FailReason {
     }
 
     /// The reason of a record's failed connect, if it failed.
-    pub fn of_health(health: &TcpHealth) -> Option<FailReason> {
+    pub(crate) fn of_health(health: &TcpHealth) -> Option<FailReason> {
         (health.flags & health_flags::CONNECT_FAILED != 0)
             .then(|| FailReason::of(health.connect_error, health.flags & health_flags::SYN_SENT_OUT != 0))
     }
@@ -256,7 +128,7 @@ impl FailReason {
 /// receiver's estimate for a socket that received more than it sent since
 /// the previous sample (its `srtt_us` does not move), the smoothed RTT
 /// otherwise. `None` when the kernel has no estimate yet.
-pub fn sample_rtt_us(health: &TcpHealth, sent: u64, received: u64) -> Option<u32> {
+pub(crate) fn sample_rtt_us(health: &TcpHealth, sent: u64, received: u64) -> Option<u32> {
     let srtt = health.srtt_us8 >> 3;
     let rcv_rtt = health.rcv_rtt_us8 >> 3;
     let rtt = if received > sent && rcv_rtt > 0 { rcv_rtt } else { srtt };
@@ -264,13 +136,13 @@ pub fn sample_rtt_us(health: &TcpHealth, sent: u64, received: u64) -> Option<u32
 }
 
 /// The delivery rate as `tcp_get_info` computes it, bytes per second.
-pub fn delivery_rate(health: &TcpHealth) -> Option<u64> {
+pub(crate) fn delivery_rate(health: &TcpHealth) -> Option<u64> {
     (health.rate_interval_us > 0)
         .then(|| health.rate_delivered as u64 * health.mss_cache as u64 * 1_000_000 / health.rate_interval_us as u64)
 }
 
 /// Jiffies in milliseconds at `hz`.
-pub fn jiffies_ms(jiffies: u64, hz: u32) -> u64 {
+pub(crate) fn jiffies_ms(jiffies: u64, hz: u32) -> u64 {
     jiffies * 1000 / hz.max(1) as u64
 }
 

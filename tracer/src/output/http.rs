@@ -37,42 +37,42 @@ use tokio::{
     time::{sleep, Instant},
 };
 
-use crate::metrics;
+use super::metrics;
 
 /// The dashboard: one self-contained page (no external requests).
-pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// What the endpoints serve, as of the last tick.
 #[derive(Debug, Clone, Default)]
-pub struct Published {
+pub(crate) struct Published {
     /// The JSON report (schema `tracer.report/v1`).
-    pub report_json: Bytes,
+    pub(crate) report_json: Bytes,
     /// The report's findings, a JSON array.
-    pub findings_json: Bytes,
+    pub(crate) findings_json: Bytes,
     /// The Prometheus exposition.
-    pub metrics_text: Bytes,
+    pub(crate) metrics_text: Bytes,
 }
 
 /// The HTTP side's view of the last tick.
-pub type Feed = watch::Receiver<Arc<Published>>;
+pub(crate) type Feed = watch::Receiver<Arc<Published>>;
 
 /// Bounds on what a client may cost.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// A request's headers must arrive within this; also the idle time
     /// allowed between keep-alive requests.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// A connection is asked to close after this, whatever it does (bounds
     /// clients that read responses slowly).
-    pub max_connection_age: Duration,
+    pub(crate) max_connection_age: Duration,
     /// Time a connection asked to close gets to finish its request.
-    pub close_grace: Duration,
+    pub(crate) close_grace: Duration,
     /// Connections served at once; more wait in the listen backlog.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Bytes of request line and headers (hyper answers 431 past it).
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// On shutdown, how long in-flight requests get to finish.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -93,7 +93,7 @@ impl Default for Limits {
 const MIN_HEADER_BUFFER: usize = 8192;
 
 /// The agent's routes.
-pub fn router(feed: Feed) -> Router {
+pub(crate) fn router(feed: Feed) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics_text))
@@ -185,7 +185,7 @@ async fn common_headers(mut response: Response) -> Response {
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish (within
 /// [`Limits::drain_timeout`]).
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
     let (closing_tx, closing_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();

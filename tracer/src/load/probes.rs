@@ -2,15 +2,16 @@
 //! and the one place that decides which attach backend can run here and
 //! says, in plain words, why another cannot.
 
-use std::path::Path;
-
 use tracer_common::{CommonBlock, KernelOffsets};
 
-use crate::btf::{Btf, BtfError};
+use super::{
+    btf::{Btf, BtfError},
+    kernel,
+};
 
 /// How the send/receive path is hooked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
     /// BTF tracepoints `sock:sock_send_length`/`sock_recv_length` (kernel >= 6.3).
     Tracepoint,
     /// fexit on `tcp_sendmsg`/`tcp_recvmsg` (BTF kernels >= 5.5).
@@ -20,7 +21,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Backend::Tracepoint => "tracepoint",
             Backend::Fentry => "fentry",
@@ -31,7 +32,7 @@ impl Backend {
 
 /// How a program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookKind {
+pub(crate) enum HookKind {
     /// BTF tracepoint (`tp_btf`); the kernel has `btf_trace_<hook>`.
     TpBtf,
     /// fexit on a kernel function (BPF trampoline).
@@ -43,7 +44,7 @@ pub enum HookKind {
 }
 
 impl HookKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             HookKind::TpBtf => "tp_btf",
             HookKind::FExit => "fexit",
@@ -54,21 +55,21 @@ impl HookKind {
 }
 
 /// One program and where it attaches.
-pub struct Probe {
+pub(crate) struct Probe {
     /// Program name in the eBPF object.
-    pub program: &'static str,
-    pub kind: HookKind,
+    pub(crate) program: &'static str,
+    pub(crate) kind: HookKind,
     /// Tracepoint or kernel function it attaches to.
-    pub hook: &'static str,
+    pub(crate) hook: &'static str,
     /// Which backend needs it; `None` for programs every backend uses.
-    pub backend: Option<Backend>,
+    pub(crate) backend: Option<Backend>,
     /// Whether tracing can go on without it.
-    pub required: bool,
+    pub(crate) required: bool,
     /// What it gives the user.
-    pub purpose: &'static str,
+    pub(crate) purpose: &'static str,
     /// For fexit programs written for one prototype of the hooked function:
     /// its number of parameters.
-    pub params: Option<usize>,
+    pub(crate) params: Option<usize>,
 }
 
 const fn probe(
@@ -91,7 +92,7 @@ use HookKind::{FExit, KProbe, KRetProbe, TpBtf};
 
 /// Every program tracer loads: the send/receive path of each backend, then
 /// the lifecycle programs every backend shares.
-pub const PROBES: &[Probe] = &[
+pub(crate) const PROBES: &[Probe] = &[
     probe("sock_send_length", TpBtf, "sock_send_length", Some(Backend::Tracepoint), true, "bytes sent (kernel >= 6.3)"),
     probe(
         "sock_recv_length",
@@ -117,36 +118,58 @@ pub const PROBES: &[Probe] = &[
 ];
 
 /// Backends in order of cost, cheapest first.
-pub const BACKEND_ORDER: &[Backend] = &[Backend::Tracepoint, Backend::Fentry, Backend::Kprobe];
+pub(crate) const BACKEND_ORDER: &[Backend] = &[Backend::Tracepoint, Backend::Fentry, Backend::Kprobe];
 
 /// Whether this kernel's BTF has the tracepoint `hook`.
-pub fn has_tracepoint(btf: &Btf, hook: &str) -> bool {
+pub(crate) fn has_tracepoint(btf: &Btf, hook: &str) -> bool {
     btf.has_type(&format!("btf_trace_{hook}"))
 }
 
-/// Where the kernel exposes the kprobe PMU that kprobes attach through.
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
-
 /// Whether the hook of `probe` exists on this kernel, as far as can be told
 /// without loading anything.
-pub fn hook_available(probe: &Probe, btf: &Btf) -> bool {
+pub(crate) fn hook_available(probe: &Probe, btf: &Btf) -> bool {
     match probe.kind {
         TpBtf => has_tracepoint(btf, probe.hook),
         FExit => btf.function_params(probe.hook).is_some_and(|p| probe.params.is_none_or(|n| n == p.len())),
-        KProbe | KRetProbe => Path::new(KPROBE_PMU).exists() && kallsyms_has(probe.hook),
+        KProbe | KRetProbe => kernel::has_kprobes() && kernel::kallsyms_has(probe.hook),
     }
 }
 
-fn kallsyms_has(function: &str) -> bool {
-    std::fs::read_to_string("/proc/kallsyms")
-        .map(|text| text.lines().any(|l| l.split_whitespace().nth(2) == Some(function)))
-        .unwrap_or(false)
+/// The programs to show for this kernel: of the programs written for
+/// different prototypes of one function, the one this kernel's prototype
+/// fits (or all of them, if none does or there is no BTF).
+pub(crate) fn shown_probes(btf: Option<&Btf>) -> impl Iterator<Item = &'static Probe> + '_ {
+    let fits = move |p: &Probe| btf.is_some_and(|b| hook_available(p, b));
+    PROBES.iter().filter(move |p| {
+        p.params.is_none()
+            || fits(p)
+            || !PROBES.iter().any(|q| q.params.is_some() && q.hook == p.hook && q.kind == p.kind && fits(q))
+    })
+}
+
+/// Per backend of `candidates`, in order: the programs that fit this
+/// kernel, or why the backend cannot run (as far as BTF and /proc tell,
+/// before trying).
+pub(crate) fn backend_programs(
+    candidates: &[Backend],
+    btf: &Btf,
+) -> Vec<(Backend, Result<Vec<&'static Probe>, String>)> {
+    candidates
+        .iter()
+        .map(|&backend| {
+            let programs = match backend_blocker(backend, btf) {
+                Some(reason) => Err(reason),
+                None => Ok(backend_probes(backend, btf)),
+            };
+            (backend, programs)
+        })
+        .collect()
 }
 
 /// Why `backend` cannot run here, or `None` if it can as far as the kernel
 /// says before trying (the kernel may still refuse at load).
-pub fn backend_blocker(backend: Backend, btf: &Btf) -> Option<String> {
-    if backend == Backend::Kprobe && !Path::new(KPROBE_PMU).exists() {
+fn backend_blocker(backend: Backend, btf: &Btf) -> Option<String> {
+    if backend == Backend::Kprobe && !kernel::has_kprobes() {
         return Some("kprobes are not built into this kernel (CONFIG_KPROBES is not set)".into());
     }
     // A hook is covered when one of its programs fits this kernel.
@@ -175,12 +198,12 @@ pub fn backend_blocker(backend: Backend, btf: &Btf) -> Option<String> {
 
 /// The programs of `backend` that fit this kernel (of several programs
 /// for different prototypes of one function, the one that matches).
-pub fn backend_probes(backend: Backend, btf: &Btf) -> Vec<&'static Probe> {
+fn backend_probes(backend: Backend, btf: &Btf) -> Vec<&'static Probe> {
     PROBES.iter().filter(|p| p.backend == Some(backend) && (p.params.is_none() || hook_available(p, btf))).collect()
 }
 
 /// Resolves every struct offset the programs read.
-pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+pub(crate) fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let common = |member: &str| btf.member_offset("sock_common", member);
     // `struct sock` starts with `struct sock_common __sk_common`.
     let sk_common = btf.member_offset("sock", "__sk_common")?;
@@ -215,7 +238,7 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         v6_block: u32::from(v6_block),
         ..KernelOffsets::default()
     };
-    crate::health::resolve_offsets(btf, &mut offsets);
+    super::health::resolve_offsets(btf, &mut offsets);
     Ok(offsets)
 }
 
@@ -223,12 +246,12 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
 /// `tracer-legacy`, and why: if the kernel has BPF compare-and-swap, unless
 /// `TRACER_BYTE_SLOTS=0` (a switch for checking, on a recent kernel, the
 /// path older kernels take). `tracer doctor` shows the reason.
-pub fn byte_table_status() -> (bool, &'static str) {
+pub(crate) fn byte_table_status() -> (bool, &'static str) {
     if std::env::var_os("TRACER_BYTE_SLOTS").is_some_and(|v| v == "0") {
         return (false, "off (TRACER_BYTE_SLOTS=0): bytes counted in the per-socket records");
     }
-    match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
-        Ok(release) if !has_bpf_cmpxchg(release.trim()) => {
+    match kernel::release() {
+        Some(release) if !has_bpf_cmpxchg(&release) => {
             (false, "off (kernel before 5.12, no BPF compare-and-swap): bytes counted in the per-socket records")
         }
         _ => (true, "on (bytes counted without a map call on send/receive)"),
@@ -238,17 +261,8 @@ pub fn byte_table_status() -> (bool, &'static str) {
 /// Whether a kernel of this release (`uname -r`) has the BPF atomic
 /// compare-and-swap instruction (5.12). An unreadable release is taken to
 /// be recent.
-pub fn has_bpf_cmpxchg(release: &str) -> bool {
-    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= (5, 12),
-        _ => true,
-    }
-}
-
-/// The default location of the running kernel's BTF.
-pub fn kernel_btf_path() -> &'static Path {
-    Path::new("/sys/kernel/btf/vmlinux")
+fn has_bpf_cmpxchg(release: &str) -> bool {
+    kernel::version(release).is_none_or(|version| version >= (5, 12))
 }
 
 #[cfg(test)]

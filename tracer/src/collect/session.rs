@@ -1,45 +1,41 @@
-//! One tracing session, shared by `trace` and `agent`: the collector feeds
-//! the model at each tick (destroyed sockets, the live table, owners from
-//! /proc, process names, TIME_WAIT counts), and reports are built from it.
+//! One tracing session: the collector feeds the model at each tick
+//! (destroyed sockets, the live table, owners from /proc, process names,
+//! TIME_WAIT counts). The tick driver of the commands
+//! (`cmd::driver`) owns one.
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
+use super::{procfs, Collector};
 use crate::{
-    analysis::{self, Thresholds},
-    collect::{monotonic_ns, Collector, LoadError, Stats},
-    filter::Filter,
-    model::{Model, Tuple},
-    probes::Backend,
-    procfs,
-    report::{self, HostReport, Report, TracerReport, SCHEMA},
+    load::{kernel::KERNEL_BTF, probes::Backend, LoadError},
+    model::{filter::Filter, KernelStats, Model, Tuple},
+    sys::{monotonic_ns, release_free_memory},
 };
 
-pub struct Session {
+pub(crate) struct Session {
     collector: Collector,
     model: Model,
     proc_root: PathBuf,
-    thresholds: Thresholds,
     interval: Duration,
     started_at: SystemTime,
     /// Unowned sockets already looked up in /proc without success.
     owner_misses: HashSet<Tuple>,
-    stats: Stats,
+    stats: KernelStats,
 }
 
 impl Session {
     /// Attaches, then loads the sockets that already exist.
-    pub fn start(
+    pub(crate) fn start(
         backend: Option<Backend>,
         filter: Filter,
-        thresholds: Thresholds,
         interval: Duration,
         window: Duration,
     ) -> Result<Self, LoadError> {
-        let collector = Collector::start(backend, crate::probes::kernel_btf_path())?;
+        let collector = Collector::start(backend, Path::new(KERNEL_BTF))?;
         let started_at = SystemTime::now();
         let start_ns = monotonic_ns();
         let max_samples = (window.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 2;
@@ -51,33 +47,32 @@ impl Session {
             collector,
             model,
             proc_root,
-            thresholds,
             interval,
             started_at,
             owner_misses: HashSet::new(),
-            stats: Stats::default(),
+            stats: KernelStats::default(),
         })
     }
 
-    pub fn backend(&self) -> Backend {
+    pub(crate) fn backend(&self) -> Backend {
         self.collector.backend()
     }
 
-    pub fn model(&self) -> &Model {
+    pub(crate) fn model(&self) -> &Model {
         &self.model
     }
 
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> KernelStats {
         self.stats
     }
 
-    pub fn started_at(&self) -> SystemTime {
+    pub(crate) fn started_at(&self) -> SystemTime {
         self.started_at
     }
 
     /// Waits for destroyed-socket records and hands them to the model, so
     /// the ring buffer never fills between ticks.
-    pub async fn pump_events(&mut self) {
+    pub(crate) async fn pump_events(&mut self) {
         if self.collector.wait_events().await.is_ok() {
             self.take_closed();
         }
@@ -90,7 +85,7 @@ impl Session {
     }
 
     /// Ends an interval: reads everything and samples the model.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         // Most accepted sockets name their owner with their first receive;
         // only those unowned for a whole interval are worth a /proc scan.
         let seen_by = monotonic_ns().saturating_sub(self.interval.as_nanos() as u64);
@@ -99,7 +94,7 @@ impl Session {
 
     /// The last tick of a trace: every unowned socket is looked up, however
     /// young, so the report names all owners it can.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.collect(u64::MAX);
     }
 
@@ -137,50 +132,5 @@ impl Session {
             .collect();
         self.model.assign_owners(&found);
         self.owner_misses.extend(unowned.into_iter().filter(|t| !found.contains_key(t)));
-    }
-
-    /// The report over the model's window, as of the last tick.
-    pub fn report(&self) -> Report {
-        let now_ns = monotonic_ns();
-        // The agent's window slides: the report starts where its oldest
-        // sample does, not when the agent started.
-        let window_secs = self.model.window_secs();
-        let window_start =
-            self.started_at + Duration::from_secs_f64((self.model.last_sample_secs() - window_secs).max(0.0));
-        let flows = self.model.flows();
-        let close_wait = self.model.close_wait(now_ns);
-        let comm = |pid: u32| self.model.comm(pid).to_owned();
-        let findings = analysis::analyze(
-            &analysis::Input { samples: self.model.samples(), close_wait: &close_wait, flows: &flows, comm: &comm },
-            &self.thresholds,
-        );
-        Report {
-            schema: SCHEMA,
-            started_at: report::rfc3339(window_start),
-            duration_secs: (window_secs * 1000.0).round() / 1000.0,
-            backend: self.backend().as_str(),
-            processes: self.model.processes(),
-            flows,
-            close_wait,
-            timeline: self.model.timeline(),
-            findings,
-            host: HostReport { sockets: self.model.host_sockets() },
-            tracer: TracerReport {
-                events_total: self.stats.events_total,
-                events_dropped: self.stats.events_dropped,
-                map_full_drops: self.stats.map_full_drops,
-                live_sockets: self.model.live_sockets(),
-            },
-        }
-    }
-}
-
-/// Hands freed heap back to the kernel. Start-up parses the kernel's BTF
-/// (megabytes, freed right after) and a tick's tables are rebuilt each
-/// time; without this the allocator keeps the peak as resident memory.
-fn release_free_memory() {
-    // SAFETY: malloc_trim only releases free memory of the allocator.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

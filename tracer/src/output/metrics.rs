@@ -1,6 +1,6 @@
 //! The agent's Prometheus metrics (`/metrics`): the names DESIGN.md lists,
 //! with bounded cardinality. [`Metrics`] is plain data, updated once per tick
-//! from the per-tick growth of the model's flow counters and that tick's report, and
+//! from the per-tick growth of the model's flow counters and that tick's snapshot, and
 //! exposed as a custom [`Collector`] rendered by the `prometheus` crate's
 //! text encoder (which also escapes the untrusted label values).
 //!
@@ -52,74 +52,35 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::{
-    model::{Counters, FlowKey},
-    report::{Report, Role},
-};
+use super::Snapshot;
+use crate::model::{Counters, FlowKey, Role};
 
 /// The label value of series that sum what has no series of its own.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 /// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The cardinality flags of `tracer agent`.
 #[derive(Debug, Clone)]
-pub struct MetricsConfig {
+pub(crate) struct MetricsConfig {
     /// Named series per metric (`--metrics-top-n`).
-    pub top_n: usize,
+    pub(crate) top_n: usize,
     /// Add a `pid` label to flow counters (`--metrics-pid-label`).
-    pub pid_label: bool,
+    pub(crate) pid_label: bool,
     /// Drop named flow series quiet for this long (`--metrics-expiry`).
-    pub expiry_secs: f64,
-}
-
-/// The exported counters of one flow or series.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FlowTotals {
-    pub sent_bytes: u64,
-    pub received_bytes: u64,
-    pub retransmits: u64,
-    pub connections_opened: u64,
-    pub failed_connects: u64,
-    pub resets: u64,
-}
-
-impl FlowTotals {
-    fn from_counters(counters: &Counters) -> Self {
-        FlowTotals {
-            sent_bytes: counters.tx_bytes,
-            received_bytes: counters.rx_bytes,
-            retransmits: counters.retransmits,
-            connections_opened: counters.opened,
-            failed_connects: counters.failed_connects,
-            resets: counters.resets_sent + counters.resets_received,
-        }
-    }
-
-    fn add(&mut self, other: &FlowTotals) {
-        self.sent_bytes += other.sent_bytes;
-        self.received_bytes += other.received_bytes;
-        self.retransmits += other.retransmits;
-        self.connections_opened += other.connections_opened;
-        self.failed_connects += other.failed_connects;
-        self.resets += other.resets;
-    }
-
-    fn is_zero(&self) -> bool {
-        *self == FlowTotals::default()
-    }
+    pub(crate) expiry_secs: f64,
 }
 
 /// The labels of one flow series, in the exposition's (alphabetical) order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowLabels {
-    pub comm: String,
+pub(crate) struct FlowLabels {
+    pub(crate) comm: String,
     /// Present only with `--metrics-pid-label`.
-    pub pid: Option<String>,
-    pub port: String,
-    pub remote: String,
-    pub role: Role,
+    pub(crate) pid: Option<String>,
+    pub(crate) port: String,
+    pub(crate) remote: String,
+    pub(crate) role: Role,
 }
 
 impl FlowLabels {
@@ -155,7 +116,7 @@ impl FlowLabels {
 
 #[derive(Debug, Clone)]
 struct NamedSeries {
-    totals: FlowTotals,
+    totals: Counters,
     /// Seconds since the agent started when it last moved.
     last_active_secs: f64,
 }
@@ -163,14 +124,14 @@ struct NamedSeries {
 /// The flow series with top-n, sticky membership, overflow and expiry (see
 /// the module doc).
 #[derive(Debug)]
-pub struct FlowSeries {
+pub(crate) struct FlowSeries {
     config: MetricsConfig,
     named: HashMap<FlowLabels, NamedSeries>,
-    other: BTreeMap<Role, FlowTotals>,
+    other: BTreeMap<Role, Counters>,
 }
 
 impl FlowSeries {
-    pub fn new(config: MetricsConfig) -> Self {
+    pub(crate) fn new(config: MetricsConfig) -> Self {
         FlowSeries { config, named: HashMap::new(), other: BTreeMap::new() }
     }
 
@@ -178,12 +139,16 @@ impl FlowSeries {
     /// (seconds since the agent started); `comm` names a pid as of now.
     /// Only growth comes in, so memory follows active flows and series, not
     /// every flow ever seen.
-    pub fn update(&mut self, now_secs: f64, flow_growth: &HashMap<FlowKey, Counters>, comm: &dyn Fn(u32) -> String) {
-        let mut growth: HashMap<FlowLabels, FlowTotals> = HashMap::new();
+    pub(crate) fn update(
+        &mut self,
+        now_secs: f64,
+        flow_growth: &HashMap<FlowKey, Counters>,
+        comm: &dyn Fn(u32) -> String,
+    ) {
+        let mut growth: HashMap<FlowLabels, Counters> = HashMap::new();
         for (key, counters) in flow_growth {
-            let delta = FlowTotals::from_counters(counters);
-            if !delta.is_zero() {
-                growth.entry(FlowLabels::of(key, comm(key.pid), self.config.pid_label)).or_default().add(&delta);
+            if moves(counters) {
+                growth.entry(FlowLabels::of(key, comm(key.pid), self.config.pid_label)).or_default().add(counters);
             }
         }
 
@@ -202,10 +167,7 @@ impl FlowSeries {
         self.named.retain(|_, series| now_secs - series.last_active_secs < expiry);
 
         newcomers.sort_by(|(a_labels, a), (b_labels, b)| {
-            (b.sent_bytes + b.received_bytes)
-                .cmp(&(a.sent_bytes + a.received_bytes))
-                .then(b.connections_opened.cmp(&a.connections_opened))
-                .then(a_labels.cmp(b_labels))
+            b.bytes().cmp(&a.bytes()).then(b.opened.cmp(&a.opened)).then(a_labels.cmp(b_labels))
         });
         for (labels, delta) in newcomers {
             if self.named.len() < self.config.top_n.saturating_sub(OVERFLOW_SERIES) {
@@ -217,8 +179,8 @@ impl FlowSeries {
     }
 
     /// Every series with its values, sorted by labels.
-    pub fn series(&self) -> Vec<(FlowLabels, FlowTotals)> {
-        let mut series: Vec<(FlowLabels, FlowTotals)> =
+    pub(crate) fn series(&self) -> Vec<(FlowLabels, Counters)> {
+        let mut series: Vec<(FlowLabels, Counters)> =
             self.named.iter().map(|(labels, series)| (labels.clone(), series.totals)).collect();
         series
             .extend(self.other.iter().map(|(role, totals)| (FlowLabels::other(*role, self.config.pid_label), *totals)));
@@ -228,16 +190,16 @@ impl FlowSeries {
 }
 
 /// What one tick hands to [`Metrics::update`].
-pub struct Tick<'a> {
+pub(crate) struct Tick<'a> {
     /// Seconds since the agent started.
-    pub now_secs: f64,
+    pub(crate) now_secs: f64,
     /// What each flow moved in this tick (the model's last sample).
-    pub flow_growth: &'a HashMap<FlowKey, Counters>,
+    pub(crate) flow_growth: &'a HashMap<FlowKey, Counters>,
     /// The process name of a pid, as of this tick.
-    pub comm: &'a dyn Fn(u32) -> String,
-    pub report: &'a Report,
+    pub(crate) comm: &'a dyn Fn(u32) -> String,
+    pub(crate) snapshot: &'a Snapshot,
     /// How long collecting this tick took.
-    pub collect_duration_secs: f64,
+    pub(crate) collect_duration_secs: f64,
 }
 
 /// One metric: its name, HELP, type and label names.
@@ -259,28 +221,52 @@ const fn gauge(name: &'static str, help: &'static str, labels: &'static [&'stati
     Definition { name, help, kind: MetricType::GAUGE, labels }
 }
 
-/// The flow counters, in the order of [`flow_values`].
-const FLOW_COUNTERS: [(&str, &str); 6] = [
-    ("tracer_tcp_sent_bytes_total", "Bytes sent by send syscalls on TCP sockets of the flow (what each call moved)."),
-    (
-        "tracer_tcp_received_bytes_total",
-        "Bytes received by receive syscalls on TCP sockets of the flow (MSG_PEEK excluded).",
-    ),
-    ("tracer_tcp_retransmits_total", "TCP segments retransmitted on sockets of the flow."),
-    ("tracer_tcp_connections_opened_total", "TCP connections of the flow that were opened (connected or accepted)."),
-    ("tracer_tcp_failed_connects_total", "Connection attempts of the flow that failed."),
-    ("tracer_tcp_resets_total", "TCP resets sent or received on sockets of the flow."),
+/// One flow counter: its name, HELP, and its value from a flow's counters.
+struct FlowCounter {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&Counters) -> u64,
+}
+
+/// The flow counters: a new one is a row here.
+const FLOW_COUNTERS: &[FlowCounter] = &[
+    FlowCounter {
+        name: "tracer_tcp_sent_bytes_total",
+        help: "Bytes sent by send syscalls on TCP sockets of the flow (what each call moved).",
+        value: |c| c.tx_bytes,
+    },
+    FlowCounter {
+        name: "tracer_tcp_received_bytes_total",
+        help: "Bytes received by receive syscalls on TCP sockets of the flow (MSG_PEEK excluded).",
+        value: |c| c.rx_bytes,
+    },
+    FlowCounter {
+        name: "tracer_tcp_retransmits_total",
+        help: "TCP segments retransmitted on sockets of the flow.",
+        value: |c| c.retransmits,
+    },
+    FlowCounter {
+        name: "tracer_tcp_connections_opened_total",
+        help: "TCP connections of the flow that were opened (connected or accepted).",
+        value: |c| c.opened,
+    },
+    FlowCounter {
+        name: "tracer_tcp_failed_connects_total",
+        help: "Connection attempts of the flow that failed.",
+        value: |c| c.failed_connects,
+    },
+    FlowCounter {
+        name: "tracer_tcp_resets_total",
+        help: "TCP resets sent or received on sockets of the flow.",
+        value: |c| c.resets(),
+    },
 ];
 
-fn flow_values(totals: &FlowTotals) -> [u64; 6] {
-    [
-        totals.sent_bytes,
-        totals.received_bytes,
-        totals.retransmits,
-        totals.connections_opened,
-        totals.failed_connects,
-        totals.resets,
-    ]
+/// Whether some flow metric shows growth in `counters` (growth of other
+/// counters, such as segments sent or connections closed, does not make a
+/// series move).
+fn moves(counters: &Counters) -> bool {
+    FLOW_COUNTERS.iter().any(|flow_counter| (flow_counter.value)(counters) > 0)
 }
 
 const SOCKETS: Definition =
@@ -302,7 +288,7 @@ const BACKEND_INFO: Definition = gauge("tracer_backend_info", "The attach backen
 const BUILD_INFO: Definition = gauge("tracer_build_info", "The tracer's version (always 1).", &["version"]);
 
 /// All the agent's metrics: plain data, rendered on demand.
-pub struct Metrics {
+pub(crate) struct Metrics {
     flows: FlowSeries,
     top_n: usize,
     pid_label: bool,
@@ -321,11 +307,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(config: MetricsConfig, backend: &str) -> prometheus::Result<Self> {
+    pub(crate) fn new(config: MetricsConfig, backend: &str) -> prometheus::Result<Self> {
         let flow_labels = if config.pid_label { FLOW_LABELS_WITH_PID } else { FLOW_LABELS };
         let mut descs = Vec::new();
-        for (name, help) in FLOW_COUNTERS {
-            descs.push(desc(&counter(name, help, flow_labels))?);
+        for flow_counter in FLOW_COUNTERS {
+            descs.push(desc(&counter(flow_counter.name, flow_counter.help, flow_labels))?);
         }
         for definition in [
             &SOCKETS,
@@ -357,12 +343,12 @@ impl Metrics {
         })
     }
 
-    pub fn update(&mut self, tick: &Tick<'_>) {
+    pub(crate) fn update(&mut self, tick: &Tick<'_>) {
         self.flows.update(tick.now_secs, tick.flow_growth, tick.comm);
-        let report = tick.report;
+        let snapshot = tick.snapshot;
 
         let mut sockets_by_comm: BTreeMap<&str, BTreeMap<&'static str, u64>> = BTreeMap::new();
-        for process in &report.processes {
+        for process in &snapshot.processes {
             let entry = sockets_by_comm.entry(&process.comm).or_default();
             for (state, count) in &process.sockets {
                 *entry.entry(state).or_default() += count;
@@ -383,7 +369,7 @@ impl Metrics {
         }
 
         let mut oldest: BTreeMap<&str, f64> = BTreeMap::new();
-        for socket in &report.close_wait {
+        for socket in &snapshot.close_wait {
             let age = oldest.entry(&socket.comm).or_insert(0.0);
             *age = age.max(socket.age_secs);
         }
@@ -395,7 +381,7 @@ impl Metrics {
             *entry = entry.max(age);
         }
 
-        let mut by_severity: Vec<_> = report.findings.iter().collect();
+        let mut by_severity: Vec<_> = snapshot.findings.iter().collect();
         by_severity.sort_by_key(|finding| std::cmp::Reverse(finding.severity));
         let mut kept: BTreeSet<&str> = BTreeSet::new();
         self.findings.clear();
@@ -409,22 +395,17 @@ impl Metrics {
 
         // The kernel's counters only grow; max() keeps that true for the
         // exported counters even if a read came back short.
-        self.events_total = self.events_total.max(report.tracer.events_total);
-        self.events_dropped = self.events_dropped.max(report.tracer.events_dropped + report.tracer.map_full_drops);
-        self.tracked_sockets = report.tracer.live_sockets;
+        self.events_total = self.events_total.max(snapshot.stats.events_total);
+        self.events_dropped = self.events_dropped.max(snapshot.stats.events_dropped + snapshot.stats.map_full_drops);
+        self.tracked_sockets = snapshot.live_sockets;
         self.collect_duration_secs = tick.collect_duration_secs;
     }
 
     /// The exposition in Prometheus text format.
-    pub fn render(&self) -> prometheus::Result<String> {
+    pub(crate) fn render(&self) -> prometheus::Result<String> {
         let families: Vec<MetricFamily> =
             self.collect().into_iter().filter(|family| !family.get_metric().is_empty()).collect();
         TextEncoder::new().encode_to_string(&families)
-    }
-
-    /// Flow series now (for tests and diagnostics).
-    pub fn flow_series(&self) -> Vec<(FlowLabels, FlowTotals)> {
-        self.flows.series()
     }
 }
 
@@ -437,10 +418,10 @@ impl Collector for Metrics {
         let flow_labels = if self.pid_label { FLOW_LABELS_WITH_PID } else { FLOW_LABELS };
         let series = self.flows.series();
         let mut families = Vec::new();
-        for (index, (name, help)) in FLOW_COUNTERS.into_iter().enumerate() {
+        for flow_counter in FLOW_COUNTERS {
             let samples =
-                series.iter().map(|(labels, totals)| sample(&labels.pairs(), flow_values(totals)[index] as f64));
-            families.push(family(&counter(name, help, flow_labels), samples));
+                series.iter().map(|(labels, totals)| sample(&labels.pairs(), (flow_counter.value)(totals) as f64));
+            families.push(family(&counter(flow_counter.name, flow_counter.help, flow_labels), samples));
         }
         families.push(family(
             &SOCKETS,
@@ -535,7 +516,10 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::report::{CloseWaitReport, Finding, HostReport, ProcessReport, Severity, TracerReport, SCHEMA};
+    use crate::{
+        analysis::{Finding, Severity},
+        model::{CloseWait, KernelStats, Process, StateCounts},
+    };
 
     fn config(top_n: usize) -> MetricsConfig {
         MetricsConfig { top_n, pid_label: false, expiry_secs: 600.0 }
@@ -553,11 +537,11 @@ mod tests {
         format!("p{pid}")
     }
 
-    fn named(series: &FlowSeries, comm: &str) -> Option<FlowTotals> {
+    fn named(series: &FlowSeries, comm: &str) -> Option<Counters> {
         series.series().into_iter().find(|(labels, _)| labels.comm == comm).map(|(_, totals)| totals)
     }
 
-    fn other(series: &FlowSeries, role: Role) -> Option<FlowTotals> {
+    fn other(series: &FlowSeries, role: Role) -> Option<Counters> {
         series
             .series()
             .into_iter()
@@ -575,11 +559,11 @@ mod tests {
             (key(4, Role::Server, "10.0.0.4", 80), bytes(0, 7)),
         ]);
         series.update(1.0, &cumulative, &comm_of);
-        assert_eq!(named(&series, "p2").map(|t| t.sent_bytes), Some(300));
-        assert_eq!(named(&series, "p3").map(|t| t.sent_bytes), Some(200));
+        assert_eq!(named(&series, "p2").map(|t| t.tx_bytes), Some(300));
+        assert_eq!(named(&series, "p3").map(|t| t.tx_bytes), Some(200));
         assert!(named(&series, "p1").is_none());
-        assert_eq!(other(&series, Role::Client).map(|t| t.sent_bytes), Some(10));
-        assert_eq!(other(&series, Role::Server).map(|t| t.received_bytes), Some(7));
+        assert_eq!(other(&series, Role::Client).map(|t| t.tx_bytes), Some(10));
+        assert_eq!(other(&series, Role::Server).map(|t| t.rx_bytes), Some(7));
         let labels: Vec<FlowLabels> = series.series().into_iter().map(|(labels, _)| labels).collect();
         assert_eq!(labels.len(), 4, "two named + one other per role");
         let overflow = labels.iter().find(|l| l.comm == OTHER).expect("other");
@@ -594,11 +578,11 @@ mod tests {
         series.update(1.0, &HashMap::from([(small, bytes(5, 0))]), &comm_of);
         // A much bigger newcomer does not displace the member.
         series.update(2.0, &HashMap::from([(small, bytes(1, 0)), (big, bytes(1_000_000, 0))]), &comm_of);
-        assert_eq!(named(&series, "p1").map(|t| t.sent_bytes), Some(6));
-        assert_eq!(other(&series, Role::Client).map(|t| t.sent_bytes), Some(1_000_000));
+        assert_eq!(named(&series, "p1").map(|t| t.tx_bytes), Some(6));
+        assert_eq!(other(&series, Role::Client).map(|t| t.tx_bytes), Some(1_000_000));
         // The big flow keeps feeding other with its growth only.
         series.update(3.0, &HashMap::from([(big, bytes(100, 0))]), &comm_of);
-        assert_eq!(other(&series, Role::Client).map(|t| t.sent_bytes), Some(1_000_100));
+        assert_eq!(other(&series, Role::Client).map(|t| t.tx_bytes), Some(1_000_100));
 
         // A renamed process: its later growth moves to the new name; the old
         // series keeps its value.
@@ -606,8 +590,8 @@ mod tests {
         let mut series = FlowSeries::new(config(10));
         series.update(1.0, &HashMap::from([(small, bytes(5, 0))]), &comm_of);
         series.update(2.0, &HashMap::from([(small, bytes(3, 0))]), &renamed);
-        assert_eq!(named(&series, "p1").map(|t| t.sent_bytes), Some(5));
-        assert_eq!(named(&series, "renamed").map(|t| t.sent_bytes), Some(3));
+        assert_eq!(named(&series, "p1").map(|t| t.tx_bytes), Some(5));
+        assert_eq!(named(&series, "renamed").map(|t| t.tx_bytes), Some(3));
     }
 
     #[test]
@@ -622,9 +606,9 @@ mod tests {
         // (growing again) takes its slot with this tick's growth only.
         series.update(11.0, &HashMap::from([(second, bytes(2, 0))]), &comm_of);
         assert!(named(&series, "p1").is_none());
-        assert_eq!(named(&series, "p2").map(|t| t.sent_bytes), Some(2));
+        assert_eq!(named(&series, "p2").map(|t| t.tx_bytes), Some(2));
         // The overflow series stays, never going backwards.
-        assert_eq!(other(&series, Role::Client).map(|t| t.sent_bytes), Some(1));
+        assert_eq!(other(&series, Role::Client).map(|t| t.tx_bytes), Some(1));
     }
 
     #[test]
@@ -638,10 +622,9 @@ mod tests {
         assert_eq!(series.series()[0].0.pid, None);
     }
 
-    fn report(processes: Vec<ProcessReport>, close_wait: Vec<CloseWaitReport>, findings: Vec<Finding>) -> Report {
-        Report {
-            schema: SCHEMA,
-            started_at: "2026-01-01T00:00:00Z".into(),
+    fn snapshot(processes: Vec<Process>, close_wait: Vec<CloseWait>, findings: Vec<Finding>) -> Snapshot {
+        Snapshot {
+            started_at: std::time::UNIX_EPOCH,
             duration_secs: 1.0,
             backend: "tracepoint",
             flows: Vec::new(),
@@ -649,35 +632,22 @@ mod tests {
             close_wait,
             timeline: Vec::new(),
             findings,
-            host: HostReport::default(),
-            tracer: TracerReport { events_total: 42, events_dropped: 1, map_full_drops: 2, live_sockets: 3 },
+            host_sockets: StateCounts::new(),
+            stats: KernelStats { events_total: 42, events_dropped: 1, map_full_drops: 2 },
+            live_sockets: 3,
         }
     }
 
-    fn process(pid: u32, comm: &str, sockets: &[(&'static str, u64)]) -> ProcessReport {
-        ProcessReport {
-            pid,
-            comm: comm.into(),
-            tx_bytes: 0,
-            rx_bytes: 0,
-            retransmits: 0,
-            connections_opened: 0,
-            connections_closed: 0,
-            failed_connects: 0,
-            resets_sent: 0,
-            resets_received: 0,
-            sockets: sockets.iter().copied().collect(),
-        }
+    fn process(pid: u32, comm: &str, sockets: &[(&'static str, u64)]) -> Process {
+        Process { pid, comm: comm.into(), counters: Counters::default(), sockets: sockets.iter().copied().collect() }
     }
 
-    fn close_wait(pid: u32, comm: &str, age_secs: f64) -> CloseWaitReport {
-        CloseWaitReport {
+    fn close_wait(pid: u32, comm: &str, age_secs: f64) -> CloseWait {
+        CloseWait {
             pid,
             comm: comm.into(),
-            local_addr: "127.0.0.1".into(),
-            local_port: 80,
-            remote_addr: "127.0.0.1".into(),
-            remote_port: 5000,
+            local: "127.0.0.1:80".parse().expect("address"),
+            remote: "127.0.0.1:5000".parse().expect("address"),
             age_secs,
             age_is_lower_bound: false,
         }
@@ -693,7 +663,7 @@ mod tests {
             ),
             (key(2, Role::Server, "192.168.1.9", 80), Counters { tx_bytes: 5, resets_sent: 1, ..Counters::default() }),
         ]);
-        let report = report(
+        let snapshot = snapshot(
             vec![
                 process(1, "curl", &[("ESTABLISHED", 1)]),
                 process(2, "nginx", &[("CLOSE_WAIT", 2), ("LISTEN", 1)]),
@@ -715,7 +685,7 @@ mod tests {
             now_secs: 1.0,
             flow_growth: &cumulative,
             comm: &comm_of,
-            report: &report,
+            snapshot: &snapshot,
             collect_duration_secs: 0.25,
         });
         let text = metrics.render().expect("renders");
@@ -786,13 +756,13 @@ tracer_tracked_sockets 3
         let comm = "a\"b\\c\nd<e>";
         let mut metrics = Metrics::new(config(5), "fentry").expect("metrics");
         let cumulative = HashMap::from([(key(9, Role::Client, "127.0.0.1", 8080), bytes(11, 0))]);
-        let report = report(vec![process(9, comm, &[("ESTABLISHED", 1)])], Vec::new(), Vec::new());
+        let snapshot = snapshot(vec![process(9, comm, &[("ESTABLISHED", 1)])], Vec::new(), Vec::new());
         let name = |_pid: u32| comm.to_owned();
         metrics.update(&Tick {
             now_secs: 1.0,
             flow_growth: &cumulative,
             comm: &name,
-            report: &report,
+            snapshot: &snapshot,
             collect_duration_secs: 0.0,
         });
         let text = metrics.render().expect("renders");

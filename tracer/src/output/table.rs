@@ -3,12 +3,16 @@
 //! names are untrusted: control characters are escaped so every record
 //! stays on one line.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::IpAddr};
 
-use crate::report::Report;
+use super::{report::rfc3339, Snapshot};
+use crate::{
+    model::Role,
+    units::{bytes, rate},
+};
 
 /// Escapes control characters (newline, tab, ...) and backslashes.
-pub fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() || c == '\\' {
@@ -20,47 +24,22 @@ pub fn printable(text: &str) -> String {
     out
 }
 
-/// `1536` -> `1.5 KiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// Bytes per second in human units.
-pub fn rate(n: u64, secs: f64) -> String {
-    if secs <= 0.0 {
-        return "-".into();
-    }
-    format!("{}/s", bytes((n as f64 / secs).round() as u64))
-}
-
-fn endpoint(addr: &str, port: u16) -> String {
-    if addr.contains(':') {
-        format!("[{addr}]:{port}")
-    } else {
-        format!("{addr}:{port}")
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V6(_) => format!("[{addr}]:{port}"),
+        IpAddr::V4(_) => format!("{addr}:{port}"),
     }
 }
 
 /// Renders `report` as text tables, at most `top` rows per section.
-pub fn render(report: &Report, top: usize) -> String {
+pub(crate) fn render(report: &Snapshot, top: usize) -> String {
     let mut out = String::new();
     let secs = report.duration_secs;
     let _ = writeln!(
         out,
         "tracer report: {} from {} ({:.1}s, {} backend)",
         if report.flows.is_empty() { "no TCP traffic" } else { "TCP traffic" },
-        report.started_at,
+        rfc3339(report.started_at),
         secs,
         report.backend
     );
@@ -94,26 +73,27 @@ pub fn render(report: &Report, top: usize) -> String {
         "RST"
     );
     for flow in report.flows.iter().take(top) {
-        let remote = match flow.role {
-            crate::report::Role::Client => format!("-> {}", endpoint(&flow.remote_addr, flow.remote_port)),
-            crate::report::Role::Server => format!("<- {} :{}", flow.remote_addr, flow.local_port),
+        let (key, c) = (&flow.key, &flow.counters);
+        let remote = match key.role {
+            Role::Client => format!("-> {}", endpoint(key.remote, key.port)),
+            Role::Server => format!("<- {} :{}", key.remote, key.port),
         };
         let _ = writeln!(
             out,
             "  {:>7} {:<16} {:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6}",
-            flow.pid,
+            key.pid,
             printable(&flow.comm),
-            flow.role.as_str(),
+            key.role.as_str(),
             remote,
-            bytes(flow.tx_bytes),
-            bytes(flow.rx_bytes),
-            rate(flow.tx_bytes, secs),
-            rate(flow.rx_bytes, secs),
-            flow.retransmits,
-            flow.connections_opened,
-            flow.connections_closed,
-            flow.failed_connects,
-            flow.resets
+            bytes(c.tx_bytes),
+            bytes(c.rx_bytes),
+            rate(c.tx_bytes, secs),
+            rate(c.rx_bytes, secs),
+            c.retransmits,
+            c.opened,
+            c.closed,
+            c.failed_connects,
+            c.resets()
         );
     }
 
@@ -124,19 +104,20 @@ pub fn render(report: &Report, top: usize) -> String {
         "PID", "COMM", "TX", "RX", "RETRANS", "OPEN", "CLOSE", "FAIL", "RST OUT/IN"
     );
     for process in report.processes.iter().take(top) {
+        let c = &process.counters;
         let sockets: Vec<String> = process.sockets.iter().map(|(state, n)| format!("{state}={n}")).collect();
         let _ = writeln!(
             out,
             "  {:>7} {:<16} {:>10} {:>10} {:>7} {:>6} {:>6} {:>6} {:>9}  {}",
             process.pid,
             printable(&process.comm),
-            bytes(process.tx_bytes),
-            bytes(process.rx_bytes),
-            process.retransmits,
-            process.connections_opened,
-            process.connections_closed,
-            process.failed_connects,
-            format!("{}/{}", process.resets_sent, process.resets_received),
+            bytes(c.tx_bytes),
+            bytes(c.rx_bytes),
+            c.retransmits,
+            c.opened,
+            c.closed,
+            c.failed_connects,
+            format!("{}/{}", c.resets_sent, c.resets_received),
             sockets.join(" ")
         );
     }
@@ -150,23 +131,20 @@ pub fn render(report: &Report, top: usize) -> String {
                 "  {:>7} {:<16} {:<28} {:<28} {:>9.1}s{}",
                 socket.pid,
                 printable(&socket.comm),
-                endpoint(&socket.local_addr, socket.local_port),
-                endpoint(&socket.remote_addr, socket.remote_port),
+                endpoint(socket.local.ip(), socket.local.port()),
+                endpoint(socket.remote.ip(), socket.remote.port()),
                 socket.age_secs,
                 if socket.age_is_lower_bound { "+" } else { "" }
             );
         }
     }
 
-    let host: Vec<String> = report.host.sockets.iter().map(|(state, n)| format!("{state}={n}")).collect();
+    let host: Vec<String> = report.host_sockets.iter().map(|(state, n)| format!("{state}={n}")).collect();
     let _ = writeln!(out, "\nHost sockets: {}", if host.is_empty() { "none".into() } else { host.join(" ") });
     let _ = writeln!(
         out,
         "Tracer: {} events, {} dropped, {} untracked (map full), {} live sockets",
-        report.tracer.events_total,
-        report.tracer.events_dropped,
-        report.tracer.map_full_drops,
-        report.tracer.live_sockets
+        report.stats.events_total, report.stats.events_dropped, report.stats.map_full_drops, report.live_sockets
     );
     out
 }
@@ -178,14 +156,5 @@ mod tests {
     #[test]
     fn escapes_control_characters() {
         assert_eq!(printable("a\nb\tc\\d\"<"), "a\\nb\\tc\\\\d\"<");
-    }
-
-    #[test]
-    fn human_units() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
-        assert_eq!(rate(2048, 2.0), "1.0 KiB/s");
-        assert_eq!(rate(1, 0.0), "-");
     }
 }

@@ -16,65 +16,38 @@ use std::{
 
 use tracer_common::{byte_table, ByteSlot};
 
+use crate::sys::mmap::Mapping;
+
 /// Bytes counted in the `BYTES` slots of one socket (usually one slot).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SlotBytes {
-    pub tx: u64,
-    pub rx: u64,
+pub(crate) struct SlotBytes {
+    pub(crate) tx: u64,
+    pub(crate) rx: u64,
 }
 
 /// Slot contents as plain words: (sock, born_ns, tx, rx).
-pub type SlotWords = [u64; 4];
+type SlotWords = [u64; 4];
 
 /// The `BYTES` array, mapped.
-pub struct ByteTable {
-    base: *mut u8,
-    len: usize,
+pub(crate) struct ByteTable {
+    memory: Mapping,
 }
-
-// SAFETY: the mapping is process-wide shared memory accessed only through
-// atomics; the pointer is not tied to a thread.
-unsafe impl Send for ByteTable {}
-// SAFETY: as above.
-unsafe impl Sync for ByteTable {}
 
 const SLOT_SIZE: usize = std::mem::size_of::<ByteSlot>();
 const WORDS: usize = SLOT_SIZE / 8;
+const TABLE_BYTES: usize = byte_table::SLOTS as usize * SLOT_SIZE;
 
 impl ByteTable {
     /// Maps the array behind `fd` (a `BPF_F_MMAPABLE` array of
     /// `byte_table::SLOTS` `ByteSlot`s).
-    pub fn map(fd: RawFd) -> io::Result<Self> {
-        let len = byte_table::SLOTS as usize * SLOT_SIZE;
-        // SAFETY: a fresh shared mapping of a BPF map fd; checked below.
-        let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(ByteTable { base: base.cast(), len })
+    pub(crate) fn map(fd: RawFd) -> io::Result<Self> {
+        Ok(ByteTable { memory: Mapping::shared(fd, TABLE_BYTES)? })
     }
 
     /// A table in private anonymous memory, for tests of the sweep.
     #[cfg(test)]
     fn anonymous() -> io::Result<Self> {
-        let len = byte_table::SLOTS as usize * SLOT_SIZE;
-        // SAFETY: a fresh private anonymous mapping; checked below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(ByteTable { base: base.cast(), len })
+        Ok(ByteTable { memory: Mapping::anonymous(TABLE_BYTES)? })
     }
 
     #[cfg(test)]
@@ -85,11 +58,13 @@ impl ByteTable {
     }
 
     fn word(&self, slot: usize, word: usize) -> &AtomicU64 {
-        debug_assert!(slot < byte_table::SLOTS as usize && word < WORDS);
-        // SAFETY: in bounds of the mapping (slot < SLOTS, word < 4), 8-byte
-        // aligned (page-aligned base, 32-byte slots), and the memory lives
-        // as long as `self`.
-        unsafe { &*(self.base.add(slot * SLOT_SIZE + word * 8) as *const AtomicU64) }
+        let offset = slot * SLOT_SIZE + word * 8;
+        assert!(word < WORDS && offset + 8 <= self.memory.len(), "slot {slot} word {word} out of the table");
+        // SAFETY: in bounds of the mapping (checked above), 8-byte aligned
+        // (page-aligned base, 32-byte slots), the memory lives as long as
+        // `self`, and every access to it (here and in the eBPF programs) is
+        // atomic.
+        unsafe { &*(self.memory.as_ptr().add(offset) as *const AtomicU64) }
     }
 
     fn load(&self, slot: usize) -> SlotWords {
@@ -98,7 +73,7 @@ impl ByteTable {
 
     /// Reads every slot, then sweeps; returns the bytes per (socket,
     /// born_ns).
-    pub fn read_and_sweep(&self) -> HashMap<(u64, u64), SlotBytes> {
+    pub(crate) fn read_and_sweep(&self) -> HashMap<(u64, u64), SlotBytes> {
         let slots = byte_table::SLOTS as usize;
         let mut totals = HashMap::new();
         // Backwards, so a run of tombstones ending at an empty slot is swept
@@ -146,17 +121,10 @@ impl ByteTable {
 }
 
 /// Adds one live slot's counters to the totals of its socket.
-pub fn add_slot(totals: &mut HashMap<(u64, u64), SlotBytes>, [sock, born, tx, rx]: SlotWords) {
+fn add_slot(totals: &mut HashMap<(u64, u64), SlotBytes>, [sock, born, tx, rx]: SlotWords) {
     let entry = totals.entry((sock, born)).or_default();
     entry.tx += tx;
     entry.rx += rx;
-}
-
-impl Drop for ByteTable {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
 }
 
 #[cfg(test)]

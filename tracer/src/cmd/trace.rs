@@ -5,16 +5,16 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::Context as _;
-use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
+use tokio::time::sleep_until;
 
+use super::driver::{Driver, DriverConfig};
 use crate::{
-    analysis::Thresholds,
     cli::{Format, TraceArgs},
-    session::Session,
-    table,
+    output::{report::Report, table},
+    units,
 };
 
-pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.output {
         // Fail before tracing, not after.
         std::fs::OpenOptions::new()
@@ -23,44 +23,43 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             .open(path)
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
-    let thresholds = Thresholds::from(&args.analysis);
-    let mut session = Session::start(args.backend, args.filters.filter(), thresholds, args.interval, args.duration)?;
+    let mut driver = Driver::start(DriverConfig {
+        backend: args.backend.map(Into::into),
+        filter: args.filters.filter(),
+        thresholds: args.analysis.thresholds(),
+        interval: args.interval,
+        window: args.duration,
+    })?;
     eprintln!(
         "tracer: attached ({} backend); tracing for {}; Ctrl-C stops early",
-        session.backend().as_str(),
+        driver.backend().as_str(),
         humantime::format_duration(args.duration)
     );
 
-    let start = Instant::now();
+    let start = driver.started();
     let deadline = start + args.duration;
-    let mut ticks = interval_at(start + args.interval, args.interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let live = std::io::stderr().is_terminal();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
+    let stop = async {
         tokio::select! {
-            _ = ticks.tick() => {
-                session.tick();
-                progress(&session, start.elapsed().as_secs_f64(), args.duration.as_secs_f64(), live);
-            }
-            _ = session.pump_events() => {}
-            _ = &mut ctrl_c => break,
-            _ = sleep_until(deadline) => break,
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sleep_until(deadline) => {}
         }
-    }
-    session.finish();
+    };
+    driver
+        .run(stop, |driver, _| progress(driver, start.elapsed().as_secs_f64(), args.duration.as_secs_f64(), live))
+        .await;
+    driver.finish();
     if live {
         eprintln!();
     }
-    let report = session.report();
+    let snapshot = driver.snapshot();
     let text = match args.format {
         Format::Json => {
-            let mut text = serde_json::to_string_pretty(&report).context("serializing the report")?;
+            let mut text = serde_json::to_string_pretty(&Report::new(&snapshot)).context("serializing the report")?;
             text.push('\n');
             text
         }
-        Format::Table => table::render(&report, 20),
+        Format::Table => table::render(&snapshot, 20),
     };
     match &args.output {
         Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
@@ -74,18 +73,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 }
 
 /// One status line: elapsed / total, events, current top talker.
-fn progress(session: &Session, elapsed: f64, total: f64, live: bool) {
+fn progress(driver: &Driver, elapsed: f64, total: f64, live: bool) {
+    let session = driver.session();
     let model = session.model();
     let top = model.samples().back().and_then(|sample| {
         sample
             .flows
             .iter()
-            .max_by_key(|(_, c)| c.tx_bytes + c.rx_bytes)
-            .filter(|(_, c)| c.tx_bytes + c.rx_bytes > 0)
-            .map(|(key, c)| (key.pid, c.tx_bytes + c.rx_bytes))
+            .max_by_key(|(_, c)| c.bytes())
+            .filter(|(_, c)| c.bytes() > 0)
+            .map(|(key, c)| (key.pid, c.bytes()))
     });
     let top = match top {
-        Some((pid, moved)) => format!("top: pid {pid} ({}) {}", table::printable(model.comm(pid)), table::bytes(moved)),
+        Some((pid, moved)) => format!("top: pid {pid} ({}) {}", table::printable(model.comm(pid)), units::bytes(moved)),
         None => "top: -".into(),
     };
     let line = format!(

@@ -10,10 +10,7 @@ use std::{
     path::Path,
 };
 
-use crate::{
-    addr::canonical,
-    model::{ProcSocket, Tuple},
-};
+use crate::model::{addr::canonical, ProcSocket, Tuple};
 
 fn numeric_dirs(proc_root: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir(proc_root) else { return Vec::new() };
@@ -26,7 +23,7 @@ fn bracketed_number(link: &str, prefix: &str) -> Option<u64> {
 }
 
 /// One pid per network namespace that has processes: (netns inode, pid).
-pub fn namespaces(proc_root: &Path) -> Vec<(u32, u32)> {
+pub(crate) fn namespaces(proc_root: &Path) -> Vec<(u32, u32)> {
     let mut seen = HashMap::new();
     for pid in numeric_dirs(proc_root) {
         let Ok(link) = fs::read_link(proc_root.join(pid.to_string()).join("ns/net")) else { continue };
@@ -62,7 +59,7 @@ fn hex_endpoint(text: &str) -> Option<SocketAddr> {
 }
 
 /// Parses the text of `/proc/net/tcp` or `/proc/net/tcp6`: (tuple, state, inode).
-pub fn parse_tcp_table(text: &str, netns: u32) -> Vec<(Tuple, u8, u64)> {
+pub(crate) fn parse_tcp_table(text: &str, netns: u32) -> Vec<(Tuple, u8, u64)> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
@@ -78,7 +75,7 @@ pub fn parse_tcp_table(text: &str, netns: u32) -> Vec<(Tuple, u8, u64)> {
 
 /// Socket inode -> owning pid, from every process's fd table. When several
 /// processes hold a socket (fork), the lowest pid wins.
-pub fn socket_owners(proc_root: &Path, wanted: Option<&HashSet<u64>>) -> HashMap<u64, u32> {
+pub(crate) fn socket_owners(proc_root: &Path, wanted: Option<&HashSet<u64>>) -> HashMap<u64, u32> {
     let mut owners = HashMap::new();
     for pid in numeric_dirs(proc_root) {
         let fd_dir = proc_root.join(pid.to_string()).join("fd");
@@ -97,7 +94,7 @@ pub fn socket_owners(proc_root: &Path, wanted: Option<&HashSet<u64>>) -> HashMap
 
 /// Every TCP socket in every network namespace that has processes, with its
 /// owner where a process holds it.
-pub fn scan_sockets(proc_root: &Path) -> Vec<ProcSocket> {
+pub(crate) fn scan_sockets(proc_root: &Path) -> Vec<ProcSocket> {
     let mut sockets = Vec::new();
     for (netns, pid) in namespaces(proc_root) {
         for table in ["net/tcp", "net/tcp6"] {
@@ -117,7 +114,7 @@ pub fn scan_sockets(proc_root: &Path) -> Vec<ProcSocket> {
 
 /// TIME_WAIT sockets on the host: the `tw` count of every namespace's
 /// `/proc/PID/net/sockstat`.
-pub fn time_wait_count(proc_root: &Path) -> u64 {
+pub(crate) fn time_wait_count(proc_root: &Path) -> u64 {
     namespaces(proc_root)
         .into_iter()
         .filter_map(|(_, pid)| fs::read_to_string(proc_root.join(pid.to_string()).join("net/sockstat")).ok())
@@ -125,7 +122,7 @@ pub fn time_wait_count(proc_root: &Path) -> u64 {
         .sum()
 }
 
-pub fn parse_sockstat_tw(text: &str) -> u64 {
+pub(crate) fn parse_sockstat_tw(text: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with("TCP:"))
         .and_then(|line| {
@@ -137,7 +134,7 @@ pub fn parse_sockstat_tw(text: &str) -> u64 {
 }
 
 /// The process's name as `/proc/PID/comm` shows it (without the newline).
-pub fn read_comm(proc_root: &Path, pid: u32) -> Option<String> {
+pub(crate) fn read_comm(proc_root: &Path, pid: u32) -> Option<String> {
     let bytes = fs::read(proc_root.join(pid.to_string()).join("comm")).ok()?;
     let bytes = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
     Some(String::from_utf8_lossy(bytes).into_owned())

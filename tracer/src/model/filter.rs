@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq)]
-pub enum CidrError {
+pub(crate) enum CidrError {
     #[error("invalid CIDR '{0}': expected ADDRESS/PREFIX, e.g. 10.0.0.0/8 or 2001:db8::/32")]
     Syntax(String),
     #[error("invalid CIDR '{0}': prefix length too long for the address family")]
@@ -15,7 +15,7 @@ pub enum CidrError {
 
 /// An IP network. An IPv4 network also matches IPv4-mapped IPv6 addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     addr: IpAddr,
     prefix: u8,
 }
@@ -66,8 +66,8 @@ fn prefix_match(a: &[u8], b: &[u8], prefix: u8) -> bool {
 }
 
 impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = crate::addr::canonical(ip);
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        let ip = super::addr::canonical(ip);
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(&net.octets(), &ip.octets(), self.prefix),
             (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_match(&net.octets(), &ip.octets(), self.prefix),
@@ -78,28 +78,28 @@ impl Cidr {
 
 /// The user's filters; empty lists match everything.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
-    pub ports: Vec<u16>,
-    pub remotes: Vec<Cidr>,
+pub(crate) struct Filter {
+    pub(crate) pids: Vec<u32>,
+    pub(crate) comms: Vec<String>,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) remotes: Vec<Cidr>,
 }
 
 /// What a filter looks at in one socket.
-pub struct SocketFacts<'a> {
-    pub pid: u32,
-    pub comm: &'a str,
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub remote_addr: IpAddr,
+pub(crate) struct SocketFacts<'a> {
+    pub(crate) pid: u32,
+    pub(crate) comm: &'a str,
+    pub(crate) local_port: u16,
+    pub(crate) remote_port: u16,
+    pub(crate) remote_addr: IpAddr,
 }
 
 impl Filter {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pids.is_empty() && self.comms.is_empty() && self.ports.is_empty() && self.remotes.is_empty()
     }
 
-    pub fn matches(&self, socket: &SocketFacts<'_>) -> bool {
+    pub(crate) fn matches(&self, socket: &SocketFacts<'_>) -> bool {
         (self.pids.is_empty() || self.pids.contains(&socket.pid))
             && (self.comms.is_empty() || self.comms.iter().any(|c| c == socket.comm))
             && (self.ports.is_empty()

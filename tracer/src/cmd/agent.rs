@@ -1,9 +1,9 @@
 //! `tracer agent`: attach once, collect every `--interval` until SIGTERM or
-//! SIGINT, and serve the result over HTTP ([`crate::http`]): Prometheus
-//! metrics ([`crate::metrics`]), the JSON report over the `--window`, the
-//! findings and the dashboard.
+//! SIGINT, and serve the result over HTTP ([`http`]): Prometheus metrics
+//! ([`Metrics`]), the JSON report over the `--window`, the findings and the
+//! dashboard.
 //!
-//! This task owns the session and the metrics state; after each tick it
+//! This task owns the tick driver and the metrics state; after each tick it
 //! publishes one immutable [`Published`] snapshot through a `watch` channel,
 //! which is all the HTTP side ever reads.
 
@@ -14,22 +14,33 @@ use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
     sync::{oneshot, watch},
-    time::{interval_at, Instant, MissedTickBehavior},
+    task::JoinError,
+    time::Instant,
 };
 
+use super::driver::{Driver, DriverConfig};
 use crate::{
-    analysis::Thresholds,
     cli::AgentArgs,
-    http::{self, Limits, Published},
-    metrics::{Metrics, MetricsConfig, Tick},
-    session::Session,
+    output::{
+        http::{self, Limits, Published},
+        metrics::{Metrics, MetricsConfig, Tick},
+        report::Report,
+    },
 };
 
 /// How long the HTTP side gets to finish after a signal, on top of its own
 /// drain bound (the agent must exit within 2 s).
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_millis(1800);
 
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+/// Why the collection loop ended.
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// The HTTP server's task ended by itself.
+    ServerEnded(Result<(), JoinError>),
+}
+
+pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Cheap failures first: a taken port should not cost an attach.
     let listener = TcpListener::bind(args.listen)
         .await
@@ -40,19 +51,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
-    let thresholds = Thresholds::from(&args.analysis);
-    let mut session = Session::start(args.backend, args.filters.filter(), thresholds, args.interval, args.window)?;
-    let backend = session.backend().as_str();
+    let mut driver = Driver::start(DriverConfig {
+        backend: args.backend.map(Into::into),
+        filter: args.filters.filter(),
+        thresholds: args.analysis.thresholds(),
+        interval: args.interval,
+        window: args.window,
+    })?;
+    let backend = driver.backend().as_str();
     let config = MetricsConfig {
         top_n: usize::try_from(args.metrics_top_n).unwrap_or(usize::MAX),
         pid_label: args.metrics_pid_label,
         expiry_secs: args.metrics_expiry.as_secs_f64(),
     };
     let mut metrics = Metrics::new(config, backend).context("defining the metrics")?;
-    let started = Instant::now();
 
     // A first tick right away, so every endpoint has data from the start.
-    let first = collect(&mut session, &mut metrics, started).context("the first collection")?;
+    let began = Instant::now();
+    driver.tick();
+    let first = publish(&driver, &mut metrics, began).context("the first collection")?;
     let (feed, feed_rx) = watch::channel(Arc::new(first));
     let (stop, stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(http::serve(listener, http::router(feed_rx), Limits::default(), async move {
@@ -60,27 +77,30 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }));
     eprintln!("tracer: agent listening on http://{address} ({backend} backend)");
 
-    let mut ticks = interval_at(started + args.interval, args.interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
+    let until = async {
         tokio::select! {
-            _ = ticks.tick() => match collect(&mut session, &mut metrics, started) {
-                Ok(published) => {
-                    feed.send_replace(Arc::new(published));
-                }
-                // Keep serving the previous tick; the next may succeed.
-                Err(err) => log::warn!("collection failed: {err:#}"),
-            },
-            _ = session.pump_events() => {}
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            ended = &mut server => {
-                anyhow::bail!("the HTTP server stopped unexpectedly: {}", match ended {
-                    Ok(()) => "it returned".to_owned(),
-                    Err(err) => err.to_string(),
-                });
-            }
+            _ = sigterm.recv() => Stop::Signal,
+            _ = sigint.recv() => Stop::Signal,
+            ended = &mut server => Stop::ServerEnded(ended),
         }
+    };
+    let ended = driver
+        .run(until, |driver, began| match publish(driver, &mut metrics, began) {
+            Ok(published) => {
+                feed.send_replace(Arc::new(published));
+            }
+            // Keep serving the previous tick; the next may succeed.
+            Err(err) => log::warn!("collection failed: {err:#}"),
+        })
+        .await;
+    if let Stop::ServerEnded(ended) = ended {
+        anyhow::bail!(
+            "the HTTP server stopped unexpectedly: {}",
+            match ended {
+                Ok(()) => "it returned".to_owned(),
+                Err(err) => err.to_string(),
+            }
+        );
     }
 
     let stopping = Instant::now();
@@ -95,31 +115,29 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     log::debug!("HTTP server stopped after {:?}", stopping.elapsed());
     // Detaches the eBPF programs.
-    drop(session);
+    drop(driver);
     log::debug!("programs detached after {:?}", stopping.elapsed());
     eprintln!("tracer: agent stopped");
     Ok(())
 }
 
-/// Ends an interval and builds what the endpoints serve.
-fn collect(session: &mut Session, metrics: &mut Metrics, started: Instant) -> anyhow::Result<Published> {
-    let begun = Instant::now();
-    session.tick();
-    let report = session.report();
-    let collect_duration_secs = begun.elapsed().as_secs_f64();
-    let model = session.model();
+/// Builds what the endpoints serve after the tick that began at `began`.
+fn publish(driver: &Driver, metrics: &mut Metrics, began: Instant) -> anyhow::Result<Published> {
+    let snapshot = driver.snapshot();
+    let collect_duration_secs = began.elapsed().as_secs_f64();
+    let model = driver.session().model();
     let no_growth = std::collections::HashMap::new();
     let comm = |pid: u32| model.comm(pid).to_owned();
     metrics.update(&Tick {
-        now_secs: started.elapsed().as_secs_f64(),
+        now_secs: driver.started().elapsed().as_secs_f64(),
         flow_growth: model.samples().back().map_or(&no_growth, |sample| &sample.flows),
         comm: &comm,
-        report: &report,
+        snapshot: &snapshot,
         collect_duration_secs,
     });
     Ok(Published {
-        report_json: serde_json::to_vec(&report).context("serializing the report")?.into(),
-        findings_json: serde_json::to_vec(&report.findings).context("serializing the findings")?.into(),
+        report_json: serde_json::to_vec(&Report::new(&snapshot)).context("serializing the report")?.into(),
+        findings_json: serde_json::to_vec(&snapshot.findings).context("serializing the findings")?.into(),
         metrics_text: metrics.render().context("rendering the metrics")?.into(),
     })
 }

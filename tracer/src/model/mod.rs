@@ -8,176 +8,34 @@
 //! counts are attributed once and the socket is dropped, so no byte is lost
 //! or counted twice, and memory follows live sockets plus active flows.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    net::{IpAddr, SocketAddr},
-};
+pub(crate) mod addr;
+mod counters;
+pub(crate) mod filter;
+mod flow;
+mod socket;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use tracer_common::tcp_state;
 
-use crate::{
-    filter::{Filter, SocketFacts},
-    report::{CloseWaitReport, FlowReport, ProcessReport, Role, StateCounts, TimelineProcess, TimelineSample},
+pub(crate) use self::{
+    counters::Counters,
+    flow::{CloseWait, Flow, FlowKey, KernelStats, Process, Role, TimelinePoint, TimelineProcess},
+    socket::{state_name, KernelRole, ProcSocket, SocketObs, StateCounts, Tuple},
 };
-
-/// The kernel's name of a TCP state, without the `TCP_` prefix.
-pub fn state_name(state: u8) -> &'static str {
-    match state {
-        tcp_state::ESTABLISHED => "ESTABLISHED",
-        tcp_state::SYN_SENT => "SYN_SENT",
-        tcp_state::SYN_RECV => "SYN_RECV",
-        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
-        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
-        tcp_state::TIME_WAIT => "TIME_WAIT",
-        tcp_state::CLOSE => "CLOSE",
-        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
-        tcp_state::LAST_ACK => "LAST_ACK",
-        tcp_state::LISTEN => "LISTEN",
-        tcp_state::CLOSING => "CLOSING",
-        tcp_state::NEW_SYN_RECV => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
-    }
-}
-
-/// A socket's identity on the host: its network namespace and addresses
-/// (canonical: IPv4-mapped shown as IPv4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Tuple {
-    pub netns: u32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
-
-/// What the kernel side knows of a socket's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelRole {
-    Unknown,
-    Client,
-    Server,
-    Listener,
-}
-
-/// A task name as the kernel keeps it: up to 16 bytes, NUL-padded.
-pub type RawComm = [u8; 16];
-
-/// The text of a kernel task name.
-pub fn comm_text(raw: &RawComm) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
-/// One socket as the kernel record last described it (plain, `Copy`: the
-/// model handles tens of thousands of these per tick without allocating).
-#[derive(Debug, Clone, Copy)]
-pub struct SocketObs {
-    /// The kernel's socket address: unique among live sockets.
-    pub id: u64,
-    /// Owner's tgid, 0 if unknown.
-    pub pid: u32,
-    /// Name of the owning thread when ownership was taken.
-    pub thread_comm: RawComm,
-    pub tuple: Tuple,
-    pub role: KernelRole,
-    pub state: u8,
-    /// Monotonic ns when it entered `state`, if a transition was seen.
-    pub state_since_ns: Option<u64>,
-    pub first_seen_ns: u64,
-    pub counters: Counters,
-    pub opened: bool,
-    pub failed_connect: bool,
-    pub was_established: bool,
-}
-
-/// Monotonic counters of one socket (or sums of them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub tx_bytes: u64,
-    pub rx_bytes: u64,
-    pub retransmits: u64,
-    pub segments_out: u64,
-    pub resets_sent: u64,
-    pub resets_received: u64,
-    pub opened: u64,
-    pub closed: u64,
-    pub failed_connects: u64,
-}
-
-impl Counters {
-    fn saturating_sub(&self, other: &Counters) -> Counters {
-        Counters {
-            tx_bytes: self.tx_bytes.saturating_sub(other.tx_bytes),
-            rx_bytes: self.rx_bytes.saturating_sub(other.rx_bytes),
-            retransmits: self.retransmits.saturating_sub(other.retransmits),
-            segments_out: self.segments_out.saturating_sub(other.segments_out),
-            resets_sent: self.resets_sent.saturating_sub(other.resets_sent),
-            resets_received: self.resets_received.saturating_sub(other.resets_received),
-            opened: self.opened.saturating_sub(other.opened),
-            closed: self.closed.saturating_sub(other.closed),
-            failed_connects: self.failed_connects.saturating_sub(other.failed_connects),
-        }
-    }
-
-    /// Field-wise maximum. What is attributed only ever grows: a live
-    /// reading a little behind an earlier one (a socket's byte slot given
-    /// back while the table was read) must not make counts already
-    /// attributed count again.
-    fn max_each(&self, other: &Counters) -> Counters {
-        Counters {
-            tx_bytes: self.tx_bytes.max(other.tx_bytes),
-            rx_bytes: self.rx_bytes.max(other.rx_bytes),
-            retransmits: self.retransmits.max(other.retransmits),
-            segments_out: self.segments_out.max(other.segments_out),
-            resets_sent: self.resets_sent.max(other.resets_sent),
-            resets_received: self.resets_received.max(other.resets_received),
-            opened: self.opened.max(other.opened),
-            closed: self.closed.max(other.closed),
-            failed_connects: self.failed_connects.max(other.failed_connects),
-        }
-    }
-
-    pub fn add(&mut self, other: &Counters) {
-        self.tx_bytes += other.tx_bytes;
-        self.rx_bytes += other.rx_bytes;
-        self.retransmits += other.retransmits;
-        self.segments_out += other.segments_out;
-        self.resets_sent += other.resets_sent;
-        self.resets_received += other.resets_received;
-        self.opened += other.opened;
-        self.closed += other.closed;
-        self.failed_connects += other.failed_connects;
-    }
-
-    pub fn is_zero(&self) -> bool {
-        *self == Counters::default()
-    }
-}
-
-/// A socket found in /proc (at start, or when resolving owners).
-#[derive(Debug, Clone)]
-pub struct ProcSocket {
-    pub tuple: Tuple,
-    pub state: u8,
-    pub inode: u64,
-    pub pid: Option<u32>,
-}
-
-/// Flow = (pid, role, remote address, service port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FlowKey {
-    pub pid: u32,
-    pub role: Role,
-    pub remote: IpAddr,
-    pub port: u16,
-}
+use self::{
+    filter::{Filter, SocketFacts},
+    socket::comm_text,
+};
 
 /// One interval: per-flow counter growth and per-process socket counts at
 /// its end.
 #[derive(Debug, Clone)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// End of the interval, seconds since the start.
-    pub t_secs: f64,
-    pub flows: HashMap<FlowKey, Counters>,
-    pub sockets: HashMap<u32, StateCounts>,
+    pub(crate) t_secs: f64,
+    pub(crate) flows: HashMap<FlowKey, Counters>,
+    pub(crate) sockets: HashMap<u32, StateCounts>,
 }
 
 struct LiveSocket {
@@ -187,7 +45,7 @@ struct LiveSocket {
 }
 
 /// Everything the tracer knows, in plain data.
-pub struct Model {
+pub(crate) struct Model {
     filter: Filter,
     start_ns: u64,
     live: HashMap<u64, LiveSocket>,
@@ -215,12 +73,12 @@ fn secs(from_ns: u64, to_ns: u64) -> f64 {
     to_ns.saturating_sub(from_ns) as f64 / 1e9
 }
 
-pub const UNKNOWN_COMM: &str = "[unknown]";
+pub(crate) const UNKNOWN_COMM: &str = "[unknown]";
 
 impl Model {
     /// `start_ns` is the monotonic clock at attach; `max_samples` bounds the
     /// history (window / interval).
-    pub fn new(filter: Filter, start_ns: u64, max_samples: usize) -> Self {
+    pub(crate) fn new(filter: Filter, start_ns: u64, max_samples: usize) -> Self {
         Model {
             filter,
             start_ns,
@@ -239,12 +97,8 @@ impl Model {
         }
     }
 
-    pub fn start_ns(&self) -> u64 {
-        self.start_ns
-    }
-
     /// Sockets found in /proc at start.
-    pub fn load_preexisting(&mut self, sockets: Vec<ProcSocket>) {
+    pub(crate) fn load_preexisting(&mut self, sockets: Vec<ProcSocket>) {
         for socket in sockets {
             // TIME_WAIT sockets belong to no process (host totals count them);
             // half-open requests in a listener's queue (SYN_RECV, no inode)
@@ -278,7 +132,7 @@ impl Model {
     /// The kernel's current table. Sockets destroyed since the last call
     /// (already handed over by [`Model::socket_closed`]) are ignored if they
     /// show up again here.
-    pub fn replace_live(&mut self, snapshot: Vec<SocketObs>) {
+    pub(crate) fn replace_live(&mut self, snapshot: Vec<SocketObs>) {
         let mut next = HashMap::with_capacity(snapshot.len());
         for obs in snapshot {
             if let Some(&destroyed_ns) = self.recently_closed.get(&obs.id) {
@@ -324,7 +178,7 @@ impl Model {
     /// ring buffer was full): what they moved since the last sample is lost
     /// with them. Call after draining the ring buffer that follows a
     /// [`Model::replace_live`].
-    pub fn forget_vanished(&mut self) {
+    pub(crate) fn forget_vanished(&mut self) {
         for id in self.vanished.keys() {
             self.owners.remove(id);
         }
@@ -332,7 +186,7 @@ impl Model {
     }
 
     /// A socket's final record, from `tcp:tcp_destroy_sock`.
-    pub fn socket_closed(&mut self, obs: SocketObs, destroyed_ns: u64) {
+    pub(crate) fn socket_closed(&mut self, obs: SocketObs, destroyed_ns: u64) {
         self.recently_closed.insert(obs.id, destroyed_ns);
         self.preexisting.remove(&obs.tuple);
         let same = |socket: &LiveSocket| socket.obs.first_seen_ns == obs.first_seen_ns;
@@ -357,7 +211,7 @@ impl Model {
     /// Live sockets whose owner is unknown (accepted, never used) and that
     /// the tracer first saw at or before `seen_by_ns`: the collector looks
     /// them up in /proc.
-    pub fn unowned(&self, seen_by_ns: u64) -> Vec<Tuple> {
+    pub(crate) fn unowned(&self, seen_by_ns: u64) -> Vec<Tuple> {
         self.live
             .values()
             .filter(|s| {
@@ -371,7 +225,7 @@ impl Model {
     }
 
     /// Owners found in /proc by tuple.
-    pub fn assign_owners(&mut self, found: &HashMap<Tuple, u32>) {
+    pub(crate) fn assign_owners(&mut self, found: &HashMap<Tuple, u32>) {
         for socket in self.live.values() {
             if socket.obs.pid == 0 {
                 if let Some(&pid) = found.get(&socket.obs.tuple) {
@@ -382,7 +236,7 @@ impl Model {
     }
 
     /// Every pid the model refers to (for comm lookups).
-    pub fn pids(&self) -> HashSet<u32> {
+    pub(crate) fn pids(&self) -> HashSet<u32> {
         let mut pids: HashSet<u32> = self.live.values().map(|s| self.owner_of(&s.obs)).collect();
         pids.extend(self.preexisting.values().filter_map(|p| p.pid));
         pids.extend(self.pending_closed.iter().map(|(o, _)| o.pid));
@@ -391,11 +245,11 @@ impl Model {
     }
 
     /// The process name of `pid` as /proc shows it now, or last known.
-    pub fn set_comm(&mut self, pid: u32, comm: String) {
+    pub(crate) fn set_comm(&mut self, pid: u32, comm: String) {
         self.comms.insert(pid, comm);
     }
 
-    pub fn comm(&self, pid: u32) -> &str {
+    pub(crate) fn comm(&self, pid: u32) -> &str {
         if pid == 0 {
             return UNKNOWN_COMM;
         }
@@ -403,11 +257,11 @@ impl Model {
     }
 
     /// TIME_WAIT sockets on the host, counted by the collector.
-    pub fn set_host_time_wait(&mut self, count: u64) {
+    pub(crate) fn set_host_time_wait(&mut self, count: u64) {
         self.host_time_wait = count;
     }
 
-    pub fn live_sockets(&self) -> u64 {
+    pub(crate) fn live_sockets(&self) -> u64 {
         (self.live.len() + self.preexisting.len()) as u64
     }
 
@@ -466,7 +320,7 @@ impl Model {
     /// Ends an interval at monotonic `now_ns`: attributes counter growth to
     /// flows and records socket counts. Call after the collector has fed the
     /// live table, the destroyed sockets, owners and comms.
-    pub fn sample(&mut self, now_ns: u64) {
+    pub(crate) fn sample(&mut self, now_ns: u64) {
         let mut flows: HashMap<FlowKey, Counters> = HashMap::new();
         let pending = std::mem::take(&mut self.pending_closed);
         for (obs, attributed) in &pending {
@@ -554,7 +408,7 @@ impl Model {
     }
 
     /// Host-wide socket counts per state, TIME_WAIT included, unfiltered.
-    pub fn host_sockets(&self) -> StateCounts {
+    pub(crate) fn host_sockets(&self) -> StateCounts {
         let mut counts = StateCounts::new();
         for socket in self.live.values() {
             if socket.obs.state != tcp_state::TIME_WAIT {
@@ -570,51 +424,32 @@ impl Model {
         counts
     }
 
-    pub fn samples(&self) -> &VecDeque<Sample> {
+    pub(crate) fn samples(&self) -> &VecDeque<Sample> {
         &self.samples
     }
 
     /// Flows over the retained window, biggest first.
-    pub fn flows(&self) -> Vec<FlowReport> {
+    pub(crate) fn flows(&self) -> Vec<Flow> {
         let mut totals: HashMap<FlowKey, Counters> = HashMap::new();
         for sample in &self.samples {
             for (key, delta) in &sample.flows {
                 totals.entry(*key).or_default().add(delta);
             }
         }
-        let mut flows: Vec<FlowReport> = totals
+        let mut flows: Vec<Flow> = totals
             .into_iter()
-            .map(|(key, c)| FlowReport {
-                pid: key.pid,
-                comm: self.comm(key.pid).to_owned(),
-                role: key.role,
-                local_port: if key.role == Role::Server { key.port } else { 0 },
-                remote_addr: key.remote.to_string(),
-                remote_port: if key.role == Role::Client { key.port } else { 0 },
-                tx_bytes: c.tx_bytes,
-                rx_bytes: c.rx_bytes,
-                retransmits: c.retransmits,
-                connections_opened: c.opened,
-                connections_closed: c.closed,
-                failed_connects: c.failed_connects,
-                resets: c.resets_sent + c.resets_received,
-                segments_out: c.segments_out,
-            })
+            .map(|(key, counters)| Flow { key, comm: self.comm(key.pid).to_owned(), counters })
             .collect();
-        flows.sort_by(|a, b| {
-            (b.tx_bytes + b.rx_bytes)
-                .cmp(&(a.tx_bytes + a.rx_bytes))
-                .then(a.pid.cmp(&b.pid))
-                .then(a.role.cmp(&b.role))
-                .then(a.remote_addr.cmp(&b.remote_addr))
-                .then(a.service_port().cmp(&b.service_port()))
+        // Remote addresses compare as text, as they read.
+        flows.sort_by_cached_key(|f| {
+            (std::cmp::Reverse(f.counters.bytes()), f.key.pid, f.key.role, f.key.remote.to_string(), f.key.port)
         });
         flows
     }
 
     /// Processes over the retained window, with current socket counts,
     /// biggest first.
-    pub fn processes(&self) -> Vec<ProcessReport> {
+    pub(crate) fn processes(&self) -> Vec<Process> {
         let mut totals: BTreeMap<u32, Counters> = BTreeMap::new();
         for sample in &self.samples {
             for (key, delta) in &sample.flows {
@@ -625,28 +460,21 @@ impl Model {
         for pid in sockets.keys() {
             totals.entry(*pid).or_default();
         }
-        let mut processes: Vec<ProcessReport> = totals
+        let mut processes: Vec<Process> = totals
             .into_iter()
-            .map(|(pid, c)| ProcessReport {
+            .map(|(pid, counters)| Process {
                 pid,
                 comm: self.comm(pid).to_owned(),
-                tx_bytes: c.tx_bytes,
-                rx_bytes: c.rx_bytes,
-                retransmits: c.retransmits,
-                connections_opened: c.opened,
-                connections_closed: c.closed,
-                failed_connects: c.failed_connects,
-                resets_sent: c.resets_sent,
-                resets_received: c.resets_received,
+                counters,
                 sockets: sockets.remove(&pid).unwrap_or_default(),
             })
             .collect();
-        processes.sort_by(|a, b| (b.tx_bytes + b.rx_bytes).cmp(&(a.tx_bytes + a.rx_bytes)).then(a.pid.cmp(&b.pid)));
+        processes.sort_by(|a, b| b.counters.bytes().cmp(&a.counters.bytes()).then(a.pid.cmp(&b.pid)));
         processes
     }
 
     /// Sockets in CLOSE_WAIT now, oldest first, ages at `now_ns`.
-    pub fn close_wait(&self, now_ns: u64) -> Vec<CloseWaitReport> {
+    pub(crate) fn close_wait(&self, now_ns: u64) -> Vec<CloseWait> {
         let mut list = Vec::new();
         let run_time = secs(self.start_ns, now_ns);
         for socket in self.live.values() {
@@ -669,39 +497,37 @@ impl Model {
             list.push(self.close_wait_entry(pid, &socket.tuple, run_time, true));
         }
         list.sort_by(|a, b| {
-            b.age_secs.total_cmp(&a.age_secs).then(a.pid.cmp(&b.pid)).then(a.local_port.cmp(&b.local_port))
+            b.age_secs.total_cmp(&a.age_secs).then(a.pid.cmp(&b.pid)).then(a.local.port().cmp(&b.local.port()))
         });
         list
     }
 
-    fn close_wait_entry(&self, pid: u32, tuple: &Tuple, age_secs: f64, age_is_lower_bound: bool) -> CloseWaitReport {
-        CloseWaitReport {
+    fn close_wait_entry(&self, pid: u32, tuple: &Tuple, age_secs: f64, age_is_lower_bound: bool) -> CloseWait {
+        CloseWait {
             pid,
             comm: self.comm(pid).to_owned(),
-            local_addr: tuple.local.ip().to_string(),
-            local_port: tuple.local.port(),
-            remote_addr: tuple.remote.ip().to_string(),
-            remote_port: tuple.remote.port(),
+            local: tuple.local,
+            remote: tuple.remote,
             age_secs: (age_secs * 1000.0).round() / 1000.0,
             age_is_lower_bound,
         }
     }
 
     /// The per-process timeline over the retained window.
-    pub fn timeline(&self) -> Vec<TimelineSample> {
+    pub(crate) fn timeline(&self) -> Vec<TimelinePoint> {
         self.samples
             .iter()
             .map(|sample| {
                 let mut per_pid: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
                 for (key, delta) in &sample.flows {
                     let entry = per_pid.entry(key.pid).or_default();
-                    entry.0 += delta.tx_bytes;
-                    entry.1 += delta.rx_bytes;
+                    entry.0 = entry.0.saturating_add(delta.tx_bytes);
+                    entry.1 = entry.1.saturating_add(delta.rx_bytes);
                 }
                 for pid in sample.sockets.keys() {
                     per_pid.entry(*pid).or_default();
                 }
-                TimelineSample {
+                TimelinePoint {
                     t_secs: (sample.t_secs * 1000.0).round() / 1000.0,
                     processes: per_pid
                         .into_iter()
@@ -718,13 +544,13 @@ impl Model {
             .collect()
     }
 
-    /// Seconds covered by the retained window at the last sample.
     /// Seconds from the start to the last sample (the window's end).
-    pub fn last_sample_secs(&self) -> f64 {
+    pub(crate) fn last_sample_secs(&self) -> f64 {
         secs(self.start_ns, self.last_sample_ns)
     }
 
-    pub fn window_secs(&self) -> f64 {
+    /// Seconds covered by the retained window at the last sample.
+    pub(crate) fn window_secs(&self) -> f64 {
         let end = secs(self.start_ns, self.last_sample_ns);
         match self.samples.len() {
             0 => 0.0,
@@ -740,6 +566,8 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn tuple(lport: u16, remote: &str, rport: u16) -> Tuple {
@@ -761,8 +589,6 @@ mod tests {
             state_since_ns: Some(0),
             first_seen_ns: 1,
             counters: Counters { tx_bytes: tx, rx_bytes: rx, ..Counters::default() },
-            opened: true,
-            failed_connect: false,
             was_established: true,
         }
     }
@@ -778,8 +604,11 @@ mod tests {
         model.sample(1_000_000_000);
         let flows = model.flows();
         assert_eq!(flows.len(), 2);
-        assert_eq!((flows[0].tx_bytes, flows[0].rx_bytes, flows[0].local_port, flows[0].remote_port), (10, 14, 80, 0));
-        assert_eq!(flows[0].remote_addr, "10.0.0.1");
+        assert_eq!(
+            (flows[0].counters.tx_bytes, flows[0].counters.rx_bytes, flows[0].key.role, flows[0].key.port),
+            (10, 14, Role::Server, 80)
+        );
+        assert_eq!(flows[0].key.remote.to_string(), "10.0.0.1");
     }
 
     #[test]
@@ -797,7 +626,7 @@ mod tests {
         model.sample(3_000_000_000);
         let flows = model.flows();
         assert_eq!(flows.len(), 1);
-        assert_eq!((flows[0].tx_bytes, flows[0].rx_bytes, flows[0].connections_closed), (150, 20, 1));
+        assert_eq!((flows[0].counters.tx_bytes, flows[0].counters.rx_bytes, flows[0].counters.closed), (150, 20, 1));
         assert_eq!(model.live_sockets(), 0);
         let timeline = model.timeline();
         assert_eq!(timeline.len(), 3);
@@ -819,7 +648,7 @@ mod tests {
         model.forget_vanished();
         model.sample(2_000_000_000);
         let flows = model.flows();
-        assert_eq!((flows[0].tx_bytes, flows[0].connections_opened, flows[0].connections_closed), (150, 1, 1));
+        assert_eq!((flows[0].counters.tx_bytes, flows[0].counters.opened, flows[0].counters.closed), (150, 1, 1));
     }
 
     #[test]
@@ -837,7 +666,7 @@ mod tests {
         model.forget_vanished();
         model.sample(2_000_000_000);
         let flows = model.flows();
-        let tx = |port: u16| flows.iter().find(|f| f.remote_port == port).map(|f| f.tx_bytes);
+        let tx = |port: u16| flows.iter().find(|f| f.key.port == port).map(|f| f.counters.tx_bytes);
         assert_eq!((tx(80), tx(81)), (Some(150), Some(10)));
         assert_eq!(model.live_sockets(), 1);
     }
@@ -852,7 +681,7 @@ mod tests {
         model.sample(1);
         let flows = model.flows();
         assert_eq!(flows.len(), 2);
-        assert_eq!(model.processes()[0].tx_bytes, 7);
+        assert_eq!(model.processes()[0].counters.tx_bytes, 7);
     }
 
     #[test]
@@ -891,7 +720,7 @@ mod tests {
         model.sample(2);
         let flows = model.flows();
         assert_eq!(flows.len(), 1);
-        assert_eq!((flows[0].pid, flows[0].connections_opened, flows[0].rx_bytes), (10, 1, 5));
+        assert_eq!((flows[0].key.pid, flows[0].counters.opened, flows[0].counters.rx_bytes), (10, 1, 5));
     }
 
     #[test]
@@ -902,7 +731,7 @@ mod tests {
             model.replace_live(vec![obs(1, 10, KernelRole::Client, t, *tx, 0)]);
             model.sample((i as u64 + 1) * 1_000_000_000);
         }
-        assert_eq!(model.flows()[0].tx_bytes, 20);
+        assert_eq!(model.flows()[0].counters.tx_bytes, 20);
         assert_eq!(model.samples().back().and_then(|s| s.flows.values().next()).map(|c| c.tx_bytes), Some(10));
         assert!((model.window_secs() - 2.0).abs() < 1e-9);
     }
@@ -918,6 +747,6 @@ mod tests {
         model.sample(1);
         let flows = model.flows();
         assert_eq!(flows.len(), 1);
-        assert_eq!(flows[0].tx_bytes, 3);
+        assert_eq!(flows[0].counters.tx_bytes, 3);
     }
 }

@@ -7,7 +7,7 @@ use tracer_common::{AF_INET, AF_INET6};
 
 /// An address as the kernel stores it (network order; IPv4 in the first
 /// four bytes), canonicalised.
-pub fn from_kernel(family: u16, bytes: &[u8; 16]) -> IpAddr {
+pub(crate) fn from_kernel(family: u16, bytes: &[u8; 16]) -> IpAddr {
     match family {
         AF_INET6 => canonical(IpAddr::V6(Ipv6Addr::from(*bytes))),
         AF_INET => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
@@ -16,7 +16,7 @@ pub fn from_kernel(family: u16, bytes: &[u8; 16]) -> IpAddr {
 }
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) becomes IPv4; everything else stays.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -8,7 +8,7 @@ use std::{collections::HashMap, path::Path};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error("cannot read BTF from {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("malformed BTF: {0}")]
@@ -58,7 +58,7 @@ struct Type {
 }
 
 /// Parsed BTF: types (index = type id) and the string section.
-pub struct Btf {
+pub(crate) struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
     by_name: HashMap<String, Vec<u32>>,
@@ -70,13 +70,13 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
 
 impl Btf {
     /// Reads the BTF of the running kernel (or any raw BTF file).
-    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, BtfError> {
         let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
         Self::parse(&data)
     }
 
     /// Parses raw little-endian BTF.
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
             return Err(BtfError::Malformed("bad magic (big-endian BTF is not supported)"));
         }
@@ -171,13 +171,13 @@ impl Btf {
 
     /// Whether a function of this name exists (e.g. a traceable kernel
     /// function, or `btf_trace_<tracepoint>` for a BTF tracepoint).
-    pub fn has_type(&self, name: &str) -> bool {
+    pub(crate) fn has_type(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
     }
 
     /// Byte offset of `member` in struct `strukt`, looking through anonymous
     /// structs and unions.
-    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+    pub(crate) fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let id =
             self.find_kind(strukt, &[KIND_STRUCT, KIND_UNION]).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let (bits, bitfield) = self
@@ -219,7 +219,7 @@ impl Btf {
     }
 
     /// Parameter names of a kernel function, in order.
-    pub fn function_params(&self, function: &str) -> Option<Vec<String>> {
+    pub(crate) fn function_params(&self, function: &str) -> Option<Vec<String>> {
         let func = self.find_kind(function, &[KIND_FUNC])?;
         let proto = self.types.get(self.types[func as usize].type_ref as usize)?;
         if proto.kind != KIND_FUNC_PROTO {

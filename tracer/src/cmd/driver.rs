@@ -1,0 +1,124 @@
+//! The tick driver `trace` and `agent` share: it owns the tracing session,
+//! ends an interval every `--interval` (the collector reads the kernel and
+//! the model samples), keeps the ring buffer of destroyed sockets drained
+//! between ticks, and builds the [`Snapshot`] (model views plus the
+//! analysis' findings) that every output reads. A command only says what to
+//! do after each tick and when to stop.
+
+use std::{future::Future, time::Duration};
+
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use crate::{
+    analysis::{self, Thresholds},
+    collect::session::Session,
+    load::{probes::Backend, LoadError},
+    model::filter::Filter,
+    output::Snapshot,
+    sys::monotonic_ns,
+};
+
+/// What a driver traces and how.
+pub(crate) struct DriverConfig {
+    /// The backend asked for (`--backend`); `None` for the cheapest that works.
+    pub(crate) backend: Option<Backend>,
+    pub(crate) filter: Filter,
+    pub(crate) thresholds: Thresholds,
+    /// Between ticks.
+    pub(crate) interval: Duration,
+    /// History kept (the model drops older samples).
+    pub(crate) window: Duration,
+}
+
+pub(crate) struct Driver {
+    session: Session,
+    thresholds: Thresholds,
+    interval: Duration,
+    started: Instant,
+}
+
+impl Driver {
+    /// Attaches and loads the sockets that already exist.
+    pub(crate) fn start(config: DriverConfig) -> Result<Self, LoadError> {
+        let session = Session::start(config.backend, config.filter, config.interval, config.window)?;
+        Ok(Driver { session, thresholds: config.thresholds, interval: config.interval, started: Instant::now() })
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        self.session.backend()
+    }
+
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// When the driver started (ticks are counted from here).
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Ends an interval now.
+    pub(crate) fn tick(&mut self) {
+        self.session.tick();
+    }
+
+    /// The last tick of a trace (see `Session::finish`).
+    pub(crate) fn finish(&mut self) {
+        self.session.finish();
+    }
+
+    /// Ticks every interval until `stop` completes, draining destroyed
+    /// sockets in between; after each tick calls `after_tick` with the
+    /// driver and the instant the tick began. Returns what `stop` returned.
+    pub(crate) async fn run<T>(
+        &mut self,
+        stop: impl Future<Output = T>,
+        mut after_tick: impl FnMut(&Driver, Instant),
+    ) -> T {
+        let mut ticks = interval_at(self.started + self.interval, self.interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    let began = Instant::now();
+                    self.session.tick();
+                    after_tick(self, began);
+                }
+                _ = self.session.pump_events() => {}
+                stopped = &mut stop => return stopped,
+            }
+        }
+    }
+
+    /// The model's window as of the last tick, with its findings.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let model = self.session.model();
+        let now_ns = monotonic_ns();
+        // The agent's window slides: the report starts where its oldest
+        // sample does, not when the agent started.
+        let window_secs = model.window_secs();
+        let started_at =
+            self.session.started_at() + Duration::from_secs_f64((model.last_sample_secs() - window_secs).max(0.0));
+        let flows = model.flows();
+        let close_wait = model.close_wait(now_ns);
+        let comm = |pid: u32| model.comm(pid).to_owned();
+        let findings = analysis::analyze(
+            &analysis::Input { samples: model.samples(), close_wait: &close_wait, flows: &flows, comm: &comm },
+            &self.thresholds,
+        );
+        Snapshot {
+            started_at,
+            duration_secs: (window_secs * 1000.0).round() / 1000.0,
+            backend: self.backend().as_str(),
+            processes: model.processes(),
+            flows,
+            close_wait,
+            timeline: model.timeline(),
+            findings,
+            host_sockets: model.host_sockets(),
+            stats: self.session.stats(),
+            live_sockets: model.live_sockets(),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Collect: the only code that reads maps and events. It takes over what
+//! [`crate::load`] attached, reads the socket table (in batches,
+//! [`crate::sys::bpf`]) with the byte table's counts ([`byte_table`]),
+//! drains destroyed-socket records from the ring buffer, and turns kernel
+//! records into model observations ([`observe`]). [`session`] feeds the
+//! model with them each tick, with what /proc adds ([`procfs`]).
+
+mod byte_table;
+#[expect(dead_code, reason = "the TCP health model and outputs that use these come next")]
+mod health;
+mod observe;
+mod procfs;
+pub(crate) mod session;
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
+    Ebpf,
+};
+use log::debug;
+use tokio::io::{unix::AsyncFd, Interest};
+use tracer_common::{stat, ClosedSock, HealthClock, SockRecord};
+
+use self::{byte_table::ByteTable, health::Sampler, observe::observe};
+use crate::{
+    load::{self, probes::Backend, LoadError},
+    model::{KernelStats, SocketObs},
+    sys,
+};
+
+/// Attached programs and their maps.
+pub(crate) struct Collector {
+    ebpf: Ebpf,
+    closed: AsyncFd<RingBuf<MapData>>,
+    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    backend: Backend,
+    /// The hot path's byte counters, mapped (not in the object for kernels
+    /// without BPF compare-and-swap).
+    bytes: Option<ByteTable>,
+    /// The TCP health pass over `SOCKETS` (kernel 5.13+), if it runs here.
+    sampler: Option<Sampler>,
+}
+
+impl Collector {
+    /// Loads and attaches ([`load::attach`]), then opens the maps. Needs a
+    /// tokio runtime (ring buffers are polled).
+    pub(crate) fn start(requested: Option<Backend>, btf_path: &Path) -> Result<Self, LoadError> {
+        let load::Attached { mut ebpf, backend, byte_table, sampler } = load::attach(requested, btf_path)?;
+        let sampler = sampler.map(Sampler::new);
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            // SAFETY: the logger owns its ring buffer fd and keeps it open
+            // while the AsyncFd owns the logger.
+            Ok(logger) => unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }.ok(),
+            Err(e) => {
+                debug!("eBPF logging unavailable: {e}");
+                None
+            }
+        };
+        let bytes = match (byte_table, ebpf.map("BYTES")) {
+            (false, _) => None,
+            (true, Some(Map::Array(data))) => Some(
+                ByteTable::map(data.fd().as_fd().as_raw_fd())
+                    .map_err(|e| LoadError::Load(format!("mapping map BYTES: {e}")))?,
+            ),
+            _ => return Err(LoadError::Load("map BYTES missing".into())),
+        };
+        let closed_map = ebpf.take_map("CLOSED").ok_or_else(|| LoadError::Load("map CLOSED missing".into()))?;
+        let closed = RingBuf::try_from(closed_map).map_err(|e| LoadError::Load(format!("map CLOSED: {e}")))?;
+        // SAFETY: the ring buffer owns its map fd and keeps it open while the
+        // AsyncFd owns it.
+        let closed = unsafe { AsyncFd::register_with_interest(closed, Interest::READABLE) }
+            .map_err(|e| LoadError::Load(format!("polling map CLOSED: {e}")))?;
+        Ok(Collector { ebpf, closed, logger, backend, bytes, sampler })
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the TCP health pass runs here.
+    #[expect(dead_code, reason = "the TCP health outputs that say whether it runs come next")]
+    pub(crate) fn sampling(&self) -> bool {
+        self.sampler.is_some()
+    }
+
+    /// Runs the TCP health pass: every tracked socket's record gets a
+    /// fresh sample. Returns the clocks it noted at the end of the pass.
+    pub(crate) fn sample_health(&self) -> Option<HealthClock> {
+        let sampler = self.sampler.as_ref()?;
+        if let Err(e) = sampler.run() {
+            debug!("TCP health pass failed: {e}");
+            return None;
+        }
+        let array = Array::<_, HealthClock>::try_from(self.ebpf.map("HEALTH_CLOCK")?).ok()?;
+        array.get(&0, 0).ok()
+    }
+
+    /// Waits until destroyed-socket records (or eBPF log lines) are ready.
+    pub(crate) async fn wait_events(&self) -> io::Result<()> {
+        match &self.logger {
+            Some(logger) => {
+                tokio::select! {
+                    guard = self.closed.readable() => { guard?.clear_ready(); }
+                    guard = logger.readable() => { guard?.clear_ready(); }
+                }
+            }
+            None => self.closed.readable().await?.clear_ready(),
+        }
+        Ok(())
+    }
+
+    /// Takes every destroyed-socket record waiting in the ring buffer.
+    pub(crate) fn drain_closed(&mut self) -> Vec<(SocketObs, u64)> {
+        if let Some(logger) = &mut self.logger {
+            logger.get_mut().flush();
+        }
+        let ring = self.closed.get_mut();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<ClosedSock>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `ClosedSock` (checked size);
+            // read unaligned since ring items are only 8-byte aligned.
+            let closed: ClosedSock = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ClosedSock) };
+            out.push((observe(closed.sock, &closed.record), closed.destroyed_ns));
+        }
+        out
+    }
+
+    /// Every socket the kernel side tracks now, with its byte slots' counts
+    /// added. The slots are read first: a socket destroyed in between is
+    /// then missing from the table read (its final record comes through the
+    /// ring buffer), never seen with its slots already given back.
+    pub(crate) fn live(&self) -> Vec<SocketObs> {
+        if let Some(clock) = self.sample_health() {
+            debug!("health pass {}: {} sampled so far", clock.passes, clock.sampled);
+        }
+        let slots = self.bytes.as_ref().map(ByteTable::read_and_sweep).unwrap_or_default();
+        let with_slots = |id: u64, record: &SockRecord| {
+            let mut record = *record;
+            if let Some(bytes) = slots.get(&(id, record.first_seen_ns)) {
+                record.tx_bytes += bytes.tx;
+                record.rx_bytes += bytes.rx;
+            }
+            observe(id, &record)
+        };
+        let Some(map) = self.ebpf.map("SOCKETS") else { return Vec::new() };
+        if let Map::HashMap(data) = map {
+            match sys::bpf::lookup_all::<u64, SockRecord>(data.fd().as_fd().as_raw_fd(), 2048) {
+                Ok(entries) => return entries.iter().map(|(id, record)| with_slots(*id, record)).collect(),
+                Err(e) => debug!("batch lookup unavailable ({e}); reading the socket table key by key"),
+            }
+        }
+        let Ok(sockets) = BpfHashMap::<_, u64, SockRecord>::try_from(map) else { return Vec::new() };
+        // Entries removed while iterating end the walk early or are skipped;
+        // their final counts come through the ring buffer.
+        sockets.iter().filter_map(Result::ok).map(|(id, record)| with_slots(id, &record)).collect()
+    }
+
+    pub(crate) fn stats(&self) -> KernelStats {
+        let Some(map) = self.ebpf.map("STATS") else { return KernelStats::default() };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else { return KernelStats::default() };
+        let sum = |index: u32| array.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0);
+        KernelStats {
+            events_total: sum(stat::EVENTS),
+            events_dropped: sum(stat::EVENTS_DROPPED),
+            map_full_drops: sum(stat::MAP_FULL),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The kernel fields TCP health reads, resolved from BTF at load (absent
+//! ones named, and left at 0: never read), and what the report can say
+//! with the fields this kernel has.
+
+use tracer_common::KernelOffsets;
+
+use super::btf::{Btf, BtfError};
+
+/// Resolves the offsets of the fields TCP health reads into `offsets`, and
+/// returns the fields the running kernel lacks (left at 0: never read,
+/// reported as absent).
+pub(crate) fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    let mut field = |name: &'static str, offset: Result<u32, BtfError>| match offset {
+        Ok(offset) => offset,
+        Err(_) => {
+            missing.push(name);
+            0
+        }
+    };
+    let tcp = |member: &str| btf.member_offset("tcp_sock", member);
+    offsets.sk_err = field("sock.sk_err", btf.member_offset("sock", "sk_err"));
+    offsets.sk_rcvbuf = field("sock.sk_rcvbuf", btf.member_offset("sock", "sk_rcvbuf"));
+    offsets.tcp_srtt_us = field("tcp_sock.srtt_us", tcp("srtt_us"));
+    // `struct { u32 rtt_us; u32 seq; u64 time; } rcv_rtt_est`: `rtt_us`
+    // first, as in every kernel since it was added.
+    offsets.tcp_rcv_rtt_us = field("tcp_sock.rcv_rtt_est", tcp("rcv_rtt_est"));
+    // `struct minmax { struct minmax_sample { u32 t; u32 v; } s[3]; }`:
+    // the minimum is `s[0].v`.
+    offsets.tcp_min_rtt =
+        field("tcp_sock.rtt_min", tcp("rtt_min").and_then(|at| Ok(at + btf.member_offset("minmax_sample", "v")?)));
+    offsets.tcp_rcv_nxt = field("tcp_sock.rcv_nxt", tcp("rcv_nxt"));
+    offsets.tcp_copied_seq = field("tcp_sock.copied_seq", tcp("copied_seq"));
+    offsets.tcp_write_seq = field("tcp_sock.write_seq", tcp("write_seq"));
+    offsets.tcp_snd_una = field("tcp_sock.snd_una", tcp("snd_una"));
+    offsets.tcp_rate_delivered = field("tcp_sock.rate_delivered", tcp("rate_delivered"));
+    offsets.tcp_rate_interval_us = field("tcp_sock.rate_interval_us", tcp("rate_interval_us"));
+    offsets.tcp_mss_cache = field("tcp_sock.mss_cache", tcp("mss_cache"));
+    // The programs read `chrono_start` and `chrono_stat[3]` in one go, and
+    // the 2-bit `chrono_type` from its byte.
+    let chrono_start = tcp("chrono_start").ok();
+    let chrono_stat = tcp("chrono_stat").ok();
+    let chrono_type = btf.member_bits("tcp_sock", "chrono_type").ok();
+    match (chrono_start, chrono_stat, chrono_type) {
+        (Some(start), Some(stat), Some((bits, 2))) if stat == start + 4 && bits % 8 <= 6 => {
+            offsets.tcp_chrono_start = start;
+            offsets.tcp_chrono_type_byte = bits / 8;
+            offsets.tcp_chrono_type_shift = bits % 8;
+        }
+        _ => missing.push("tcp_sock.chrono_stat"),
+    }
+    missing
+}
+
+/// What the report can say for the fields a kernel lacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Available {
+    pub(crate) rtt: bool,
+    pub(crate) min_rtt: bool,
+    pub(crate) queues: bool,
+    pub(crate) chrono: bool,
+    pub(crate) delivery_rate: bool,
+    pub(crate) failure_reasons: bool,
+    /// The sampling pass runs (kernel 5.13+ and the program loaded).
+    pub(crate) sampling: bool,
+}
+
+impl Available {
+    pub(crate) fn from_offsets(offsets: &KernelOffsets, sampling: bool) -> Self {
+        Available {
+            rtt: sampling && offsets.tcp_srtt_us != 0,
+            min_rtt: sampling && offsets.tcp_min_rtt != 0,
+            queues: sampling
+                && [offsets.tcp_rcv_nxt, offsets.tcp_copied_seq, offsets.tcp_write_seq, offsets.tcp_snd_una]
+                    .iter()
+                    .all(|&o| o != 0),
+            chrono: offsets.tcp_chrono_start != 0,
+            delivery_rate: sampling
+                && [offsets.tcp_rate_delivered, offsets.tcp_rate_interval_us, offsets.tcp_mss_cache]
+                    .iter()
+                    .all(|&o| o != 0),
+            failure_reasons: offsets.sk_err != 0,
+            sampling,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Flows and the model's views of its window: what the analysis and every
+//! output read ([`Flow`], [`Process`], [`CloseWait`], [`TimelinePoint`]),
+//! all plain data with the model's own types (the JSON wire format is
+//! built from these in `output::report`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{Counters, StateCounts};
+
+/// Which side of a connection a socket is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Role {
+    /// It called `connect()`.
+    Client,
+    /// It was accepted from a listener.
+    Server,
+}
+
+impl Role {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// Flow = (pid, role, remote address, service port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct FlowKey {
+    pub(crate) pid: u32,
+    pub(crate) role: Role,
+    pub(crate) remote: IpAddr,
+    /// The listening side's port: the remote port for clients, the local
+    /// port for servers.
+    pub(crate) port: u16,
+}
+
+/// One flow's counters over the window.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Flow {
+    pub(crate) key: FlowKey,
+    pub(crate) comm: String,
+    pub(crate) counters: Counters,
+}
+
+/// One process's counters over the window and its sockets now.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Process {
+    pub(crate) pid: u32,
+    pub(crate) comm: String,
+    pub(crate) counters: Counters,
+    pub(crate) sockets: StateCounts,
+}
+
+/// A socket in CLOSE_WAIT now.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CloseWait {
+    pub(crate) pid: u32,
+    pub(crate) comm: String,
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
+    /// Rounded to the millisecond.
+    pub(crate) age_secs: f64,
+    /// The socket predates the tracer: its age is counted from the start.
+    pub(crate) age_is_lower_bound: bool,
+}
+
+/// One interval of the per-process timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TimelinePoint {
+    /// End of the interval, seconds since the start (rounded to the ms).
+    pub(crate) t_secs: f64,
+    pub(crate) processes: Vec<TimelineProcess>,
+}
+
+/// One process in one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TimelineProcess {
+    pub(crate) pid: u32,
+    pub(crate) comm: String,
+    /// Moved in this interval.
+    pub(crate) tx_bytes: u64,
+    pub(crate) rx_bytes: u64,
+    /// Counts at the interval's end.
+    pub(crate) sockets: StateCounts,
+}
+
+/// The kernel side's own counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KernelStats {
+    pub(crate) events_total: u64,
+    pub(crate) events_dropped: u64,
+    pub(crate) map_full_drops: u64,
+}
