@@ -1,0 +1,168 @@
+//! What the analysis tests share: synthetic series and a runner with the
+//! default thresholds; and the tests across finding families (order,
+//! window, degenerate input).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use super::*;
+use crate::model::{CloseWait, Counters, Flow, FlowKey, Role, Sample, StateCounts};
+
+pub(crate) const PID: u32 = 4242;
+
+pub(crate) fn defaults() -> Thresholds {
+    Thresholds {
+        growth_ratio: 1.5,
+        close_wait_age_secs: 30.0,
+        retransmit_ratio: 0.02,
+        churn_rate: 10.0,
+        window_secs: None,
+    }
+}
+
+pub(crate) fn comm(pid: u32) -> String {
+    format!("p{pid}")
+}
+
+pub(crate) fn client(pid: u32, remote: &str, port: u16) -> FlowKey {
+    FlowKey { pid, role: Role::Client, remote: remote.parse().expect("ip"), port }
+}
+
+pub(crate) fn rx(bytes: u64) -> Counters {
+    Counters { rx_bytes: bytes, ..Counters::default() }
+}
+
+pub(crate) fn sample(t_secs: f64, flows: Vec<(FlowKey, Counters)>) -> Sample {
+    Sample { t_secs, flows: flows.into_iter().collect(), sockets: HashMap::new() }
+}
+
+pub(crate) fn with_sockets(mut sample: Sample, pid: u32, states: &[(&'static str, u64)]) -> Sample {
+    let counts: StateCounts = states.iter().copied().filter(|&(_, n)| n > 0).collect();
+    sample.sockets.insert(pid, counts);
+    sample
+}
+
+/// One flow receiving `rates[i]` bytes/s in 1-s interval `i`; a zero rate
+/// leaves the flow out of the sample, as the model does.
+pub(crate) fn rx_series(key: FlowKey, rates: &[f64]) -> VecDeque<Sample> {
+    rates
+        .iter()
+        .enumerate()
+        .map(|(i, &rate)| {
+            let flows = if rate > 0.0 { vec![(key, rx(rate as u64))] } else { Vec::new() };
+            sample(i as f64 + 1.0, flows)
+        })
+        .collect()
+}
+
+/// Deterministic noise in [-1, 1].
+pub(crate) fn noise(seed: &mut u64) -> f64 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+}
+
+pub(crate) fn run_with(
+    samples: &VecDeque<Sample>,
+    close_wait: &[CloseWait],
+    flows: &[Flow],
+    thresholds: &Thresholds,
+) -> Vec<Finding> {
+    analyze(&Input { samples, close_wait, flows, comm: &comm }, thresholds)
+}
+
+pub(crate) fn run(samples: &VecDeque<Sample>) -> Vec<Finding> {
+    run_with(samples, &[], &[], &defaults())
+}
+
+pub(crate) fn kinds(findings: &[Finding]) -> Vec<&'static str> {
+    findings.iter().map(|f| f.kind).collect()
+}
+
+pub(crate) fn ramp(from: f64, to: f64, n: usize) -> Vec<f64> {
+    (0..n).map(|i| from + (to - from) * i as f64 / (n - 1) as f64).collect()
+}
+
+pub(crate) fn close_wait_socket(pid: u32, remote: &str, age_secs: f64, age_is_lower_bound: bool) -> CloseWait {
+    CloseWait {
+        pid,
+        comm: comm(pid),
+        local: "10.0.0.9:40000".parse().expect("address"),
+        remote: SocketAddr::new(remote.parse().expect("ip"), 443),
+        age_secs,
+        age_is_lower_bound,
+    }
+}
+
+pub(crate) fn totals_series(key: FlowKey, per_interval: Counters, n: usize) -> VecDeque<Sample> {
+    (0..n).map(|i| sample(i as f64 + 1.0, vec![(key, per_interval)])).collect()
+}
+
+pub(crate) fn churn(opened: u64) -> Counters {
+    Counters { opened, closed: opened, tx_bytes: opened * 100, ..Counters::default() }
+}
+
+#[test]
+fn window_restricts_the_analysis() {
+    let key = client(PID, "10.0.0.1", 443);
+    let mut rates = ramp(200_000.0, 800_000.0, 40);
+    rates.extend([800_000.0; 20]);
+    let samples = rx_series(key, &rates);
+    assert_eq!(kinds(&run(&samples)), ["traffic_growth"]);
+    let recent = Thresholds { window_secs: Some(15.0), ..defaults() };
+    assert!(run_with(&samples, &[], &[], &recent).is_empty());
+
+    let churning = totals_series(key, churn(20), 60);
+    let nothing = Thresholds { window_secs: Some(-1.0), ..defaults() };
+    assert!(run_with(&churning, &[], &[], &nothing).is_empty());
+}
+
+#[test]
+fn degenerate_inputs_do_not_panic() {
+    let key = client(0, "10.0.0.1", 443);
+    assert!(run(&VecDeque::new()).is_empty());
+    assert!(run(&rx_series(key, &[1e9])).is_empty());
+    let odd: VecDeque<Sample> = [0.0, 0.0, f64::NAN, 3.0, 3.0, 5.0, f64::INFINITY, 7.0]
+        .into_iter()
+        .map(|t| {
+            let s = sample(
+                t,
+                vec![(
+                    key,
+                    Counters { tx_bytes: u64::MAX, retransmits: u64::MAX, opened: u64::MAX, ..Counters::default() },
+                )],
+            );
+            with_sockets(s, 0, &[("ESTABLISHED", u64::MAX), ("CLOSE_WAIT", 1)])
+        })
+        .collect();
+    for window_secs in [None, Some(f64::NAN), Some(0.0), Some(f64::INFINITY)] {
+        let thresholds =
+            Thresholds { window_secs, growth_ratio: f64::NAN, close_wait_age_secs: f64::NAN, ..defaults() };
+        let findings = run_with(&odd, &[close_wait_socket(0, "10.0.0.1", f64::NAN, true)], &[], &thresholds);
+        for f in &findings {
+            assert!(serde_json::to_string(f).is_ok());
+        }
+        run_with(&odd, &[], &[], &Thresholds { window_secs, ..defaults() });
+    }
+}
+
+#[test]
+fn findings_are_sorted_most_severe_first() {
+    let lossy = Counters { tx_bytes: 100 * 1448, retransmits: 30, segments_out: 100, ..Counters::default() };
+    let mut samples = totals_series(client(2, "10.0.0.1", 443), lossy, 10);
+    for s in samples.iter_mut() {
+        s.flows.insert(client(1, "10.0.0.2", 443), churn(20));
+        s.flows.insert(client(3, "10.0.0.3", 443), Counters { retransmits: 5, segments_out: 100, ..lossy });
+    }
+    let findings = run(&samples);
+    let order: Vec<(Severity, &str, u32)> = findings.iter().map(|f| (f.severity, f.kind, f.pid)).collect();
+    assert_eq!(
+        order,
+        [
+            (Severity::Critical, "retransmit_spike", 2),
+            (Severity::Warning, "connection_churn", 1),
+            (Severity::Warning, "retransmit_spike", 3),
+        ]
+    );
+}

@@ -1,0 +1,380 @@
+//! `traffic_growth` and `throughput_decay`: a least-squares line through a
+//! rate series, per process and per flow, in each direction.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::json;
+
+use super::{
+    finding,
+    fit::{fit, Point, MIN_TREND_POINTS},
+    flow_label, human_duration, process_label, round,
+    window::Window,
+    Finding, Severity,
+};
+use crate::{
+    model::{Counters, FlowKey},
+    units,
+};
+
+/// How well a line must explain a rate series to call it a trend.
+const MIN_TREND_R_SQUARED: f64 = 0.6;
+/// Below this mean rate (bytes/s) a trend is noise, whatever its ratio.
+const MIN_MEAN_RATE: f64 = 1024.0;
+/// Fitted rates below this (bytes/s) count as this in ratios.
+const RATE_FLOOR: f64 = 1024.0;
+/// Trailing silent intervals (at least this many, and a fifth of the series)
+/// mean the key stopped rather than decayed.
+const MIN_STOPPED_INTERVALS: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Direction {
+    Tx,
+    Rx,
+}
+
+impl Direction {
+    pub(super) fn bytes(self, counters: &Counters) -> u64 {
+        match self {
+            Direction::Tx => counters.tx_bytes,
+            Direction::Rx => counters.rx_bytes,
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Direction::Tx => "tx",
+            Direction::Rx => "rx",
+        }
+    }
+
+    pub(super) fn noun(self) -> &'static str {
+        match self {
+            Direction::Tx => "send",
+            Direction::Rx => "receive",
+        }
+    }
+
+    /// Which way the data moves relative to the process.
+    pub(super) fn arrow(self) -> &'static str {
+        match self {
+            Direction::Tx => "->",
+            Direction::Rx => "<-",
+        }
+    }
+}
+
+/// What a trend is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Subject {
+    Process(u32),
+    Flow(FlowKey),
+}
+
+impl Subject {
+    pub(super) fn pid(self) -> u32 {
+        match self {
+            Subject::Process(pid) => pid,
+            Subject::Flow(key) => key.pid,
+        }
+    }
+}
+
+/// A rate series that passed the trend tests.
+#[derive(Debug, Clone)]
+pub(super) struct Trend {
+    pub(super) subject: Subject,
+    pub(super) direction: Direction,
+    pub(super) growth: bool,
+    pub(super) ratio: f64,
+    pub(super) start_rate: f64,
+    pub(super) end_rate: f64,
+    pub(super) slope: f64,
+    pub(super) r_squared: f64,
+    pub(super) mean_rate: f64,
+    pub(super) span_secs: f64,
+    pub(super) samples: usize,
+}
+
+/// `traffic_growth` and `throughput_decay`, per process and per flow, for
+/// each direction.
+pub(super) fn traffic_trends(window: &Window<'_>, growth_ratio: f64, comm: &dyn Fn(u32) -> String) -> Vec<Finding> {
+    // A ratio of 1 or less would call every flat series a trend.
+    if growth_ratio.is_nan() || growth_ratio <= 1.0 {
+        return Vec::new();
+    }
+    // Sparse (interval index, bytes): most flows on a busy host are small
+    // and short, and are dropped before a dense series is built.
+    let mut series: BTreeMap<(Subject, Direction), Vec<(usize, u64)>> = BTreeMap::new();
+    for (i, sample) in window.samples.iter().enumerate() {
+        for (key, counters) in &sample.flows {
+            for direction in [Direction::Tx, Direction::Rx] {
+                let bytes = direction.bytes(counters);
+                if bytes == 0 {
+                    continue;
+                }
+                for subject in [Subject::Flow(*key), Subject::Process(key.pid)] {
+                    let active = series.entry((subject, direction)).or_default();
+                    match active.last_mut() {
+                        Some((last, total)) if *last == i => *total = total.saturating_add(bytes),
+                        _ => active.push((i, bytes)),
+                    }
+                }
+            }
+        }
+    }
+    let mut trends: Vec<Trend> = series
+        .iter()
+        .filter_map(|(&(subject, direction), active)| rate_trend(window, active, growth_ratio, subject, direction))
+        .collect();
+
+    let mut flow_findings: HashMap<(u32, bool, Direction), usize> = HashMap::new();
+    for trend in &trends {
+        if let Subject::Flow(key) = trend.subject {
+            *flow_findings.entry((key.pid, trend.growth, trend.direction)).or_default() += 1;
+        }
+    }
+    trends.retain(|t| match t.subject {
+        Subject::Process(pid) => flow_findings.get(&(pid, t.growth, t.direction)) != Some(&1),
+        Subject::Flow(_) => true,
+    });
+    trends.iter().map(|t| trend_finding(t, growth_ratio, comm)).collect()
+}
+
+/// Fits one key's rate series; `Some` when it is a trend worth reporting.
+pub(super) fn rate_trend(
+    window: &Window<'_>,
+    active: &[(usize, u64)],
+    growth_ratio: f64,
+    subject: Subject,
+    direction: Direction,
+) -> Option<Trend> {
+    let &(first_active, _) = active.first()?;
+    let start = if first_active > 0 { first_active + 1 } else { 0 };
+    // A cheap first test, so most small flows never get a dense series.
+    let total = active.iter().filter(|&&(i, _)| i >= start).fold(0u64, |sum, &(_, b)| sum.saturating_add(b));
+    let covered_secs: f64 = window.intervals.iter().skip(start).flatten().sum();
+    let busy_enough = total as f64 >= MIN_MEAN_RATE * covered_secs;
+    if !busy_enough {
+        return None;
+    }
+    let mut bytes = vec![0u64; window.samples.len()];
+    for &(i, b) in active {
+        if let Some(slot) = bytes.get_mut(i) {
+            *slot = b;
+        }
+    }
+    let points: Vec<Point> = (start..bytes.len())
+        .filter_map(|i| {
+            let sample = window.samples.get(i)?;
+            let length = (*window.intervals.get(i)?)?;
+            let moved = *bytes.get(i)? as f64;
+            Some(Point { x: sample.t_secs - length / 2.0, y: moved / length, weight: length })
+        })
+        .collect();
+    if points.len() < MIN_TREND_POINTS {
+        return None;
+    }
+    let line = fit(&points)?;
+    let span_secs: f64 = points.iter().map(|p| p.weight).sum();
+    let mean_rate = points.iter().map(|p| p.y * p.weight).sum::<f64>() / span_secs;
+    let well_fitted = line.r_squared >= MIN_TREND_R_SQUARED && mean_rate >= MIN_MEAN_RATE;
+    if !well_fitted {
+        return None;
+    }
+    let start_rate = line.at(points.first()?.x).max(0.0);
+    let end_rate = line.at(points.last()?.x).max(0.0);
+    let ratio = end_rate / start_rate.max(RATE_FLOOR);
+    let growth = ratio >= growth_ratio;
+    let decay = ratio <= 1.0 / growth_ratio;
+    if !(growth || decay) || (decay && stopped(&points)) {
+        return None;
+    }
+    Some(Trend {
+        subject,
+        direction,
+        growth,
+        ratio,
+        start_rate,
+        end_rate,
+        slope: line.slope,
+        r_squared: line.r_squared,
+        mean_rate,
+        span_secs,
+        samples: points.len(),
+    })
+}
+
+/// Whether the series ends with a silent stretch: the key stopped.
+pub(super) fn stopped(points: &[Point]) -> bool {
+    let silent = points.iter().rev().take_while(|p| p.y <= 0.0).count();
+    silent >= MIN_STOPPED_INTERVALS.max(points.len() / 5)
+}
+
+pub(super) fn trend_finding(trend: &Trend, growth_ratio: f64, comm: &dyn Fn(u32) -> String) -> Finding {
+    let (kind, critical, change) = if trend.growth {
+        ("traffic_growth", trend.ratio >= 2.0 * growth_ratio, format!("grew {:.1}x", trend.ratio))
+    } else {
+        let change =
+            if trend.ratio < 0.01 { "fell to near zero".to_owned() } else { format!("fell {:.1}x", 1.0 / trend.ratio) };
+        ("throughput_decay", trend.ratio <= 1.0 / (2.0 * growth_ratio), change)
+    };
+    let pid = trend.subject.pid();
+    let label = match trend.subject {
+        Subject::Process(_) => process_label(pid, comm),
+        Subject::Flow(key) => flow_label(&key, comm, trend.direction.arrow()),
+    };
+    let (from, to) = units::rate_pair(trend.start_rate, trend.end_rate);
+    let summary = format!(
+        "{label}: {} rate {change} in {} ({from} -> {to})",
+        trend.direction.noun(),
+        human_duration(trend.span_secs)
+    );
+    let flow = match trend.subject {
+        Subject::Flow(key) => Some(key),
+        Subject::Process(_) => None,
+    };
+    finding(
+        kind,
+        if critical { Severity::Critical } else { Severity::Warning },
+        pid,
+        flow.as_ref(),
+        comm,
+        summary,
+        json!({
+            "direction": trend.direction.as_str(),
+            "start_rate": round(trend.start_rate, 1),
+            "end_rate": round(trend.end_rate, 1),
+            "ratio": round(trend.ratio, 3),
+            "slope_bytes_per_sec2": round(trend.slope, 3),
+            "r_squared": round(trend.r_squared, 3),
+            "mean_rate": round(trend.mean_rate, 1),
+            "window_secs": round(trend.span_secs, 3),
+            "samples": trend.samples,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use crate::{
+        analysis::{tests::*, Severity},
+        model::{Counters, FlowKey, Role, Sample},
+    };
+
+    #[test]
+    fn linear_ramp_is_traffic_growth_of_the_flow() {
+        let key = client(PID, "52.218.1.9", 443);
+        let findings = run(&rx_series(key, &ramp(200_000.0, 800_000.0, 60)));
+        assert_eq!(kinds(&findings), ["traffic_growth"], "{findings:#?}");
+        let growth = &findings[0];
+        let ratio = growth.evidence["ratio"].as_f64().expect("ratio");
+        assert!((3.0..=5.0).contains(&ratio), "ratio {ratio}");
+        assert_eq!((growth.remote_addr.as_deref(), growth.port), (Some("52.218.1.9"), Some(443)));
+        assert_eq!(growth.severity, Severity::Critical);
+        assert_eq!(growth.evidence["direction"], "rx");
+        assert_eq!(growth.evidence["samples"], 60);
+        assert!(
+            growth.summary.starts_with("pid 4242 (p4242) <- 52.218.1.9:443: receive rate grew 4.0x in 60s"),
+            "{}",
+            growth.summary
+        );
+        assert!(growth.summary.ends_with("(195.3 KiB/s -> 781.2 KiB/s)"), "{}", growth.summary);
+    }
+
+    #[test]
+    fn flat_noise_with_a_spike_is_no_trend() {
+        let key = client(PID, "10.0.0.1", 443);
+        for spike_at in [20, 59] {
+            let mut seed = 7;
+            let mut rates: Vec<f64> = (0..60).map(|_| 500_000.0 * (1.0 + 0.1 * noise(&mut seed))).collect();
+            rates[spike_at] = 5_000_000.0;
+            let findings = run(&rx_series(key, &rates));
+            assert!(findings.is_empty(), "spike at {spike_at}: {findings:#?}");
+        }
+    }
+
+    #[test]
+    fn sawtooth_is_no_trend() {
+        let key = client(PID, "10.0.0.1", 443);
+        let rates: Vec<f64> = (0..60).map(|i| 200_000.0 + 60_000.0 * (i % 10) as f64).collect();
+        assert!(run(&rx_series(key, &rates)).is_empty());
+    }
+
+    #[test]
+    fn slow_steady_decay_is_throughput_decay() {
+        let key = client(PID, "10.0.0.2", 9000);
+        let mut seed = 3;
+        let rates: Vec<f64> =
+            ramp(1_000_000.0, 400_000.0, 120).into_iter().map(|r| r * (1.0 + 0.05 * noise(&mut seed))).collect();
+        let findings = run(&rx_series(key, &rates));
+        assert_eq!(kinds(&findings), ["throughput_decay"], "{findings:#?}");
+        let ratio = findings[0].evidence["ratio"].as_f64().expect("ratio");
+        assert!((0.3..0.5).contains(&ratio), "ratio {ratio}");
+        assert_eq!(findings[0].severity, Severity::Warning);
+        assert!(findings[0].summary.contains("receive rate fell 2.5x"), "{}", findings[0].summary);
+    }
+
+    #[test]
+    fn a_flow_that_stopped_is_no_decay() {
+        let key = client(PID, "10.0.0.3", 443);
+        let rates: Vec<f64> = (0..60).map(|i| if i < 30 { 1_000_000.0 } else { 0.0 }).collect();
+        assert!(run(&rx_series(key, &rates)).is_empty());
+    }
+
+    #[test]
+    fn a_flow_starting_mid_window_at_a_steady_rate_is_no_growth() {
+        let key = client(PID, "10.0.0.4", 443);
+        // Idle, then a partial first interval, then steady.
+        let mut rates = vec![0.0; 54];
+        rates.push(100_000.0);
+        rates.extend([1_000_000.0; 5]);
+        assert!(run(&rx_series(key, &rates)).is_empty());
+    }
+
+    #[test]
+    fn growth_spread_over_many_flows_is_reported_for_the_process() {
+        // A new steady flow every 10 s: no flow grows, the process does.
+        let samples: VecDeque<Sample> = (0..60)
+            .map(|i| {
+                let flows = (0..=i / 10).map(|j| (client(PID, &format!("10.0.1.{j}"), 443), rx(200_000))).collect();
+                sample(i as f64 + 1.0, flows)
+            })
+            .collect();
+        let findings = run(&samples);
+        assert_eq!(kinds(&findings), ["traffic_growth"], "{findings:#?}");
+        assert_eq!((findings[0].pid, findings[0].remote_addr.as_deref()), (PID, None));
+        assert!(findings[0].summary.starts_with("pid 4242 (p4242): receive rate grew"), "{}", findings[0].summary);
+    }
+
+    #[test]
+    fn two_growing_flows_keep_the_process_finding_too() {
+        let (a, b) = (client(PID, "10.0.0.1", 443), client(PID, "10.0.0.2", 443));
+        let samples: VecDeque<Sample> = ramp(200_000.0, 800_000.0, 60)
+            .into_iter()
+            .enumerate()
+            .map(|(i, rate)| sample(i as f64 + 1.0, vec![(a, rx(rate as u64)), (b, rx(rate as u64))]))
+            .collect();
+        let findings = run(&samples);
+        assert_eq!(findings.len(), 3, "{findings:#?}");
+        assert_eq!(findings.iter().filter(|f| f.remote_addr.is_none()).count(), 1);
+    }
+
+    #[test]
+    fn server_flow_is_labelled_with_the_local_port() {
+        let key = FlowKey { pid: 80, role: Role::Server, remote: "2001:db8::1".parse().expect("ip"), port: 8080 };
+        let samples: VecDeque<Sample> = ramp(200_000.0, 800_000.0, 30)
+            .into_iter()
+            .enumerate()
+            .map(|(i, rate)| {
+                sample(i as f64 + 1.0, vec![(key, Counters { tx_bytes: rate as u64, ..Counters::default() })])
+            })
+            .collect();
+        let findings = run(&samples);
+        assert_eq!(kinds(&findings), ["traffic_growth"], "{findings:#?}");
+        assert!(findings[0].summary.starts_with("pid 80 (p80) :8080 -> 2001:db8::1: send rate grew"));
+        assert_eq!((findings[0].port, findings[0].evidence["direction"].as_str()), (Some(8080), Some("tx")));
+    }
+}
