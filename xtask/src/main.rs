@@ -23,6 +23,7 @@
 //! `guest`).
 
 mod bench;
+mod dist;
 mod guest;
 mod setup;
 mod stress;
@@ -99,6 +100,11 @@ enum Task {
         reference: bench::reference::Reference,
         #[arg(long, default_value = "10")]
         seconds: u64,
+    },
+    /// Release build and Debian package (target/dist/tracer_<version>_<arch>.deb).
+    Dist {
+        #[command(flatten)]
+        args: dist::DistArgs,
     },
     /// Boot stock Debian kernels under qemu and run the tracer's checks in each.
     VmTest {
@@ -185,7 +191,7 @@ fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
     if let Some(filter) = filter {
         cmd.arg(filter);
     }
-    cmd.args(["--test-threads=1"]).env("TRACER_BIN", &tracer);
+    cmd.args(["--test-threads=1"]).env("TRACER_BIN", &tracer).envs(dist::prepare_tests(&tracer)?);
     run(&mut cmd)?;
     // The fentry and kprobe backends cannot run on every host kernel: boot
     // stock kernels that can, and run the checks there.
@@ -213,6 +219,7 @@ fn main() -> ExitCode {
         Task::Bench { args } => bench::run(args),
         Task::Loadgen { args } => bench::loadgen::run(args),
         Task::Reference { reference, seconds } => bench::reference::hold(reference, seconds),
+        Task::Dist { args } => dist::dist(args),
         Task::VmTest { kernel } => vm::vm_test(&kernel),
         Task::GuestCheck { tracer, expect } => guest::guest_check(&tracer, &expect),
     };
