@@ -14,6 +14,9 @@
 //! - `unit-stress [--runs 50]`: the unit tests again and again under a CPU
 //!   hog on every core (`stress`).
 //! - `bench`: the tracer's overhead, written to BENCHMARKS.md (`bench`).
+//! - `dist [--binary PATH]`: a release build packaged as
+//!   `target/dist/tracer_<version>_<arch>.deb` (`dist`; `test` also packages
+//!   the binary under test this way for the deployment tests).
 //! - `vm-test [--kernel K]`: stock Debian kernels under qemu, every attach
 //!   backend each supports checked inside (`vm`).
 //!
