@@ -114,6 +114,7 @@ impl AnalysisArgs {
             close_wait_age_secs: self.close_wait_age.as_secs_f64(),
             retransmit_ratio: self.retransmit_ratio,
             churn_rate: self.churn_rate,
+            rtt_ratio: self.rtt_ratio,
             window_secs: self.analysis_window.map(|d| d.as_secs_f64()),
         }
     }
@@ -156,6 +157,10 @@ pub(crate) struct AnalysisArgs {
     /// Flag a remote with more new connections per second than this.
     #[arg(long, value_name = "PER_SEC", default_value = "10", value_parser = parse_positive_ratio)]
     pub(crate) churn_rate: f64,
+    /// Flag a remote whose RTT rises by this factor (and by 5 ms at least)
+    /// over the window.
+    #[arg(long, value_name = "RATIO", default_value = "2.0", value_parser = parse_growth_ratio)]
+    pub(crate) rtt_ratio: f64,
     /// Analyse only the last DURATION of history (default: all of it).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) analysis_window: Option<Duration>,

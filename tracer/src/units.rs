@@ -1,5 +1,6 @@
 //! Byte counts and rates for people, in binary units (`1.5 KiB`,
-//! `800.0 KiB/s`): one convention for the table and the findings' summaries.
+//! `800.0 KiB/s`) and latencies (`12.3 ms`): one convention for the table
+//! and the findings' summaries.
 
 const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 
@@ -39,6 +40,17 @@ pub(crate) fn rate_pair(a: f64, b: f64) -> (String, String) {
     }
 }
 
+/// A duration in microseconds for people: `850 us`, `12.3 ms`, `1.50 s`.
+pub(crate) fn duration_us(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0} us")
+    } else if us < 1_000_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{:.2} s", us / 1e6)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +65,8 @@ mod tests {
         assert_eq!(rate_pair(204_800.0, 819_200.0), ("200.0 KiB/s".to_owned(), "800.0 KiB/s".to_owned()));
         assert_eq!(rate_pair(100.0, 2_097_152.0), ("0.0 MiB/s".to_owned(), "2.0 MiB/s".to_owned()));
         assert_eq!(rate_pair(12.4, 900.0), ("12 B/s".to_owned(), "900 B/s".to_owned()));
+        assert_eq!(duration_us(850.0), "850 us");
+        assert_eq!(duration_us(12_345.0), "12.3 ms");
+        assert_eq!(duration_us(1_500_000.0), "1.50 s");
     }
 }

@@ -36,6 +36,7 @@ mod churn;
 mod close_wait;
 mod connections;
 mod fit;
+mod health;
 mod retransmits;
 #[cfg(test)]
 mod tests;
@@ -92,6 +93,8 @@ pub(crate) struct Thresholds {
     pub(crate) close_wait_age_secs: f64,
     pub(crate) retransmit_ratio: f64,
     pub(crate) churn_rate: f64,
+    /// How much a remote's RTT must rise to be `latency_rise`.
+    pub(crate) rtt_ratio: f64,
     /// Analyse only the last this-many seconds of history.
     pub(crate) window_secs: Option<f64>,
 }
@@ -105,13 +108,18 @@ pub(crate) struct Input<'a> {
     /// analysis window).
     pub(crate) flows: &'a [Flow],
     pub(crate) comm: &'a dyn Fn(u32) -> String,
+    /// The kernel's HZ, once measured: the chrono counters count jiffies.
+    pub(crate) hz: Option<u32>,
 }
 
 /// All findings, most severe first, then by kind, pid and remote.
 pub(crate) fn analyze(input: &Input<'_>, thresholds: &Thresholds) -> Vec<Finding> {
     let window = Window::new(input.samples, thresholds.window_secs);
     let totals = window::flow_totals(&window, input);
-    let mut findings = traffic::traffic_trends(&window, thresholds.growth_ratio, input.comm);
+    let cause =
+        |key: &FlowKey| health::likely_cause(&window, key, totals.get(key), thresholds.retransmit_ratio, input.hz);
+    let mut findings = traffic::traffic_trends(&window, thresholds.growth_ratio, input.comm, &cause);
+    findings.extend(health::health_findings(&window, &totals, thresholds.rtt_ratio, input.hz, input.comm));
     findings.extend(connections::connection_leaks(&window, input.comm));
     findings.extend(close_wait::close_wait_leaks(
         &window,

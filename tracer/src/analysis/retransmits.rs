@@ -129,6 +129,7 @@ mod tests {
                 segments_out: 1100,
                 ..Counters::default()
             },
+            health: Default::default(),
         };
         let findings = run_with(&VecDeque::new(), &[], &[flow], &defaults());
         assert_eq!(kinds(&findings), ["retransmit_spike"], "{findings:#?}");

@@ -18,6 +18,7 @@ pub(crate) fn defaults() -> Thresholds {
         close_wait_age_secs: 30.0,
         retransmit_ratio: 0.02,
         churn_rate: 10.0,
+        rtt_ratio: 2.0,
         window_secs: None,
     }
 }
@@ -35,7 +36,7 @@ pub(crate) fn rx(bytes: u64) -> Counters {
 }
 
 pub(crate) fn sample(t_secs: f64, flows: Vec<(FlowKey, Counters)>) -> Sample {
-    Sample { t_secs, flows: flows.into_iter().collect(), sockets: HashMap::new() }
+    Sample { t_secs, flows: flows.into_iter().collect(), sockets: HashMap::new(), health: HashMap::new() }
 }
 
 pub(crate) fn with_sockets(mut sample: Sample, pid: u32, states: &[(&'static str, u64)]) -> Sample {
@@ -69,7 +70,12 @@ pub(crate) fn run_with(
     flows: &[Flow],
     thresholds: &Thresholds,
 ) -> Vec<Finding> {
-    analyze(&Input { samples, close_wait, flows, comm: &comm }, thresholds)
+    analyze(&Input { samples, close_wait, flows, comm: &comm, hz: None }, thresholds)
+}
+
+/// [`run`] with the kernel's HZ known (the chrono counters count).
+pub(crate) fn run_health(samples: &VecDeque<Sample>, hz: Option<u32>) -> Vec<Finding> {
+    analyze(&Input { samples, close_wait: &[], flows: &[], comm: &comm, hz }, &defaults())
 }
 
 pub(crate) fn run(samples: &VecDeque<Sample>) -> Vec<Finding> {
@@ -165,4 +171,21 @@ fn findings_are_sorted_most_severe_first() {
             (Severity::Warning, "retransmit_spike", 3),
         ]
     );
+}
+
+/// A decay as an integration run measured it (bytes per 1-s interval of a
+/// client pacing 800 -> 200 KB/s, with one burst): `throughput_decay`.
+#[test]
+fn a_measured_decay_with_a_burst_is_throughput_decay() {
+    let rates: Vec<f64> = vec![
+        0.0, 742723.0, 787425.0, 771893.0, 759669.0, 761049.0, 750000.0, 736388.0, 737062.0, 702715.0, 700563.0,
+        697819.0, 690939.0, 683726.0, 660332.0, 661128.0, 642736.0, 896761.0, 604791.0, 600545.0, 630317.0, 585139.0,
+        574550.0, 573637.0, 576418.0, 537460.0, 559207.0, 530529.0, 509110.0, 511895.0, 501638.0, 490562.0, 480241.0,
+        471596.0, 460680.0, 452927.0, 443274.0, 427859.0, 424017.0, 412371.0, 397694.0, 392260.0, 381830.0, 372826.0,
+        360239.0, 353263.0, 342095.0, 330068.0, 320985.0, 312487.0, 302073.0, 290550.0, 281303.0, 272470.0, 261299.0,
+        250574.0, 240646.0, 232340.0, 221065.0, 211056.0, 193367.0,
+    ];
+    let key = client(PID, "127.0.0.1", 40000);
+    let findings = run(&rx_series(key, &rates));
+    assert_eq!(kinds(&findings), ["throughput_decay"], "{findings:#?}");
 }

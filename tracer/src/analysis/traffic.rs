@@ -98,7 +98,14 @@ pub(super) struct Trend {
 
 /// `traffic_growth` and `throughput_decay`, per process and per flow, for
 /// each direction.
-pub(super) fn traffic_trends(window: &Window<'_>, growth_ratio: f64, comm: &dyn Fn(u32) -> String) -> Vec<Finding> {
+/// `cause` gives a flow's `likely_cause` evidence; a process's comes from
+/// its flow that moved the most in the trend's direction.
+pub(super) fn traffic_trends(
+    window: &Window<'_>,
+    growth_ratio: f64,
+    comm: &dyn Fn(u32) -> String,
+    cause: &dyn Fn(&FlowKey) -> serde_json::Value,
+) -> Vec<Finding> {
     // A ratio of 1 or less would call every flat series a trend.
     if growth_ratio.is_nan() || growth_ratio <= 1.0 {
         return Vec::new();
@@ -138,7 +145,40 @@ pub(super) fn traffic_trends(window: &Window<'_>, growth_ratio: f64, comm: &dyn 
         Subject::Process(pid) => flow_findings.get(&(pid, t.growth, t.direction)) != Some(&1),
         Subject::Flow(_) => true,
     });
-    trends.iter().map(|t| trend_finding(t, growth_ratio, comm)).collect()
+    trends
+        .iter()
+        .map(|t| {
+            let mut finding = trend_finding(t, growth_ratio, comm);
+            let key = match t.subject {
+                Subject::Flow(key) => Some(key),
+                Subject::Process(pid) => biggest_flow(&series, pid, t.direction),
+            };
+            if let (Some(key), Some(evidence)) = (key, finding.evidence.as_object_mut()) {
+                if let Some(found) = cause(&key).as_object() {
+                    evidence.extend(found.clone());
+                }
+            }
+            finding
+        })
+        .collect()
+}
+
+/// The flow of `pid` that moved the most bytes in `direction`.
+fn biggest_flow(
+    series: &BTreeMap<(Subject, Direction), Vec<(usize, u64)>>,
+    pid: u32,
+    direction: Direction,
+) -> Option<FlowKey> {
+    series
+        .iter()
+        .filter_map(|((subject, d), active)| match subject {
+            Subject::Flow(key) if key.pid == pid && *d == direction => {
+                Some((active.iter().fold(0u64, |sum, &(_, b)| sum.saturating_add(b)), *key))
+            }
+            _ => None,
+        })
+        .max()
+        .map(|(_, key)| key)
 }
 
 /// Fits one key's rate series; `Some` when it is a trend worth reporting.

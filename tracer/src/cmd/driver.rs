@@ -104,7 +104,13 @@ impl Driver {
         let close_wait = model.close_wait(now_ns);
         let comm = |pid: u32| model.comm(pid).to_owned();
         let findings = analysis::analyze(
-            &analysis::Input { samples: model.samples(), close_wait: &close_wait, flows: &flows, comm: &comm },
+            &analysis::Input {
+                samples: model.samples(),
+                close_wait: &close_wait,
+                flows: &flows,
+                comm: &comm,
+                hz: model.hz(),
+            },
             &self.thresholds,
         );
         Snapshot {

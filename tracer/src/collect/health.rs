@@ -2,7 +2,7 @@
 //! `load::health`): running the `sample_sockets` iterator over the
 //! socket table once per tick, the kernel's HZ (for the chrono counters,
 //! which count jiffies), and the kernel's raw values turned into the
-//! report's units (RTT choice, failure reasons, delivery rate).
+//! report's units (failure reasons, delivery rate).
 //!
 //! Kernel facts the numbers respect:
 //! - `srtt_us` is stored << 3 and only moves when data *we* sent is
@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use tracer_common::{health_flags, HealthClock, TcpHealth};
 
-use crate::sys;
+use crate::{model::FailReason, sys};
 
 /// The loaded `sample_sockets` program, run on demand: one pass samples
 /// every socket of the socket table (no attach point involved).
@@ -83,56 +83,22 @@ impl HzMeter {
     }
 }
 
-/// Why a connect failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum FailReason {
-    Refused,
-    Timeout,
-    Unreachable,
-    Other,
-}
-
-impl FailReason {
-    pub(crate) const ALL: [FailReason; 4] =
-        [FailReason::Refused, FailReason::Timeout, FailReason::Unreachable, FailReason::Other];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            FailReason::Refused => "refused",
-            FailReason::Timeout => "timeout",
-            FailReason::Unreachable => "unreachable",
-            FailReason::Other => "other",
-        }
-    }
-
-    /// The reason of a failed connect from the socket's error and whether a
-    /// SYN ever left.
-    pub(crate) fn of(sk_err: u32, syn_sent: bool) -> FailReason {
-        match sk_err as i32 {
-            libc::ECONNREFUSED => FailReason::Refused,
-            libc::ETIMEDOUT => FailReason::Timeout,
-            libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES => FailReason::Unreachable,
-            0 if syn_sent => FailReason::Timeout,
-            _ => FailReason::Other,
-        }
-    }
-
-    /// The reason of a record's failed connect, if it failed.
-    pub(crate) fn of_health(health: &TcpHealth) -> Option<FailReason> {
-        (health.flags & health_flags::CONNECT_FAILED != 0)
-            .then(|| FailReason::of(health.connect_error, health.flags & health_flags::SYN_SENT_OUT != 0))
+/// The reason of a failed connect from the socket's error and whether a
+/// SYN ever left (the mapping in this file's opening comment).
+pub(crate) fn fail_reason(sk_err: u32, syn_sent: bool) -> FailReason {
+    match sk_err as i32 {
+        libc::ECONNREFUSED => FailReason::Refused,
+        libc::ETIMEDOUT => FailReason::Timeout,
+        libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES => FailReason::Unreachable,
+        0 if syn_sent => FailReason::Timeout,
+        _ => FailReason::Other,
     }
 }
 
-/// The RTT, in microseconds, one sample of a socket stands for: the
-/// receiver's estimate for a socket that received more than it sent since
-/// the previous sample (its `srtt_us` does not move), the smoothed RTT
-/// otherwise. `None` when the kernel has no estimate yet.
-pub(crate) fn sample_rtt_us(health: &TcpHealth, sent: u64, received: u64) -> Option<u32> {
-    let srtt = health.srtt_us8 >> 3;
-    let rcv_rtt = health.rcv_rtt_us8 >> 3;
-    let rtt = if received > sent && rcv_rtt > 0 { rcv_rtt } else { srtt };
-    (rtt > 0).then_some(rtt)
+/// The reason of a record's failed connect, if it failed.
+pub(crate) fn failed_connect_reason(health: &TcpHealth) -> Option<FailReason> {
+    (health.flags & health_flags::CONNECT_FAILED != 0)
+        .then(|| fail_reason(health.connect_error, health.flags & health_flags::SYN_SENT_OUT != 0))
 }
 
 /// The delivery rate as `tcp_get_info` computes it, bytes per second.
@@ -141,42 +107,26 @@ pub(crate) fn delivery_rate(health: &TcpHealth) -> Option<u64> {
         .then(|| health.rate_delivered as u64 * health.mss_cache as u64 * 1_000_000 / health.rate_interval_us as u64)
 }
 
-/// Jiffies in milliseconds at `hz`.
-pub(crate) fn jiffies_ms(jiffies: u64, hz: u32) -> u64 {
-    jiffies * 1000 / hz.max(1) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn failure_reasons_follow_the_socket_error() {
-        assert_eq!(FailReason::of(libc::ECONNREFUSED as u32, true), FailReason::Refused);
-        assert_eq!(FailReason::of(libc::ETIMEDOUT as u32, true), FailReason::Timeout);
-        assert_eq!(FailReason::of(libc::EHOSTUNREACH as u32, true), FailReason::Unreachable);
-        assert_eq!(FailReason::of(libc::ENETUNREACH as u32, true), FailReason::Unreachable);
-        assert_eq!(FailReason::of(libc::EACCES as u32, true), FailReason::Unreachable);
+        assert_eq!(fail_reason(libc::ECONNREFUSED as u32, true), FailReason::Refused);
+        assert_eq!(fail_reason(libc::ETIMEDOUT as u32, true), FailReason::Timeout);
+        assert_eq!(fail_reason(libc::EHOSTUNREACH as u32, true), FailReason::Unreachable);
+        assert_eq!(fail_reason(libc::ENETUNREACH as u32, true), FailReason::Unreachable);
+        assert_eq!(fail_reason(libc::EACCES as u32, true), FailReason::Unreachable);
         // The application gave up while SYNs were unanswered.
-        assert_eq!(FailReason::of(0, true), FailReason::Timeout);
+        assert_eq!(fail_reason(0, true), FailReason::Timeout);
         // No SYN ever left (no free ephemeral port).
-        assert_eq!(FailReason::of(0, false), FailReason::Other);
-        assert_eq!(FailReason::of(libc::EPROTO as u32, true), FailReason::Other);
+        assert_eq!(fail_reason(0, false), FailReason::Other);
+        assert_eq!(fail_reason(libc::EPROTO as u32, true), FailReason::Other);
         let health = TcpHealth { flags: 0, connect_error: libc::ECONNREFUSED as u32, ..TcpHealth::default() };
-        assert_eq!(FailReason::of_health(&health), None);
+        assert_eq!(failed_connect_reason(&health), None);
         let failed = TcpHealth { flags: health_flags::CONNECT_FAILED, ..health };
-        assert_eq!(FailReason::of_health(&failed), Some(FailReason::Refused));
-    }
-
-    #[test]
-    fn receive_dominated_sockets_use_the_receivers_estimate() {
-        let health = TcpHealth { srtt_us8: 100 << 3, rcv_rtt_us8: 5000 << 3, ..TcpHealth::default() };
-        assert_eq!(sample_rtt_us(&health, 10, 1_000_000), Some(5000));
-        assert_eq!(sample_rtt_us(&health, 1_000_000, 10), Some(100));
-        assert_eq!(sample_rtt_us(&health, 0, 0), Some(100));
-        let no_rcv = TcpHealth { rcv_rtt_us8: 0, ..health };
-        assert_eq!(sample_rtt_us(&no_rcv, 0, 1000), Some(100));
-        assert_eq!(sample_rtt_us(&TcpHealth::default(), 0, 0), None);
+        assert_eq!(failed_connect_reason(&failed), Some(FailReason::Refused));
     }
 
     #[test]
@@ -200,6 +150,5 @@ mod tests {
         let health = TcpHealth { rate_delivered: 10, mss_cache: 1448, rate_interval_us: 1000, ..TcpHealth::default() };
         assert_eq!(delivery_rate(&health), Some(14_480_000));
         assert_eq!(delivery_rate(&TcpHealth::default()), None);
-        assert_eq!(jiffies_ms(250, 250), 1000);
     }
 }

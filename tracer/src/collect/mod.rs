@@ -6,7 +6,6 @@
 //! model with them each tick, with what /proc adds ([`procfs`]).
 
 mod byte_table;
-#[expect(dead_code, reason = "the TCP health model and outputs that use these come next")]
 mod health;
 mod observe;
 mod procfs;
@@ -83,7 +82,6 @@ impl Collector {
     }
 
     /// Whether the TCP health pass runs here.
-    #[expect(dead_code, reason = "the TCP health outputs that say whether it runs come next")]
     pub(crate) fn sampling(&self) -> bool {
         self.sampler.is_some()
     }
@@ -133,14 +131,27 @@ impl Collector {
         out
     }
 
+    /// Takes the final records that found the ring buffer full (kept in
+    /// `OVERFLOW` by the kernel side instead of being lost).
+    pub(crate) fn drain_overflow(&mut self) -> Vec<(SocketObs, u64)> {
+        let Some(map) = self.ebpf.map_mut("OVERFLOW") else { return Vec::new() };
+        let Ok(mut overflow) = BpfHashMap::<_, u64, ClosedSock>::try_from(map) else { return Vec::new() };
+        let entries: Vec<(u64, ClosedSock)> = overflow.iter().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, closed) in entries {
+            // Taken once: only a record this call removed is handed over.
+            if overflow.remove(&key).is_ok() {
+                out.push((observe(closed.sock, &closed.record), closed.destroyed_ns));
+            }
+        }
+        out
+    }
+
     /// Every socket the kernel side tracks now, with its byte slots' counts
     /// added. The slots are read first: a socket destroyed in between is
     /// then missing from the table read (its final record comes through the
     /// ring buffer), never seen with its slots already given back.
     pub(crate) fn live(&self) -> Vec<SocketObs> {
-        if let Some(clock) = self.sample_health() {
-            debug!("health pass {}: {} sampled so far", clock.passes, clock.sampled);
-        }
         let slots = self.bytes.as_ref().map(ByteTable::read_and_sweep).unwrap_or_default();
         let with_slots = |id: u64, record: &SockRecord| {
             let mut record = *record;
@@ -170,6 +181,7 @@ impl Collector {
         KernelStats {
             events_total: sum(stat::EVENTS),
             events_dropped: sum(stat::EVENTS_DROPPED),
+            events_deferred: sum(stat::EVENTS_DEFERRED),
             map_full_drops: sum(stat::MAP_FULL),
         }
     }

@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 
-use tracer_common::{flags, role, SockRecord};
+use tracer_common::{flags, health_flags, role, SockRecord, TcpHealth};
 
-use crate::model::{addr, Counters, KernelRole, SocketObs, Tuple};
+use super::health::{delivery_rate, failed_connect_reason};
+use crate::model::{addr, Counters, FailReason, KernelRole, SocketHealth, SocketObs, Tuple};
 
 /// Turns a kernel record into a model observation.
 pub(crate) fn observe(id: u64, record: &SockRecord) -> SocketObs {
@@ -37,8 +38,47 @@ pub(crate) fn observe(id: u64, record: &SockRecord) -> SocketObs {
             opened: u64::from(has(flags::OPENED)),
             closed: 0,
             failed_connects: u64::from(has(flags::FAILED_CONNECT)),
+            ..health_counters(record)
         },
         was_established: has(flags::WAS_ESTABLISHED),
+        health: socket_health(&record.health),
+    }
+}
+
+/// The counters of a record's health block: failures by reason, SYN
+/// retransmits, a measured connect, and the chrono counters (busy is the
+/// sum of the three, as `tcp_info` reports it).
+fn health_counters(record: &SockRecord) -> Counters {
+    let health = &record.health;
+    let reason = failed_connect_reason(health);
+    let failed = |r: FailReason| u64::from(reason == Some(r));
+    let chrono = |i: usize| if health.flags & health_flags::CHRONO != 0 { u64::from(health.chrono[i]) } else { 0 };
+    Counters {
+        failed_refused: failed(FailReason::Refused),
+        failed_timeout: failed(FailReason::Timeout),
+        failed_unreachable: failed(FailReason::Unreachable),
+        failed_other: failed(FailReason::Other),
+        syn_retransmits: u64::from(record.syn_retrans),
+        connects_timed: u64::from(health.flags & health_flags::CONNECT_TIMED != 0),
+        busy_jiffies: chrono(0) + chrono(1) + chrono(2),
+        rwnd_jiffies: chrono(1),
+        sndbuf_jiffies: chrono(2),
+        ..Counters::default()
+    }
+}
+
+/// What the sampling pass last read of the socket, in the model's units.
+fn socket_health(health: &TcpHealth) -> SocketHealth {
+    SocketHealth {
+        connect_us: (health.flags & health_flags::CONNECT_TIMED != 0).then_some(health.connect_ns / 1000),
+        samples: health.samples,
+        srtt_us: health.srtt_us8 >> 3,
+        rcv_rtt_us: health.rcv_rtt_us8 >> 3,
+        min_rtt_us: health.min_rtt_us,
+        recv_queue: health.recv_queue,
+        send_queue: health.send_queue,
+        rcvbuf: health.rcvbuf,
+        delivery_rate: delivery_rate(health),
     }
 }
 
@@ -99,6 +139,7 @@ mod tests {
                 opened: 1,
                 closed: 0,
                 failed_connects: 0,
+                ..Counters::default()
             }
         );
     }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{procfs, Collector};
+use super::{health::HzMeter, procfs, Collector};
 use crate::{
     load::{kernel::KERNEL_BTF, probes::Backend, LoadError},
     model::{filter::Filter, KernelStats, Model, Tuple},
@@ -25,6 +25,7 @@ pub(crate) struct Session {
     /// Unowned sockets already looked up in /proc without success.
     owner_misses: HashSet<Tuple>,
     stats: KernelStats,
+    hz: HzMeter,
 }
 
 impl Session {
@@ -51,6 +52,7 @@ impl Session {
             started_at,
             owner_misses: HashSet::new(),
             stats: KernelStats::default(),
+            hz: HzMeter::default(),
         })
     }
 
@@ -84,6 +86,12 @@ impl Session {
         }
     }
 
+    /// Whether the TCP health pass runs on this kernel.
+    #[expect(dead_code, reason = "doctor and the report say whether it runs (TCP health outputs, next)")]
+    pub(crate) fn sampling(&self) -> bool {
+        self.collector.sampling()
+    }
+
     /// Ends an interval: reads everything and samples the model.
     pub(crate) fn tick(&mut self) {
         // Most accepted sockets name their owner with their first receive;
@@ -100,6 +108,17 @@ impl Session {
 
     fn collect(&mut self, unowned_seen_by_ns: u64) {
         self.take_closed();
+        // Records that found the ring full wait in the overflow map, in
+        // the order the kernel kept them: before this tick's table read.
+        for (obs, destroyed_ns) in self.collector.drain_overflow() {
+            self.model.socket_closed(obs, destroyed_ns);
+        }
+        // Fresh RTT, backlogs and chrono counters in every record, just
+        // before the table is read.
+        if let Some(clock) = self.collector.sample_health() {
+            self.hz.observe(clock);
+            self.model.set_hz(self.hz.hz());
+        }
         self.model.replace_live(self.collector.live());
         // Sockets destroyed while the table was read: their records were
         // submitted before their entries went, so they are in the ring now.

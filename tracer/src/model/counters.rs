@@ -73,8 +73,26 @@ counters! {
     opened,
     /// Connections that were established and have been destroyed.
     closed,
-    /// Connection attempts that failed.
+    /// Connection attempts that failed (the sum of the four reasons).
     failed_connects,
+    /// ... refused: a reset, or ICMP port unreachable.
+    failed_refused,
+    /// ... timed out: the SYNs went unanswered (or the application gave up).
+    failed_timeout,
+    /// ... unreachable: an ICMP error (host, network, prohibited).
+    failed_unreachable,
+    /// ... for another reason (or no SYN ever left).
+    failed_other,
+    /// SYNs retransmitted while connecting.
+    syn_retransmits,
+    /// Connections whose connect latency was measured (the observation
+    /// itself goes to the interval's `FlowHealth`).
+    connects_timed,
+    /// The kernel's chrono counters, in jiffies (the model's HZ converts):
+    /// time sending, limited by the receiver's window, by the send buffer.
+    busy_jiffies,
+    rwnd_jiffies,
+    sndbuf_jiffies,
 }
 
 #[cfg(test)]

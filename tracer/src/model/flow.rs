@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{Counters, StateCounts};
+use super::{Counters, HealthView, LastMax, StateCounts};
 
 /// Which side of a connection a socket is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,6 +42,7 @@ pub(crate) struct Flow {
     pub(crate) key: FlowKey,
     pub(crate) comm: String,
     pub(crate) counters: Counters,
+    pub(crate) health: HealthView,
 }
 
 /// One process's counters over the window and its sockets now.
@@ -51,6 +52,10 @@ pub(crate) struct Process {
     pub(crate) comm: String,
     pub(crate) counters: Counters,
     pub(crate) sockets: StateCounts,
+    /// Backlogs summed over the process's sockets at each interval's end
+    /// (`None`: no socket of it was sampled).
+    pub(crate) recv_queue: Option<LastMax>,
+    pub(crate) send_queue: Option<LastMax>,
 }
 
 /// A socket in CLOSE_WAIT now.
@@ -91,5 +96,8 @@ pub(crate) struct TimelineProcess {
 pub(crate) struct KernelStats {
     pub(crate) events_total: u64,
     pub(crate) events_dropped: u64,
+    /// Final records that found the ring buffer full and were handed over
+    /// later (not lost).
+    pub(crate) events_deferred: u64,
     pub(crate) map_full_drops: u64,
 }

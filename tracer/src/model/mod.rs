@@ -12,15 +12,19 @@ pub(crate) mod addr;
 mod counters;
 pub(crate) mod filter;
 mod flow;
+mod health;
 mod socket;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use tracer_common::tcp_state;
 
+#[cfg(test)]
+pub(crate) use self::health::Dist;
 pub(crate) use self::{
     counters::Counters,
     flow::{CloseWait, Flow, FlowKey, KernelStats, Process, Role, TimelinePoint, TimelineProcess},
+    health::{jiffies_ms, FailReason, FlowHealth, HealthView, LastMax, SocketHealth},
     socket::{state_name, KernelRole, ProcSocket, SocketObs, StateCounts, Tuple},
 };
 use self::{
@@ -36,6 +40,9 @@ pub(crate) struct Sample {
     pub(crate) t_secs: f64,
     pub(crate) flows: HashMap<FlowKey, Counters>,
     pub(crate) sockets: HashMap<u32, StateCounts>,
+    /// TCP health per flow: RTT and backlogs of its live sockets at the
+    /// interval's end, connects completed in it.
+    pub(crate) health: HashMap<FlowKey, FlowHealth>,
 }
 
 struct LiveSocket {
@@ -66,6 +73,32 @@ pub(crate) struct Model {
     max_samples: usize,
     host_time_wait: u64,
     last_sample_ns: u64,
+    /// The kernel's HZ, once measured (the chrono counters count jiffies).
+    hz: Option<u32>,
+}
+
+/// What of a socket's counters, when the model first sees it, belongs to
+/// before the trace: the chrono counters of a connection that was not
+/// opened while tracing (the kernel counts them from its start; the
+/// record's other counters already start at the tracer's first sight).
+fn baseline(obs: &SocketObs) -> Counters {
+    if obs.counters.opened != 0 {
+        return Counters::default();
+    }
+    Counters {
+        busy_jiffies: obs.counters.busy_jiffies,
+        rwnd_jiffies: obs.counters.rwnd_jiffies,
+        sndbuf_jiffies: obs.counters.sndbuf_jiffies,
+        ..Counters::default()
+    }
+}
+
+/// States whose sockets have an RTT and backlogs worth sampling.
+fn carries_data(state: u8) -> bool {
+    !matches!(
+        state,
+        tcp_state::LISTEN | tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::CLOSE | tcp_state::TIME_WAIT
+    )
 }
 
 /// Seconds between two monotonic instants.
@@ -94,6 +127,7 @@ impl Model {
             max_samples: max_samples.max(1),
             host_time_wait: 0,
             last_sample_ns: start_ns,
+            hz: None,
         }
     }
 
@@ -146,9 +180,9 @@ impl Model {
                 // the table was read, its final record is still in the ring.
                 Some(old) => {
                     self.vanished.insert(obs.id, old);
-                    Counters::default()
+                    baseline(&obs)
                 }
-                None => Counters::default(),
+                None => baseline(&obs),
             };
             next.insert(obs.id, LiveSocket { obs, attributed });
         }
@@ -322,6 +356,7 @@ impl Model {
     /// live table, the destroyed sockets, owners and comms.
     pub(crate) fn sample(&mut self, now_ns: u64) {
         let mut flows: HashMap<FlowKey, Counters> = HashMap::new();
+        let mut health: HashMap<FlowKey, FlowHealth> = HashMap::new();
         let pending = std::mem::take(&mut self.pending_closed);
         for (obs, attributed) in &pending {
             self.remember_thread_comm(obs);
@@ -337,6 +372,11 @@ impl Model {
                 let delta = total.saturating_sub(attributed);
                 if !delta.is_zero() {
                     flows.entry(key).or_default().add(&delta);
+                }
+                // A connect that completed since the last sample; a
+                // destroyed socket has no RTT or backlog any more.
+                if let (true, Some(connect)) = (delta.connects_timed > 0, obs.health.connect_us) {
+                    health.entry(key).or_default().connect.observe(connect);
                 }
             }
         }
@@ -359,17 +399,33 @@ impl Model {
             if !delta.is_zero() {
                 flows.entry(key).or_default().add(&delta);
             }
+            if let (true, Some(connect)) = (delta.connects_timed > 0, obs.health.connect_us) {
+                health.entry(key).or_default().connect.observe(connect);
+            }
+            if obs.health.samples > 0 && carries_data(obs.state) {
+                health.entry(key).or_default().add_socket(&obs.health, delta.tx_bytes, delta.rx_bytes);
+            }
             if let Some(socket) = self.live.get_mut(&id) {
                 socket.attributed = attributed.max_each(&obs.counters);
             }
         }
         let sockets = self.socket_counts();
-        self.samples.push_back(Sample { t_secs: secs(self.start_ns, now_ns), flows, sockets });
+        self.samples.push_back(Sample { t_secs: secs(self.start_ns, now_ns), flows, sockets, health });
         while self.samples.len() > self.max_samples {
             self.samples.pop_front();
         }
         self.last_sample_ns = now_ns;
         self.forget_old_comms();
+    }
+
+    /// The kernel's HZ, measured by the collector.
+    pub(crate) fn set_hz(&mut self, hz: Option<u32>) {
+        self.hz = hz;
+    }
+
+    /// The kernel's HZ, once measured: converts the chrono counters.
+    pub(crate) fn hz(&self) -> Option<u32> {
+        self.hz
     }
 
     /// Drops names of processes the model no longer refers to, so memory
@@ -430,15 +486,18 @@ impl Model {
 
     /// Flows over the retained window, biggest first.
     pub(crate) fn flows(&self) -> Vec<Flow> {
-        let mut totals: HashMap<FlowKey, Counters> = HashMap::new();
+        let mut totals: HashMap<FlowKey, (Counters, HealthView)> = HashMap::new();
         for sample in &self.samples {
             for (key, delta) in &sample.flows {
-                totals.entry(*key).or_default().add(delta);
+                totals.entry(*key).or_default().0.add(delta);
+            }
+            for (key, interval) in &sample.health {
+                totals.entry(*key).or_default().1.add_interval(interval);
             }
         }
         let mut flows: Vec<Flow> = totals
             .into_iter()
-            .map(|(key, counters)| Flow { key, comm: self.comm(key.pid).to_owned(), counters })
+            .map(|(key, (counters, health))| Flow { key, comm: self.comm(key.pid).to_owned(), counters, health })
             .collect();
         // Remote addresses compare as text, as they read.
         flows.sort_by_cached_key(|f| {
@@ -451,9 +510,22 @@ impl Model {
     /// biggest first.
     pub(crate) fn processes(&self) -> Vec<Process> {
         let mut totals: BTreeMap<u32, Counters> = BTreeMap::new();
+        let mut queues: HashMap<u32, (LastMax, LastMax)> = HashMap::new();
         for sample in &self.samples {
             for (key, delta) in &sample.flows {
                 totals.entry(key.pid).or_default().add(delta);
+            }
+            // Summed over the process's sampled sockets, per interval.
+            let mut per_pid: HashMap<u32, (u64, u64)> = HashMap::new();
+            for (key, interval) in sample.health.iter().filter(|(_, h)| h.sockets > 0) {
+                let sums = per_pid.entry(key.pid).or_default();
+                sums.0 += interval.recv_queue;
+                sums.1 += interval.send_queue;
+            }
+            for (pid, (recv, send)) in per_pid {
+                let entry = queues.entry(pid).or_default();
+                entry.0.push(recv);
+                entry.1.push(send);
             }
         }
         let mut sockets = self.samples.back().map(|s| s.sockets.clone()).unwrap_or_default();
@@ -467,6 +539,8 @@ impl Model {
                 comm: self.comm(pid).to_owned(),
                 counters,
                 sockets: sockets.remove(&pid).unwrap_or_default(),
+                recv_queue: queues.get(&pid).map(|q| q.0),
+                send_queue: queues.get(&pid).map(|q| q.1),
             })
             .collect();
         processes.sort_by(|a, b| b.counters.bytes().cmp(&a.counters.bytes()).then(a.pid.cmp(&b.pid)));
@@ -590,6 +664,7 @@ mod tests {
             first_seen_ns: 1,
             counters: Counters { tx_bytes: tx, rx_bytes: rx, ..Counters::default() },
             was_established: true,
+            health: SocketHealth::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use tracer_common::tcp_state;
 
-use super::Counters;
+use super::{Counters, SocketHealth};
 
 /// Socket counts by state name (`ESTABLISHED`, `CLOSE_WAIT`, ...), zeros left out.
 pub(crate) type StateCounts = BTreeMap<&'static str, u64>;
@@ -76,6 +76,7 @@ pub(crate) struct SocketObs {
     pub(crate) counters: Counters,
     /// It reached ESTABLISHED: its destruction closes a connection.
     pub(crate) was_established: bool,
+    pub(crate) health: SocketHealth,
 }
 
 /// A socket found in /proc (at start, or when resolving owners).

@@ -633,13 +633,20 @@ mod tests {
             timeline: Vec::new(),
             findings,
             host_sockets: StateCounts::new(),
-            stats: KernelStats { events_total: 42, events_dropped: 1, map_full_drops: 2 },
+            stats: KernelStats { events_total: 42, events_dropped: 1, map_full_drops: 2, ..KernelStats::default() },
             live_sockets: 3,
         }
     }
 
     fn process(pid: u32, comm: &str, sockets: &[(&'static str, u64)]) -> Process {
-        Process { pid, comm: comm.into(), counters: Counters::default(), sockets: sockets.iter().copied().collect() }
+        Process {
+            pid,
+            comm: comm.into(),
+            counters: Counters::default(),
+            sockets: sockets.iter().copied().collect(),
+            recv_queue: None,
+            send_queue: None,
+        }
     }
 
     fn close_wait(pid: u32, comm: &str, age_secs: f64) -> CloseWait {
