@@ -21,6 +21,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
     ("chromium", "chromium"),
     ("bpftool", "bpftool"),
+    // The TCP health tests' delay line (NFQUEUE) and failure fixtures.
+    ("iptables", "iptables"),
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -10,11 +10,15 @@
 //! - `cli`: flags, exit codes, `--version`, `doctor`;
 //! - `analysis`: findings on real traffic (issue 4);
 //! - `race`: sockets destroyed while the tracer reads its tables, counted
-//!   once and exactly.
+//!   once and exactly;
+//! - `health`: TCP health (RTT, connect latency, failures by reason,
+//!   backlogs, window-limited senders) against the kernel's own numbers
+//!   (issue 12).
 
 mod analysis;
 mod bytes;
 mod cli;
+mod health;
 mod lifecycle;
 mod race;
 
