@@ -72,6 +72,16 @@ fn parse_positive_ratio(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `--max-sockets`: 1024 up to 16M (the byte table follows it, a power of
+/// two at least as large).
+fn parse_max_sockets(text: &str) -> Result<u32, String> {
+    let n: u32 = text.parse().map_err(|_| format!("'{text}' is not a number of sockets"))?;
+    if !(1024..=1 << 24).contains(&n) {
+        return Err(format!("{n} is out of range (1024 to 16777216)"));
+    }
+    Ok(n)
+}
+
 fn parse_growth_ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 1.0 => Ok(v),
@@ -189,6 +199,11 @@ pub(crate) struct TraceArgs {
     /// Attach backend (default: the cheapest one this kernel supports).
     #[arg(long, value_enum)]
     pub(crate) backend: Option<BackendArg>,
+    /// Sockets the kernel side can track at once (at least 1024; ~350
+    /// bytes of kernel memory each). Sockets past it are counted in
+    /// `untracked_sockets`, and the tracked ones stay exact.
+    #[arg(long, value_name = "N", default_value = "131072", value_parser = parse_max_sockets)]
+    pub(crate) max_sockets: u32,
     #[command(flatten)]
     pub(crate) filters: FilterArgs,
     #[command(flatten)]
@@ -219,6 +234,9 @@ pub(crate) struct AgentArgs {
     /// Attach backend (default: the cheapest one this kernel supports).
     #[arg(long, value_enum)]
     pub(crate) backend: Option<BackendArg>,
+    /// Sockets the kernel side can track at once (see `trace --help`).
+    #[arg(long, value_name = "N", default_value = "131072", value_parser = parse_max_sockets)]
+    pub(crate) max_sockets: u32,
     #[command(flatten)]
     pub(crate) filters: FilterArgs,
     #[command(flatten)]
@@ -294,6 +312,8 @@ mod tests {
             &["trace", "--comm", "a-name-longer-than-15"],
             &["trace", "--growth-ratio", "0.5"],
             &["agent", "--listen", "nowhere"],
+            &["trace", "--max-sockets", "1000"],
+            &["agent", "--max-sockets", "lots"],
         ] {
             let err = parse(bad).expect_err("must fail");
             assert_ne!(err.exit_code(), 0, "{bad:?}");

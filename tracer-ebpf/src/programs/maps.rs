@@ -45,6 +45,11 @@ pub(super) static SCRATCH_CLOSED: PerCpuArray<ClosedSock> = PerCpuArray::with_ma
 #[map]
 pub(super) static UNTRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(UNTRACKED_SOCKETS, 0);
 
+/// Set (entry 0 = 1) once `SOCKETS` was found full: from then on, new
+/// records check `UNTRACKED` first (an inlined array lookup until then).
+#[map]
+pub(super) static TABLE_FULL: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Scratch space for building a new record: the BPF stack (512 bytes) is
 /// too small to hold copies of it.
 #[map]

@@ -6,7 +6,7 @@ use tracer_common::{flags, role, stat, tcp_state, SockRecord, TcpHealth};
 
 use super::{
     kernel::{fill_tuple, is_inet_family, is_tcp_protocol, read, read_common, segs_out, total_retrans, zero16},
-    maps::{count, SCRATCH, SOCKETS, UNTRACKED},
+    maps::{count, SCRATCH, SOCKETS, TABLE_FULL, UNTRACKED},
 };
 
 /// `BPF_NOEXIST`: insert only if absent (another CPU may race us).
@@ -81,6 +81,13 @@ pub(super) fn new_record(sk: *const u8, now: u64, known_tcp: bool, born: bool) -
 /// entry in the map.
 #[inline(always)]
 pub(super) fn insert(key: u64, record: &SockRecord) -> Option<*mut SockRecord> {
+    // A socket counted as untracked stays untracked: tracked later, when
+    // the table has room again, its counts would miss what came before.
+    let full = TABLE_FULL.get(0).is_some_and(|&flag| flag != 0);
+    // SAFETY: only whether the entry exists is read.
+    if full && unsafe { UNTRACKED.get(&key) }.is_some() {
+        return None;
+    }
     if SOCKETS.insert(key, record, BPF_NOEXIST).is_err() {
         if let Some(existing) = SOCKETS.get_ptr_mut(key) {
             return Some(existing);
@@ -88,6 +95,12 @@ pub(super) fn insert(key: u64, record: &SockRecord) -> Option<*mut SockRecord> {
         // Count each socket once, not each of its events.
         if UNTRACKED.insert(key, 0, BPF_NOEXIST).is_ok() {
             count(stat::MAP_FULL, 1);
+        }
+        if !full {
+            if let Some(flag) = TABLE_FULL.get_ptr_mut(0) {
+                // SAFETY: a live array value; every writer stores 1.
+                unsafe { *flag = 1 };
+            }
         }
         return None;
     }

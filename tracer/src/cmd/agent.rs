@@ -57,6 +57,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         thresholds: args.analysis.thresholds(),
         interval: args.interval,
         window: args.window,
+        max_sockets: args.max_sockets,
     })?;
     let backend = driver.backend().as_str();
     let config = MetricsConfig {

@@ -28,6 +28,8 @@ pub(crate) struct DriverConfig {
     pub(crate) interval: Duration,
     /// History kept (the model drops older samples).
     pub(crate) window: Duration,
+    /// Capacity of the kernel side's socket table.
+    pub(crate) max_sockets: u32,
 }
 
 pub(crate) struct Driver {
@@ -40,7 +42,8 @@ pub(crate) struct Driver {
 impl Driver {
     /// Attaches and loads the sockets that already exist.
     pub(crate) fn start(config: DriverConfig) -> Result<Self, LoadError> {
-        let session = Session::start(config.backend, config.filter, config.interval, config.window)?;
+        let session =
+            Session::start(config.backend, config.filter, config.interval, config.window, config.max_sockets)?;
         Ok(Driver { session, thresholds: config.thresholds, interval: config.interval, started: Instant::now() })
     }
 

@@ -29,6 +29,7 @@ pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<()> {
         thresholds: args.analysis.thresholds(),
         interval: args.interval,
         window: args.duration,
+        max_sockets: args.max_sockets,
     })?;
     eprintln!(
         "tracer: attached ({} backend); tracing for {}; Ctrl-C stops early",

@@ -31,23 +31,26 @@ type SlotWords = [u64; 4];
 /// The `BYTES` array, mapped.
 pub(crate) struct ByteTable {
     memory: Mapping,
+    /// Slots in the table (a power of two, sized at load).
+    slots: usize,
 }
 
 const SLOT_SIZE: usize = std::mem::size_of::<ByteSlot>();
 const WORDS: usize = SLOT_SIZE / 8;
-const TABLE_BYTES: usize = byte_table::SLOTS as usize * SLOT_SIZE;
 
 impl ByteTable {
-    /// Maps the array behind `fd` (a `BPF_F_MMAPABLE` array of
-    /// `byte_table::SLOTS` `ByteSlot`s).
-    pub(crate) fn map(fd: RawFd) -> io::Result<Self> {
-        Ok(ByteTable { memory: Mapping::shared(fd, TABLE_BYTES)? })
+    /// Maps the array behind `fd` (a `BPF_F_MMAPABLE` array of `slots`
+    /// `ByteSlot`s, a power of two).
+    pub(crate) fn map(fd: RawFd, slots: u32) -> io::Result<Self> {
+        let slots = slots as usize;
+        Ok(ByteTable { memory: Mapping::shared(fd, slots * SLOT_SIZE)?, slots })
     }
 
     /// A table in private anonymous memory, for tests of the sweep.
     #[cfg(test)]
     fn anonymous() -> io::Result<Self> {
-        Ok(ByteTable { memory: Mapping::anonymous(TABLE_BYTES)? })
+        let slots = byte_table::SLOTS as usize;
+        Ok(ByteTable { memory: Mapping::anonymous(slots * SLOT_SIZE)?, slots })
     }
 
     #[cfg(test)]
@@ -74,7 +77,8 @@ impl ByteTable {
     /// Reads every slot, then sweeps; returns the bytes per (socket,
     /// born_ns).
     pub(crate) fn read_and_sweep(&self) -> HashMap<(u64, u64), SlotBytes> {
-        let slots = byte_table::SLOTS as usize;
+        let slots = self.slots;
+        let mask = slots - 1;
         let mut totals = HashMap::new();
         // Backwards, so a run of tombstones ending at an empty slot is swept
         // in one pass.
@@ -83,7 +87,7 @@ impl ByteTable {
             match words[0] {
                 byte_table::EMPTY => {}
                 byte_table::TOMBSTONE => {
-                    let next = (slot + 1) & byte_table::MASK as usize;
+                    let next = (slot + 1) & mask;
                     if self.word(next, 0).load(Ordering::Acquire) == byte_table::EMPTY {
                         // Only a tombstone becomes empty: a claim in between
                         // makes this fail, and a claim that lost its race to

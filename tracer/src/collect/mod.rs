@@ -48,8 +48,9 @@ pub(crate) struct Collector {
 impl Collector {
     /// Loads and attaches ([`load::attach`]), then opens the maps. Needs a
     /// tokio runtime (ring buffers are polled).
-    pub(crate) fn start(requested: Option<Backend>, btf_path: &Path) -> Result<Self, LoadError> {
-        let load::Attached { mut ebpf, backend, byte_table, sampler } = load::attach(requested, btf_path)?;
+    pub(crate) fn start(requested: Option<Backend>, btf_path: &Path, max_sockets: u32) -> Result<Self, LoadError> {
+        let load::Attached { mut ebpf, backend, byte_table, byte_slots, sampler } =
+            load::attach(requested, btf_path, max_sockets)?;
         let sampler = sampler.map(Sampler::new);
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             // SAFETY: the logger owns its ring buffer fd and keeps it open
@@ -63,7 +64,7 @@ impl Collector {
         let bytes = match (byte_table, ebpf.map("BYTES")) {
             (false, _) => None,
             (true, Some(Map::Array(data))) => Some(
-                ByteTable::map(data.fd().as_fd().as_raw_fd())
+                ByteTable::map(data.fd().as_fd().as_raw_fd(), byte_slots)
                     .map_err(|e| LoadError::Load(format!("mapping map BYTES: {e}")))?,
             ),
             _ => return Err(LoadError::Load("map BYTES missing".into())),

@@ -35,8 +35,9 @@ impl Session {
         filter: Filter,
         interval: Duration,
         window: Duration,
+        max_sockets: u32,
     ) -> Result<Self, LoadError> {
-        let collector = Collector::start(backend, Path::new(KERNEL_BTF))?;
+        let collector = Collector::start(backend, Path::new(KERNEL_BTF), max_sockets)?;
         let started_at = SystemTime::now();
         let start_ns = monotonic_ns();
         let max_samples = (window.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 2;
@@ -131,7 +132,20 @@ impl Session {
             }
         }
         self.model.set_host_time_wait(procfs::time_wait_count(&self.proc_root));
-        self.stats = self.collector.stats();
+        let stats = self.collector.stats();
+        if stats.map_full_drops > self.stats.map_full_drops {
+            log::warn!(
+                "{} sockets not tracked so far: the socket table is full (raise --max-sockets); the tracked ones stay exact",
+                stats.map_full_drops
+            );
+        }
+        if stats.events_dropped > self.stats.events_dropped {
+            log::warn!(
+                "the final counts of {} destroyed sockets were lost (ring buffer and overflow map full)",
+                stats.events_dropped
+            );
+        }
+        self.stats = stats;
         self.model.sample(monotonic_ns());
         release_free_memory();
     }

@@ -63,9 +63,20 @@ pub(crate) struct Attached {
     pub(crate) backend: Backend,
     /// The object has the `BYTES` table (`tracer`, not `tracer-legacy`).
     pub(crate) byte_table: bool,
+    /// Slots of the `BYTES` table, as sized at load.
+    pub(crate) byte_slots: u32,
     /// The TCP health pass (`sample_sockets`), loaded to be run on demand,
     /// if it loads here (kernel 5.13+).
     pub(crate) sampler: Option<OwnedFd>,
+}
+
+/// `TRACER_RING_BYTES`: the size of the destroyed-socket ring buffer
+/// (default `tracer_common::CLOSED_RING_BYTES`), a power of two of at
+/// least a page. Small values make the ring overflow under churn, to check
+/// that no count is lost when it does.
+fn ring_bytes() -> Option<u32> {
+    let value: u32 = std::env::var("TRACER_RING_BYTES").ok()?.parse().ok()?;
+    (value >= 4096 && value.is_power_of_two()).then_some(value)
 }
 
 /// Loads and attaches one program; a kernel refusal comes back as text.
@@ -143,19 +154,22 @@ struct Plan {
     offsets: tracer_common::KernelOffsets,
     /// Load `tracer` (with the byte table), not `tracer-legacy`.
     byte_table: bool,
+    /// Capacity of the socket table.
+    max_sockets: u32,
     backends: Vec<(Backend, Result<Vec<&'static Probe>, String>)>,
 }
 
 impl Plan {
-    fn read(btf_path: &Path, candidates: &[Backend]) -> Result<Self, LoadError> {
+    fn read(btf_path: &Path, candidates: &[Backend], max_sockets: u32) -> Result<Self, LoadError> {
         if !btf_path.exists() {
             return Err(LoadError::NoBtf(btf_path.display().to_string()));
         }
         let btf = Btf::from_file(btf_path)?;
-        let offsets = probes::resolve_offsets(&btf)?;
+        let mut offsets = probes::resolve_offsets(&btf)?;
+        offsets.byte_slots_log2 = tracer_common::byte_table::slots_log2_for(max_sockets);
         debug!("kernel offsets: {offsets:?}");
         let backends = probes::backend_programs(candidates, &btf);
-        Ok(Plan { offsets, byte_table: probes::byte_table_status().0, backends })
+        Ok(Plan { offsets, byte_table: probes::byte_table_status().0, max_sockets, backends })
     }
 }
 
@@ -164,8 +178,15 @@ impl Plan {
 fn load_object(btf_path: &Path, plan: &Plan) -> Result<(Ebpf, aya::Btf), LoadError> {
     let aya_btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
         .map_err(|e| LoadError::Load(format!("parsing {}: {e}", btf_path.display())))?;
-    let ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&aya_btf))
+        .map_max_entries("SOCKETS", plan.max_sockets)
+        .map_max_entries("BYTES", 1 << plan.offsets.byte_slots_log2);
+    if let Some(bytes) = ring_bytes() {
+        loader.map_max_entries("CLOSED", bytes);
+    }
+    let ebpf = loader
         .override_global("OFFSETS", &plan.offsets, true)
         .load(if plan.byte_table { EBPF_OBJECT } else { EBPF_OBJECT_LEGACY })
         .map_err(|e| {
@@ -223,7 +244,7 @@ pub(crate) fn trial_backends(btf_path: &Path) -> Result<Vec<BackendTrial>, LoadE
     if !kernel::privileged() {
         return Err(LoadError::NotPrivileged);
     }
-    let plan = Plan::read(btf_path, BACKEND_ORDER)?;
+    let plan = Plan::read(btf_path, BACKEND_ORDER, tracer_common::MAX_SOCKETS)?;
     let (mut ebpf, aya_btf) = load_object(btf_path, &plan)?;
     Ok(walk_backends(&mut ebpf, &aya_btf, &plan, Walk::TryAll))
 }
@@ -231,7 +252,7 @@ pub(crate) fn trial_backends(btf_path: &Path) -> Result<Vec<BackendTrial>, LoadE
 /// Loads and attaches: the backend asked for, or the cheapest that works,
 /// falling back when the kernel refuses one; then the lifecycle programs
 /// every backend shares.
-pub(crate) fn attach(requested: Option<Backend>, btf_path: &Path) -> Result<Attached, LoadError> {
+pub(crate) fn attach(requested: Option<Backend>, btf_path: &Path, max_sockets: u32) -> Result<Attached, LoadError> {
     if !kernel::privileged() {
         return Err(LoadError::NotPrivileged);
     }
@@ -239,7 +260,7 @@ pub(crate) fn attach(requested: Option<Backend>, btf_path: &Path) -> Result<Atta
         Some(backend) => vec![backend],
         None => BACKEND_ORDER.to_vec(),
     };
-    let plan = Plan::read(btf_path, &candidates)?;
+    let plan = Plan::read(btf_path, &candidates, max_sockets)?;
     let (mut ebpf, aya_btf) = load_object(btf_path, &plan)?;
 
     let mut trials = walk_backends(&mut ebpf, &aya_btf, &plan, Walk::KeepFirst);
@@ -271,5 +292,6 @@ pub(crate) fn attach(requested: Option<Backend>, btf_path: &Path) -> Result<Atta
             None
         }
     };
-    Ok(Attached { ebpf, backend, byte_table: plan.byte_table, sampler })
+    let byte_slots = 1 << plan.offsets.byte_slots_log2;
+    Ok(Attached { ebpf, backend, byte_table: plan.byte_table, byte_slots, sampler })
 }
