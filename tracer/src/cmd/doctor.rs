@@ -5,12 +5,14 @@ use std::{fmt::Write as _, io::Write as _, path::Path};
 
 use serde::Serialize;
 use serde_json::json;
+use tracer_common::KernelOffsets;
 
 use crate::{
     cli::{DoctorArgs, Format},
     load::{
         self,
         btf::Btf,
+        health,
         kernel::{self, Capabilities, KERNEL_BTF},
         probes::{self, Backend, BACKEND_ORDER},
     },
@@ -24,6 +26,27 @@ struct HookStatus {
     purpose: &'static str,
     required: bool,
     available: bool,
+}
+
+/// Which TCP health values this kernel provides, and the fields it lacks.
+fn tcp_health(btf: Option<&Btf>, sampling: &Result<(), String>) -> serde_json::Value {
+    let mut offsets = KernelOffsets::default();
+    let missing = btf.map(|btf| health::resolve_offsets(btf, &mut offsets)).unwrap_or_default();
+    let support = health::support(&offsets, sampling.is_ok());
+    json!({
+        "sampling": sampling.is_ok(),
+        "sampling_reason": sampling.as_ref().err(),
+        "missing_fields": missing,
+        "provides": {
+            "rtt": support.rtt,
+            "min_rtt": support.min_rtt,
+            "connect_latency": true,
+            "failure_reasons": support.failure_reasons,
+            "queues": support.queues,
+            "limited_ms": support.chrono,
+            "delivery_rate": support.delivery_rate,
+        },
+    })
 }
 
 pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
@@ -50,8 +73,12 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
         Ok(_) => "each backend was loaded and attached for real".to_owned(),
         Err(e) => format!("backends not tried for real: {e}"),
     };
+    let sampling = match &trials {
+        Ok(trials) => trials.sampling.clone(),
+        Err(e) => Err(format!("not tried: {e}")),
+    };
     let backends: Vec<(Backend, Option<String>)> = match trials {
-        Ok(results) => results.into_iter().map(|(b, r)| (b, r.err())).collect(),
+        Ok(trials) => trials.backends.into_iter().map(|(b, r)| (b, r.err())).collect(),
         Err(_) => match &btf {
             Some(btf) => probes::backend_programs(BACKEND_ORDER, btf)
                 .into_iter()
@@ -66,6 +93,7 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
         .map(|(b, blocker)| json!({ "backend": b.as_str(), "usable": blocker.is_none(), "reason": blocker }))
         .collect();
     let offsets_ok = btf.as_ref().map(|b| probes::resolve_offsets(b).map(|_| ()).map_err(|e| e.to_string()));
+    let health = tcp_health(btf.as_ref(), &sampling);
     let report = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kernel": kernel_release,
@@ -78,6 +106,7 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
         "hooks": hooks,
         "backends": backends,
         "auto_backend": chosen,
+        "tcp_health": health,
         "note": trial_note,
     });
     match args.format {
@@ -121,6 +150,24 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
             match chosen {
                 Some(b) => writeln!(text, "auto would use: {b} (the cheapest that works)")?,
                 None => writeln!(text, "auto would use: nothing works on this kernel")?,
+            }
+            writeln!(text, "tcp health:")?;
+            match &sampling {
+                Ok(()) => {
+                    writeln!(text, "  sampling pass: runs (RTT, backlogs, chrono counters, delivery rate each tick)")?
+                }
+                Err(reason) => writeln!(
+                    text,
+                    "  sampling pass: NOT AVAILABLE ({reason}): RTT, backlogs and delivery rate are null"
+                )?,
+            }
+            for (name, provided) in health["provides"].as_object().into_iter().flatten() {
+                writeln!(text, "  {name:<22} {}", if provided == true { "yes" } else { "no (null in reports)" })?;
+            }
+            let missing: Vec<&str> =
+                health["missing_fields"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+            if !missing.is_empty() {
+                writeln!(text, "  kernel fields missing: {}", missing.join(", "))?;
             }
         }
     }

@@ -28,7 +28,7 @@ use tracer_common::{stat, ClosedSock, HealthClock, SockRecord};
 use self::{byte_table::ByteTable, health::Sampler, observe::observe};
 use crate::{
     load::{self, probes::Backend, LoadError},
-    model::{KernelStats, SocketObs},
+    model::{HealthSupport, KernelStats, SocketObs},
     sys,
 };
 
@@ -43,13 +43,15 @@ pub(crate) struct Collector {
     bytes: Option<ByteTable>,
     /// The TCP health pass over `SOCKETS` (kernel 5.13+), if it runs here.
     sampler: Option<Sampler>,
+    /// What TCP health the kernel side provides here.
+    health: HealthSupport,
 }
 
 impl Collector {
     /// Loads and attaches ([`load::attach`]), then opens the maps. Needs a
     /// tokio runtime (ring buffers are polled).
     pub(crate) fn start(requested: Option<Backend>, btf_path: &Path, max_sockets: u32) -> Result<Self, LoadError> {
-        let load::Attached { mut ebpf, backend, byte_table, byte_slots, sampler } =
+        let load::Attached { mut ebpf, backend, byte_table, byte_slots, sampler, health } =
             load::attach(requested, btf_path, max_sockets)?;
         let sampler = sampler.map(Sampler::new);
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -75,16 +77,16 @@ impl Collector {
         // AsyncFd owns it.
         let closed = unsafe { AsyncFd::register_with_interest(closed, Interest::READABLE) }
             .map_err(|e| LoadError::Load(format!("polling map CLOSED: {e}")))?;
-        Ok(Collector { ebpf, closed, logger, backend, bytes, sampler })
+        Ok(Collector { ebpf, closed, logger, backend, bytes, sampler, health })
     }
 
     pub(crate) fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Whether the TCP health pass runs here.
-    pub(crate) fn sampling(&self) -> bool {
-        self.sampler.is_some()
+    /// What TCP health the kernel side provides here.
+    pub(crate) fn health_support(&self) -> HealthSupport {
+        self.health
     }
 
     /// Runs the TCP health pass: every tracked socket's record gets a

@@ -43,6 +43,7 @@ impl Session {
         let max_samples = (window.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 2;
         let proc_root = PathBuf::from("/proc");
         let mut model = Model::new(filter, start_ns, max_samples);
+        model.set_health_support(collector.health_support());
         model.load_preexisting(procfs::scan_sockets(&proc_root));
         release_free_memory();
         Ok(Session {
@@ -85,12 +86,6 @@ impl Session {
         for (obs, destroyed_ns) in self.collector.drain_closed() {
             self.model.socket_closed(obs, destroyed_ns);
         }
-    }
-
-    /// Whether the TCP health pass runs on this kernel.
-    #[expect(dead_code, reason = "doctor and the report say whether it runs (TCP health outputs, next)")]
-    pub(crate) fn sampling(&self) -> bool {
-        self.collector.sampling()
     }
 
     /// Ends an interval: reads everything and samples the model.

@@ -5,6 +5,7 @@
 use tracer_common::KernelOffsets;
 
 use super::btf::{Btf, BtfError};
+use crate::model::HealthSupport;
 
 /// Resolves the offsets of the fields TCP health reads into `offsets`, and
 /// returns the fields the running kernel lacks (left at 0: never read,
@@ -42,7 +43,9 @@ pub(crate) fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'s
     let chrono_stat = tcp("chrono_stat").ok();
     let chrono_type = btf.member_bits("tcp_sock", "chrono_type").ok();
     match (chrono_start, chrono_stat, chrono_type) {
-        (Some(start), Some(stat), Some((bits, 2))) if stat == start + 4 && bits % 8 <= 6 => {
+        // `chrono_type` is a 2-bit field in most kernels, a whole byte in
+        // recent ones (bitfield width 0 in BTF); its values are 0-3 either way.
+        (Some(start), Some(stat), Some((bits, 0 | 2))) if stat == start + 4 && bits % 8 <= 6 => {
             offsets.tcp_chrono_start = start;
             offsets.tcp_chrono_type_byte = bits / 8;
             offsets.tcp_chrono_type_shift = bits % 8;
@@ -52,35 +55,22 @@ pub(crate) fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'s
     missing
 }
 
-/// What the report can say for the fields a kernel lacks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Available {
-    pub(crate) rtt: bool,
-    pub(crate) min_rtt: bool,
-    pub(crate) queues: bool,
-    pub(crate) chrono: bool,
-    pub(crate) delivery_rate: bool,
-    pub(crate) failure_reasons: bool,
-    /// The sampling pass runs (kernel 5.13+ and the program loaded).
-    pub(crate) sampling: bool,
-}
-
-impl Available {
-    pub(crate) fn from_offsets(offsets: &KernelOffsets, sampling: bool) -> Self {
-        Available {
-            rtt: sampling && offsets.tcp_srtt_us != 0,
-            min_rtt: sampling && offsets.tcp_min_rtt != 0,
-            queues: sampling
-                && [offsets.tcp_rcv_nxt, offsets.tcp_copied_seq, offsets.tcp_write_seq, offsets.tcp_snd_una]
-                    .iter()
-                    .all(|&o| o != 0),
-            chrono: offsets.tcp_chrono_start != 0,
-            delivery_rate: sampling
-                && [offsets.tcp_rate_delivered, offsets.tcp_rate_interval_us, offsets.tcp_mss_cache]
-                    .iter()
-                    .all(|&o| o != 0),
-            failure_reasons: offsets.sk_err != 0,
-            sampling,
-        }
+/// What the report can say with the fields this kernel has, and whether
+/// the sampling pass runs.
+pub(crate) fn support(offsets: &KernelOffsets, sampling: bool) -> HealthSupport {
+    HealthSupport {
+        sampling,
+        rtt: sampling && offsets.tcp_srtt_us != 0,
+        min_rtt: sampling && offsets.tcp_min_rtt != 0,
+        queues: sampling
+            && [offsets.tcp_rcv_nxt, offsets.tcp_copied_seq, offsets.tcp_write_seq, offsets.tcp_snd_una]
+                .iter()
+                .all(|&o| o != 0),
+        chrono: offsets.tcp_chrono_start != 0,
+        delivery_rate: sampling
+            && [offsets.tcp_rate_delivered, offsets.tcp_rate_interval_us, offsets.tcp_mss_cache]
+                .iter()
+                .all(|&o| o != 0),
+        failure_reasons: offsets.sk_err != 0,
     }
 }

@@ -5,7 +5,6 @@
 //! attached. The collector ([`crate::collect`]) takes over what is loaded.
 
 pub(crate) mod btf;
-#[expect(dead_code, reason = "the TCP health outputs that read what the kernel lacks come next")]
 pub(crate) mod health;
 pub(crate) mod kernel;
 pub(crate) mod probes;
@@ -21,6 +20,8 @@ use aya::{
 };
 use log::{debug, warn};
 use thiserror::Error;
+
+use crate::model::HealthSupport;
 
 use self::{
     btf::{Btf, BtfError},
@@ -68,6 +69,8 @@ pub(crate) struct Attached {
     /// The TCP health pass (`sample_sockets`), loaded to be run on demand,
     /// if it loads here (kernel 5.13+).
     pub(crate) sampler: Option<OwnedFd>,
+    /// What TCP health the kernel side provides here.
+    pub(crate) health: HealthSupport,
 }
 
 /// `TRACER_RING_BYTES`: the size of the destroyed-socket ring buffer
@@ -238,15 +241,24 @@ fn walk_backends(ebpf: &mut Ebpf, aya_btf: &aya::Btf, plan: &Plan, walk: Walk) -
     trials
 }
 
-/// Tries every backend for real (load and attach, then detach): what
-/// `doctor` reports. Needs privileges.
-pub(crate) fn trial_backends(btf_path: &Path) -> Result<Vec<BackendTrial>, LoadError> {
+/// What `doctor` learns by loading for real.
+pub(crate) struct Trials {
+    pub(crate) backends: Vec<BackendTrial>,
+    /// Whether the TCP health pass loads, or why not.
+    pub(crate) sampling: Result<(), String>,
+}
+
+/// Tries every backend for real (load and attach, then detach), and the
+/// TCP health pass: what `doctor` reports. Needs privileges.
+pub(crate) fn trial_backends(btf_path: &Path) -> Result<Trials, LoadError> {
     if !kernel::privileged() {
         return Err(LoadError::NotPrivileged);
     }
     let plan = Plan::read(btf_path, BACKEND_ORDER, tracer_common::MAX_SOCKETS)?;
     let (mut ebpf, aya_btf) = load_object(btf_path, &plan)?;
-    Ok(walk_backends(&mut ebpf, &aya_btf, &plan, Walk::TryAll))
+    let backends = walk_backends(&mut ebpf, &aya_btf, &plan, Walk::TryAll);
+    let sampling = load_sampler(&mut ebpf).map(drop);
+    Ok(Trials { backends, sampling })
 }
 
 /// Loads and attaches: the backend asked for, or the cheapest that works,
@@ -293,5 +305,6 @@ pub(crate) fn attach(requested: Option<Backend>, btf_path: &Path, max_sockets: u
         }
     };
     let byte_slots = 1 << plan.offsets.byte_slots_log2;
-    Ok(Attached { ebpf, backend, byte_table: plan.byte_table, byte_slots, sampler })
+    let health = health::support(&plan.offsets, sampler.is_some());
+    Ok(Attached { ebpf, backend, byte_table: plan.byte_table, byte_slots, sampler, health })
 }

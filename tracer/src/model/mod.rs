@@ -24,7 +24,7 @@ pub(crate) use self::health::Dist;
 pub(crate) use self::{
     counters::Counters,
     flow::{CloseWait, Flow, FlowKey, KernelStats, Process, Role, TimelinePoint, TimelineProcess},
-    health::{jiffies_ms, FailReason, FlowHealth, HealthView, LastMax, SocketHealth},
+    health::{jiffies_ms, FailReason, FlowHealth, HealthSupport, HealthView, LastMax, SocketHealth},
     socket::{state_name, KernelRole, ProcSocket, SocketObs, StateCounts, Tuple},
 };
 use self::{
@@ -75,6 +75,8 @@ pub(crate) struct Model {
     last_sample_ns: u64,
     /// The kernel's HZ, once measured (the chrono counters count jiffies).
     hz: Option<u32>,
+    /// What TCP health this kernel provides.
+    health_support: HealthSupport,
 }
 
 /// What of a socket's counters, when the model first sees it, belongs to
@@ -128,6 +130,7 @@ impl Model {
             host_time_wait: 0,
             last_sample_ns: start_ns,
             hz: None,
+            health_support: HealthSupport::default(),
         }
     }
 
@@ -421,6 +424,16 @@ impl Model {
     /// The kernel's HZ, measured by the collector.
     pub(crate) fn set_hz(&mut self, hz: Option<u32>) {
         self.hz = hz;
+    }
+
+    /// What TCP health the kernel side provides (set once at start).
+    pub(crate) fn set_health_support(&mut self, support: HealthSupport) {
+        self.health_support = support;
+    }
+
+    #[expect(dead_code, reason = "the report's TCP health fields read it (output/ work in flight)")]
+    pub(crate) fn health_support(&self) -> HealthSupport {
+        self.health_support
     }
 
     /// The kernel's HZ, once measured: converts the chrono counters.
