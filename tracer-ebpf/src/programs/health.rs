@@ -155,8 +155,9 @@ extern "C" fn sample_one(_map: *mut c_void, key: *const u64, value: *mut SockRec
 /// One health pass over every tracked socket. Never attached: user space
 /// runs it with `BPF_PROG_TEST_RUN` once per tick (a raw tracepoint
 /// program can be run that way from kernel 5.10, and
-/// `bpf_for_each_map_elem` needs 5.13). The kernel refuses map-element
-/// iterators on some hardened systems where this works.
+/// `bpf_for_each_map_elem` needs 5.13; [`sample_sockets_iter`] covers
+/// older kernels). Preferred over the iterator: some hardened kernels
+/// refuse map-element iterators.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sample_sockets(_ctx: RawTracePointContext) -> i32 {
     // SAFETY: `SOCKETS` is a map of this object (the loader turns its
@@ -171,6 +172,34 @@ pub fn sample_sockets(_ctx: RawTracePointContext) -> i32 {
         );
     }
     end_of_pass();
+    0
+}
+
+/// The map-element iterator's context (`struct bpf_iter__bpf_map_elem`).
+#[repr(C)]
+pub struct MapElemContext {
+    meta: u64,
+    map: u64,
+    /// Null at the end of a pass.
+    key: *const u64,
+    value: *mut SockRecord,
+}
+
+/// The same pass for kernels 5.9 to 5.12 (no `bpf_for_each_map_elem`): an
+/// `iter/bpf_map_elem` program that user space attaches to `SOCKETS` and
+/// reads once per tick; the kernel calls it for each element, then once
+/// with none.
+#[no_mangle]
+#[link_section = "iter/bpf_map_elem"]
+pub fn sample_sockets_iter(ctx: *const MapElemContext) -> i32 {
+    // SAFETY: the kernel passes the iterator's context; key and value are
+    // null-checked before use and point at one element of `SOCKETS`.
+    let (key, value) = unsafe { ((*ctx).key, (*ctx).value) };
+    if key.is_null() || value.is_null() {
+        end_of_pass();
+        return 0;
+    }
+    sample_one(core::ptr::null_mut(), key, value, core::ptr::null_mut());
     0
 }
 

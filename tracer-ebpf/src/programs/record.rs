@@ -85,7 +85,7 @@ pub(super) fn insert(key: u64, record: &SockRecord) -> Option<*mut SockRecord> {
     // the table has room again, its counts would miss what came before.
     let full = TABLE_FULL.get(0).is_some_and(|&flag| flag != 0);
     // SAFETY: only whether the entry exists is read.
-    if full && unsafe { UNTRACKED.get(&key) }.is_some() {
+    if full && unsafe { UNTRACKED.get(key) }.is_some() {
         return None;
     }
     if SOCKETS.insert(key, record, BPF_NOEXIST).is_err() {

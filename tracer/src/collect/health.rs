@@ -19,29 +19,32 @@
 //!   `unreachable`; anything else, or no SYN ever sent (no free ephemeral
 //!   port), is `other`.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use tracer_common::{health_flags, HealthClock, TcpHealth};
 
-use crate::{model::FailReason, sys};
+use crate::{load::SamplerFd, model::FailReason, sys};
 
-/// The loaded `sample_sockets` program, run on demand: one pass samples
-/// every socket of the socket table (no attach point involved).
+/// The TCP health pass, run on demand: one pass samples every socket of
+/// the socket table.
 #[derive(Debug)]
 pub(crate) struct Sampler {
-    prog: OwnedFd,
+    loaded: SamplerFd,
 }
 
 impl Sampler {
-    pub(crate) fn new(prog: OwnedFd) -> Self {
-        Sampler { prog }
+    pub(crate) fn new(loaded: SamplerFd) -> Self {
+        Sampler { loaded }
     }
 
     /// One pass over every tracked socket: each record's health block is
     /// refreshed in the map, and `HEALTH_CLOCK` notes the clocks.
     pub(crate) fn run(&self) -> std::io::Result<()> {
-        // A raw tracepoint program's context: its arguments (none read).
-        sys::bpf::prog_test_run(self.prog.as_fd(), &[0u64; 1])
+        match &self.loaded {
+            // A raw tracepoint program's context: its arguments (none read).
+            SamplerFd::TestRun(prog) => sys::bpf::prog_test_run(prog.as_fd(), &[0u64; 1]),
+            SamplerFd::Iterator(link) => sys::bpf::iter_run(link.as_fd()),
+        }
     }
 }
 

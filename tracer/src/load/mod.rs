@@ -15,13 +15,13 @@ use std::{
 };
 
 use aya::{
-    programs::{BtfTracePoint, FExit, KProbe, ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, FExit, Iter, KProbe, ProgramError, RawTracePoint},
     Ebpf, EbpfLoader,
 };
 use log::{debug, warn};
 use thiserror::Error;
 
-use crate::model::HealthSupport;
+use crate::{model::HealthSupport, sys};
 
 use self::{
     btf::{Btf, BtfError},
@@ -68,9 +68,17 @@ pub(crate) struct Attached {
     pub(crate) byte_slots: u32,
     /// The TCP health pass (`sample_sockets`), loaded to be run on demand,
     /// if it loads here (kernel 5.13+).
-    pub(crate) sampler: Option<OwnedFd>,
+    pub(crate) sampler: Option<SamplerFd>,
     /// What TCP health the kernel side provides here.
     pub(crate) health: HealthSupport,
+}
+
+/// The TCP health pass as loaded: a raw tracepoint program run with
+/// `BPF_PROG_TEST_RUN` (5.13+), or a map-element iterator's link (5.9+).
+#[derive(Debug)]
+pub(crate) enum SamplerFd {
+    TestRun(OwnedFd),
+    Iterator(OwnedFd),
 }
 
 /// `TRACER_RING_BYTES`: the size of the destroyed-socket ring buffer
@@ -115,11 +123,33 @@ fn attach_probe(ebpf: &mut Ebpf, btf: &aya::Btf, probe: &Probe) -> Result<(), St
 }
 
 /// Loads the TCP health pass (run on demand, never attached).
-fn load_sampler(ebpf: &mut Ebpf) -> Result<OwnedFd, String> {
-    let program = ebpf.program_mut("sample_sockets").ok_or("program missing from the eBPF object")?;
-    let program: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e:#}"))?;
-    program.load().map_err(|e| format!("loading it: {e:#}"))?;
-    program.fd().map_err(|e| format!("{e:#}"))?.as_fd().try_clone_to_owned().map_err(|e| e.to_string())
+fn load_sampler(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<SamplerFd, String> {
+    let test_run = (|| {
+        let program = ebpf.program_mut("sample_sockets").ok_or("program missing from the eBPF object")?;
+        let program: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e:#}"))?;
+        program.load().map_err(|e| format!("loading it: {e:#}"))?;
+        program.fd().map_err(|e| format!("{e:#}"))?.as_fd().try_clone_to_owned().map_err(|e| e.to_string())
+    })();
+    let first = match test_run {
+        Ok(fd) => return Ok(SamplerFd::TestRun(fd)),
+        Err(reason) => reason,
+    };
+    debug!("TCP health pass by test run unavailable ({first}); trying the map iterator");
+    let iterator = (|| {
+        let program = ebpf.program_mut("sample_sockets_iter").ok_or("program missing from the eBPF object")?;
+        let program: &mut Iter = program.try_into().map_err(|e| format!("{e:#}"))?;
+        program.load("bpf_map_elem", btf).map_err(|e| format!("loading it: {e:#}"))?;
+        let prog =
+            program.fd().map_err(|e| format!("{e:#}"))?.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+        let Some(aya::maps::Map::HashMap(sockets)) = ebpf.map("SOCKETS") else {
+            return Err("map SOCKETS missing".to_owned());
+        };
+        sys::bpf::map_iter_link(prog.as_fd(), sockets.fd().as_fd()).map_err(|e| format!("attaching it: {e}"))
+    })();
+    match iterator {
+        Ok(link) => Ok(SamplerFd::Iterator(link)),
+        Err(second) => Err(format!("{first}; as an iterator: {second}")),
+    }
 }
 
 /// Unloads (and so detaches) a program if it was loaded.
@@ -257,7 +287,7 @@ pub(crate) fn trial_backends(btf_path: &Path) -> Result<Trials, LoadError> {
     let plan = Plan::read(btf_path, BACKEND_ORDER, tracer_common::MAX_SOCKETS)?;
     let (mut ebpf, aya_btf) = load_object(btf_path, &plan)?;
     let backends = walk_backends(&mut ebpf, &aya_btf, &plan, Walk::TryAll);
-    let sampling = load_sampler(&mut ebpf).map(drop);
+    let sampling = load_sampler(&mut ebpf, &aya_btf).map(drop);
     Ok(Trials { backends, sampling })
 }
 
@@ -297,7 +327,7 @@ pub(crate) fn attach(requested: Option<Backend>, btf_path: &Path, max_sockets: u
             warn!("{} not attached ({}): {reason}", probe.hook, probe.purpose);
         }
     }
-    let sampler = match load_sampler(&mut ebpf) {
+    let sampler = match load_sampler(&mut ebpf, &aya_btf) {
         Ok(sampler) => Some(sampler),
         Err(reason) => {
             warn!("TCP health sampling unavailable (RTT, queues, delivery rate): {reason}");
