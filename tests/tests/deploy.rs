@@ -8,8 +8,10 @@
 //!   run under `setpriv` with the unit's user, capabilities and
 //!   no-new-privileges counts an exact transfer; `strace` of that run checks
 //!   that every system call and address family the agent used is allowed by
-//!   the unit's `SystemCallFilter` and `RestrictAddressFamilies` (systemd is
-//!   not PID 1 here, so they cannot be enforced by starting the unit);
+//!   the unit's `SystemCallFilter` and `RestrictAddressFamilies`, and that
+//!   it opened no file `ProtectSystem=strict`, `ProtectHome` or
+//!   `PrivateDevices` would refuse (systemd is not PID 1 here, so they
+//!   cannot be enforced by starting the unit);
 //! - the Kubernetes manifests: `kubernetes-validate --strict` (the
 //!   Kubernetes API schemas, offline) for the core kinds, and validators
 //!   compiled from the published prometheus-operator CRD schemas (npm
@@ -588,6 +590,38 @@ fn memlock_hard_limit_is_unlimited() -> bool {
     hard_unlimited || effective & (1 << 24) != 0
 }
 
+/// Files the agent opened (from the exec of `exe` on in an `strace -f`
+/// log) that the unit's mount sandbox would refuse: writes outside the
+/// writable API and private paths (`ProtectSystem=strict`, `PrivateTmp`),
+/// home directories (`ProtectHome`), devices beyond the pseudo devices
+/// (`PrivateDevices`).
+fn sandbox_violations(log: &str, exe: &Path) -> Vec<String> {
+    const WRITABLE: &[&str] = &["/dev/", "/tmp/", "/var/tmp/", "/proc/self/", "/proc/thread-self/"];
+    const HOMES: &[&str] = &["/home/", "/root/", "/run/user/"];
+    const DEVICES: &[&str] =
+        &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts/", "/dev/shm/"];
+    let start = format!("execve(\"{}\"", exe.display());
+    let mut seen = false;
+    let mut violations = Vec::new();
+    for line in log.lines() {
+        let rest = line.split_once(' ').map(|(_, r)| r.trim_start()).unwrap_or(line);
+        if !seen {
+            seen = rest.starts_with(&start);
+            continue;
+        }
+        let Some(args) = rest.strip_prefix("openat(") else { continue };
+        let Some(path) = args.split('"').nth(1) else { continue };
+        let writes = ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"].iter().any(|flag| args.contains(flag));
+        if (writes && !WRITABLE.iter().any(|p| path.starts_with(p)))
+            || HOMES.iter().any(|p| path.starts_with(p))
+            || (path.starts_with("/dev/") && !DEVICES.iter().any(|d| path.starts_with(d)))
+        {
+            violations.push(rest.to_owned());
+        }
+    }
+    violations
+}
+
 /// The unit's `ExecStart` under setpriv with the unit's user, group,
 /// capabilities and no-new-privileges (and under strace): exact counters
 /// in /metrics, exactly the unit's capabilities, no system call or address
@@ -622,6 +656,16 @@ fn unit_exec_start_counts_exactly(unit_text: &str, defaults: &str) {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let strace_log = dir.join("strace.log");
     let mut cmd = Command::new("strace");
+    // The environment systemd gives a service with User= (no LD_LIBRARY_PATH
+    // or HOME from `cargo test`), plus its EnvironmentFile's variables.
+    let home = text(&must(Command::new("getent").args(["passwd", user])));
+    let home = home.trim().split(':').nth(5).unwrap_or("/").to_owned();
+    cmd.env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", home)
+        .env("USER", user)
+        .env("LOGNAME", user)
+        .env("TRACER_ARGS", &test_args);
     cmd.args(["-f", "-qq", "-o"]).arg(&strace_log);
     // LimitMEMLOCK=infinity, where this machine lets root raise the hard
     // limit (without CAP_SYS_RESOURCE it cannot; kernels >= 5.11 do not
@@ -709,6 +753,8 @@ fn unit_exec_start_counts_exactly(unit_text: &str, defaults: &str) {
     let log = read(&strace_log);
     let _ = std::fs::remove_dir_all(&dir);
     let (calls, families) = strace_calls(&log, &exe);
+    let violations = sandbox_violations(&log, &exe);
+    assert!(violations.is_empty(), "the agent opened files the unit's sandbox refuses: {violations:#?}");
     let allowed = allowed_syscalls(&unit);
     let refused: Vec<&String> = calls.iter().filter(|c| !allowed.contains(*c)).collect();
     assert!(refused.is_empty(), "the agent made system calls the unit's SystemCallFilter refuses: {refused:?}");

@@ -118,6 +118,22 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<u64> {
     Ok(size)
 }
 
+/// The Debian changelog of a native package, gzipped (`gzip -9n`).
+fn changelog(path: &Path, version: &str) -> Result<u64> {
+    // The last commit's date keeps the package reproducible.
+    let date = output(Command::new("git").args(["log", "-1", "--format=%aD"]).current_dir(workspace_root()))
+        .or_else(|_| output(Command::new("date").arg("-R")))?;
+    let text = format!(
+        "tracer ({version}) unstable; urgency=medium\n\n  * Release {version}: see README.md.\n\n -- tracer developers <tracer@example.invalid>  {date}\n"
+    );
+    let plain = path.with_extension("");
+    fs::write(&plain, text).with_context(|| format!("writing {}", plain.display()))?;
+    run(Command::new("gzip").args(["-9n", "--force"]).arg(&plain))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+}
+
 /// Stages the package tree and builds `tracer_<version>_<arch>.deb` in `out`.
 pub fn package(binary: &Path, out: &Path, compression: Compression) -> Result<PathBuf> {
     let root = workspace_root();
@@ -149,6 +165,15 @@ pub fn package(binary: &Path, out: &Path, compression: Compression) -> Result<Pa
     for (from, to, mode) in &files {
         installed_bytes += copy(from, &stage.join(to), *mode)?;
     }
+    // As dh_strip does: no symbols or debug sections in the installed binary
+    // (the eBPF objects it embeds are data, untouched).
+    let staged_binary = stage.join("usr/bin/tracer");
+    run(Command::new("strip")
+        .args(["--remove-section=.comment", "--remove-section=.note", "--strip-unneeded"])
+        .arg(&staged_binary))?;
+    installed_bytes -= fs::metadata(binary).map(|m| m.len()).unwrap_or(0);
+    installed_bytes += fs::metadata(&staged_binary).map(|m| m.len()).unwrap_or(0);
+    installed_bytes += changelog(&stage.join("usr/share/doc/tracer/changelog.gz"), &version)?;
     let control_dir = stage.join("DEBIAN");
     for script in ["postinst", "prerm", "postrm"] {
         copy(&deploy.join("debian").join(script), &control_dir.join(script), 0o755)?;
