@@ -17,18 +17,22 @@
 //! - `dist [--binary PATH]`: a release build packaged as
 //!   `target/dist/tracer_<version>_<arch>.deb` (`dist`; `test` also packages
 //!   the binary under test this way for the deployment tests).
+//! - `soak [--duration 10m]`: the release agent under mixed load, scraped
+//!   by Prometheus; memory, drops, counters and exact totals, written to
+//!   SOAK.md (`soak`).
 //! - `vm-test [--kernel K]`: stock Debian kernels under qemu, every attach
 //!   backend each supports checked inside (`vm`).
 //!
 //! Hidden helpers run by the tasks above: `loadgen` (a load-generator
-//! process of the bench), `reference` (attach one of the bench's reference
-//! programs by hand) and `guest-check` (the checks inside a vm-test guest,
-//! `guest`).
+//! process of the bench), `soak-load` (a workload process of the soak),
+//! `reference` (attach one of the bench's reference programs by hand) and
+//! `guest-check` (the checks inside a vm-test guest, `guest`).
 
 mod bench;
 mod dist;
 mod guest;
 mod setup;
+mod soak;
 mod stress;
 mod vm;
 
@@ -83,6 +87,19 @@ enum Task {
     UnitStress {
         #[arg(long, default_value = "50", value_parser = clap::value_parser!(u32).range(1..=1000))]
         runs: u32,
+    },
+    /// The release agent under mixed load for a long while, scraped by
+    /// Prometheus; checks memory, drops, counters and exact totals; writes
+    /// SOAK.md.
+    Soak {
+        #[command(flatten)]
+        args: soak::SoakArgs,
+    },
+    /// Internal: one workload process of `soak`.
+    #[command(hide = true)]
+    SoakLoad {
+        #[command(flatten)]
+        args: soak::load::LoadArgs,
     },
     /// Measure the tracer's overhead (A/B throughput, own CPU and memory); writes BENCHMARKS.md.
     Bench {
@@ -219,6 +236,8 @@ fn main() -> ExitCode {
         }),
         Task::Test { no_lint, no_vm, filter } => setup::setup().and_then(|()| test(no_lint, no_vm, filter)),
         Task::UnitStress { runs } => stress::unit_stress(runs),
+        Task::Soak { args } => soak::run(args),
+        Task::SoakLoad { args } => soak::load::run(args),
         Task::Bench { args } => bench::run(args),
         Task::Loadgen { args } => bench::loadgen::run(args),
         Task::Reference { reference, seconds } => bench::reference::hold(reference, seconds),

@@ -400,7 +400,7 @@ struct Tally {
     window: Clock,
 }
 
-fn listen_loopback(addr: Ipv4Addr) -> Result<TcpListener> {
+pub fn listen_loopback(addr: Ipv4Addr) -> Result<TcpListener> {
     let listener = TcpListener::bind((addr, 0)).with_context(|| format!("listening on {addr}"))?;
     // SAFETY: listen on a socket this listener owns; calling it again on a
     // listening socket only changes the backlog.
@@ -647,7 +647,7 @@ fn parallel_client(addr: SocketAddr, connections: usize, mut clock: Clock) -> Re
 }
 
 /// Raises the soft open-file limit to the hard one (no privilege needed).
-fn raise_open_file_limit() -> Result<u64> {
+pub fn raise_open_file_limit() -> Result<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into `limit`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {

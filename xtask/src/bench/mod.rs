@@ -20,18 +20,18 @@
 //! bounded, and every process the bench starts is stopped by its PID (also
 //! when the bench fails half-way).
 
-mod child;
+pub mod child;
 mod cost;
 pub mod loadgen;
 mod phases;
-mod plan;
-mod proc;
+pub mod plan;
+pub mod proc;
 mod program_cost;
 pub mod reference;
-mod report;
+pub mod report;
 mod rounds;
 mod stats;
-mod tracer;
+pub mod tracer;
 mod workload;
 
 use std::{
@@ -153,7 +153,7 @@ fn measured_program_costs(
 }
 
 /// The commit the tracer was built from, and whether the tree had changes.
-fn source_revision() -> String {
+pub fn source_revision() -> String {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -172,7 +172,7 @@ fn source_revision() -> String {
     }
 }
 
-fn tracer_version(binary: &Path) -> String {
+pub fn tracer_version(binary: &Path) -> String {
     Command::new(binary)
         .arg("--version")
         .output()

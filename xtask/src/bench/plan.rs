@@ -124,10 +124,17 @@ pub struct Binaries {
 
 impl Binaries {
     pub fn resolve(args: &BenchArgs) -> Result<Self> {
+        Self::release(args.tracer.clone())
+    }
+
+    /// `tracer` (built in release mode when not given) and a release build
+    /// of this xtask (this very binary if it is one), built as
+    /// `cargo xtask build --release` would.
+    pub fn release(tracer: Option<PathBuf>) -> Result<Self> {
         let target = target_dir();
         let own_build_is_release = !cfg!(debug_assertions);
         let mut packages = Vec::new();
-        if args.tracer.is_none() {
+        if tracer.is_none() {
             setup::setup()?;
             packages.push("tracer");
         }
@@ -142,7 +149,7 @@ impl Binaries {
             }
             run_command(&mut cmd)?;
         }
-        let tracer = args.tracer.clone().unwrap_or_else(|| tracer::default_binary(&target));
+        let tracer = tracer.unwrap_or_else(|| tracer::default_binary(&target));
         let loadgen = if own_build_is_release {
             std::env::current_exe().context("locating this program")?
         } else {

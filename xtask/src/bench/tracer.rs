@@ -58,6 +58,11 @@ impl TracerProcess {
     /// Starts the tracer and waits until it says it is attached (a stderr
     /// line containing "attached" or "listening").
     pub fn start(binary: &Path, mode: &Mode, interval: Duration) -> Result<Self> {
+        Self::start_with_args(binary, mode, interval, &[])
+    }
+
+    /// [`TracerProcess::start`] with more arguments for the tracer.
+    pub fn start_with_args(binary: &Path, mode: &Mode, interval: Duration, extra: &[String]) -> Result<Self> {
         let interval_arg = format!("{}ms", interval.as_millis());
         let mut cmd = Command::new(binary);
         let mut http = None;
@@ -76,7 +81,7 @@ impl TracerProcess {
                 ]);
             }
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let started = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
         let stderr = child.stderr.take().context("the tracer's stderr")?;
@@ -192,15 +197,21 @@ fn free_port() -> Result<u16> {
 
 /// The agent's /metrics text.
 pub fn scrape(addr: SocketAddr) -> Result<String> {
+    http_get(addr, "/metrics")
+}
+
+/// The body of `GET path` (HTTP/1.0, so never chunked), failing unless
+/// the status is 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200") {
-        bail!("GET /metrics: {status}");
+        bail!("GET {path}: {status}");
     }
     Ok(body.to_owned())
 }
