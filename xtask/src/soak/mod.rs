@@ -68,6 +68,11 @@ const TOP_N: &str = "5000";
 /// Long-lived streams, and chunks each sends per second.
 const STREAMS: usize = 4;
 const STREAM_RATE: f64 = 32.0;
+/// Sockets of other processes on the host above which a look at the
+/// agent's memory says more about them than about the soak (another
+/// workload holding thousands of sockets): such looks, and the one after,
+/// are shown but not judged.
+const FOREIGN_SOCKETS: f64 = 1_000.0;
 /// Bound on the wait for the agent to show the final totals.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -155,7 +160,29 @@ pub struct Tick {
     pub secs: f64,
     pub rss_kib: u64,
     pub tracked_sockets: f64,
+    /// Tracked sockets of processes other than the workload's.
+    pub foreign_sockets: f64,
     pub close_wait: f64,
+}
+
+impl Tick {
+    fn disturbed(&self) -> bool {
+        self.foreign_sockets > FOREIGN_SOCKETS
+    }
+}
+
+/// The ticks whose memory is judged: after the warm-up, and neither while
+/// other processes held many sockets nor just after.
+pub fn judged(ticks: &[Tick], warmup: Duration) -> Vec<(f64, f64)> {
+    ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, tick)| {
+            let before = i.checked_sub(1).and_then(|j| ticks.get(j));
+            tick.secs >= warmup.as_secs_f64() && !tick.disturbed() && !before.is_some_and(Tick::disturbed)
+        })
+        .map(|(_, tick)| (tick.secs, tick.rss_kib as f64))
+        .collect()
 }
 
 /// Everything the soak found, for the checks and SOAK.md.
@@ -322,10 +349,11 @@ fn soak(args: &SoakArgs, binaries: &Binaries) -> Result<Findings> {
     let totals = settle_totals(setup.agent_addr, &own)?;
     let (dropped, report_drops) = drops(setup.agent_addr)?;
 
-    // One more scrape after the end, then read every counter back.
-    let run_secs = (ended_unix - began_unix).ceil() as u64 + 2 * INTERVAL.as_secs();
+    // One more scrape after the end, then read every counter back, from
+    // before the start up to now.
     wait_for_scrape_after(&setup.prometheus, ended_unix)?;
     let now = unix_secs(SystemTime::now());
+    let run_secs = (now - began_unix).ceil() as u64 + 2 * INTERVAL.as_secs();
     let counters = setup.prometheus.raw_series("{__name__=~\"tracer_.+_total\"}", now, run_secs)?;
     let slack = 2.0 * INTERVAL.as_secs_f64();
     let monotonic = checks::check_monotonic(&counters, began_unix + slack, ended_unix, slack);
@@ -341,8 +369,7 @@ fn soak(args: &SoakArgs, binaries: &Binaries) -> Result<Findings> {
     setup.agent.stop()?;
 
     let warmup = args.warmup();
-    let after_warmup: Vec<(f64, f64)> =
-        ticks.iter().filter(|t| t.secs >= warmup.as_secs_f64()).map(|t| (t.secs, t.rss_kib as f64)).collect();
+    let after_warmup = judged(&ticks, warmup);
     Ok(Findings {
         started_at,
         duration: args.duration,
@@ -385,6 +412,11 @@ fn watch(duration: Duration, began: Instant, setup: &mut Setup, clients: &mut [W
         let memory = setup.agent.memory().context("the agent's memory (has it exited?)")?;
         let samples = parse_exposition(&scrape(setup.agent_addr).context("scraping the agent")?);
         let sum = |name: &str| samples.iter().filter(|s| s.name == name).map(|s| s.value).sum::<f64>();
+        let ours: f64 = samples
+            .iter()
+            .filter(|s| s.name == "tracer_tcp_sockets" && Role::ALL.iter().any(|r| s.label("comm") == Some(r.comm())))
+            .map(|s| s.value)
+            .sum();
         let close_wait = samples
             .iter()
             .filter(|s| {
@@ -398,6 +430,7 @@ fn watch(duration: Duration, began: Instant, setup: &mut Setup, clients: &mut [W
             secs: began.elapsed().as_secs_f64(),
             rss_kib: memory.current_kib,
             tracked_sockets: sum("tracer_tracked_sockets"),
+            foreign_sockets: (sum("tracer_tracked_sockets") - ours).max(0.0),
             close_wait,
         };
         if ticks.len() % 6 == 0 {
@@ -530,5 +563,23 @@ impl ShortSpawner {
             bail!("{} of {} short-lived processes failed", tally.failed, tally.ok + tally.failed);
         }
         Ok(tally)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_during_other_load_and_just_after_are_not_judged() {
+        let tick = |secs: f64, foreign: f64| Tick {
+            secs,
+            rss_kib: secs as u64,
+            tracked_sockets: foreign + 10.0,
+            foreign_sockets: foreign,
+            close_wait: 0.0,
+        };
+        let ticks = [tick(5.0, 0.0), tick(10.0, 0.0), tick(15.0, 16_000.0), tick(20.0, 0.0), tick(25.0, 0.0)];
+        assert_eq!(judged(&ticks, Duration::from_secs(10)), vec![(10.0, 10.0), (25.0, 25.0)]);
     }
 }

@@ -28,13 +28,14 @@ pub fn summary(f: &Findings) -> String {
         Some(rss) => {
             let _ = writeln!(
                 out,
-                "| current RSS within {:.0}% after the warm-up | {} | {:.1}-{:.1} MiB over {} samples (max/min {:.3}) |",
+                "| current RSS within {:.0}% after the warm-up | {} | {:.1}-{:.1} MiB over {} samples (max/min {:.3}); {} taken during other processes' load not judged |",
                 RSS_BAND * 100.0,
                 verdict(rss.within_band),
                 rss.min_kib / 1024.0,
                 rss.max_kib / 1024.0,
                 rss.samples,
-                rss.max_kib / rss.min_kib
+                rss.max_kib / rss.min_kib,
+                f.ticks.iter().filter(|t| t.secs >= f.warmup.as_secs_f64()).count() - rss.samples
             );
             let _ = writeln!(
                 out,
@@ -119,19 +120,31 @@ fn totals_table(f: &Findings) -> String {
 }
 
 fn memory_table(f: &Findings) -> String {
-    let mut out = String::from("| time | agent RSS | sockets tracked | CLOSE_WAIT pile |\n|---:|---:|---:|---:|\n");
-    let every = (f.ticks.len() / 20).max(1);
+    let mut out = String::from(
+        "| time | agent RSS | sockets tracked (of other processes) | CLOSE_WAIT pile | judged |\n\
+         |---:|---:|---:|---:|---|\n",
+    );
+    let judged = super::judged(&f.ticks, f.warmup);
+    let every = (f.ticks.len() / 40).max(1);
     for (i, tick) in f.ticks.iter().enumerate() {
-        if i % every != 0 && i + 1 != f.ticks.len() {
+        let shown = i % every == 0 || i + 1 == f.ticks.len() || tick.foreign_sockets > super::FOREIGN_SOCKETS;
+        if !shown {
             continue;
         }
+        let why_not = if tick.secs < f.warmup.as_secs_f64() {
+            "no (warm-up)"
+        } else if judged.iter().any(|(secs, _)| *secs == tick.secs) {
+            "yes"
+        } else {
+            "no (other load)"
+        };
         let _ = writeln!(
             out,
-            "| {:.0} s{} | {:.1} MiB | {:.0} | {:.0} |",
+            "| {:.0} s | {:.1} MiB | {:.0} ({:.0}) | {:.0} | {why_not} |",
             tick.secs,
-            if tick.secs < f.warmup.as_secs_f64() { " (warm-up)" } else { "" },
             tick.rss_kib as f64 / 1024.0,
             tick.tracked_sockets,
+            tick.foreign_sockets,
             tick.close_wait
         );
     }
@@ -202,7 +215,9 @@ pub fn file(f: &Findings) -> String {
         "## Method\n\n\
          - RSS is `VmRSS` of `/proc/PID/status`, read every {} s. After the warm-up (the agent's {}-second \
          history is full by then) it must stay within {:.0}% (max over min), and a least-squares line through \
-         it must rise by less than {:.0}% of the mean over the measured span.\n\
+         it must rise by less than {:.0}% of the mean over the measured span. The agent sees the whole \
+         host: a look taken while other processes held more than {:.0} tracked sockets (another workload on a \
+         shared machine), and the one after it, is shown but not judged.\n\
          - Drops: every counter of the agent whose name says `dropped`, `untracked` or `lost`, at the end, \
          the report's `events_dropped` and `map_full_drops`, and `tracer_events_dropped_total` in every scrape.\n\
          - Monotonic: the raw samples of every `tracer_*_total` series Prometheus holds (a range selector over \
@@ -215,6 +230,7 @@ pub fn file(f: &Findings) -> String {
         60,
         RSS_BAND * 100.0,
         RSS_MAX_RISE * 100.0,
+        super::FOREIGN_SOCKETS,
         Role::ALL.len(),
         Role::ALL.iter().map(|r| format!("`{}`", r.comm())).collect::<Vec<_>>().join(", ")
     );
