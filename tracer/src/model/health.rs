@@ -163,6 +163,8 @@ pub(crate) struct FlowHealth {
     pub(crate) sockets: u32,
     /// The largest of the sockets' delivery rates.
     pub(crate) delivery_rate: Option<u64>,
+    /// The network namespace (inode) the flow's sockets were seen in.
+    pub(crate) netns: u32,
 }
 
 impl FlowHealth {
@@ -216,6 +218,8 @@ pub(crate) struct HealthView {
     /// Intervals with a sampled live socket, and those backlogged.
     pub(crate) intervals_sampled: u64,
     pub(crate) intervals_backlogged: u64,
+    /// The network namespace the flow was last seen in.
+    pub(crate) netns: Option<u32>,
 }
 
 impl HealthView {
@@ -229,6 +233,9 @@ impl HealthView {
             self.min_rtt_us = Some(self.min_rtt_us.map_or(min_rtt, |m| m.min(min_rtt)));
         }
         self.connect.merge(&interval.connect);
+        if interval.netns != 0 {
+            self.netns = Some(interval.netns);
+        }
         if interval.sockets > 0 {
             self.recv_queue.get_or_insert_with(LastMax::default).push(interval.recv_queue);
             self.send_queue.get_or_insert_with(LastMax::default).push(interval.send_queue);

@@ -375,6 +375,7 @@ impl Model {
                 let delta = total.saturating_sub(attributed);
                 if !delta.is_zero() {
                     flows.entry(key).or_default().add(&delta);
+                    health.entry(key).or_default().netns = obs.tuple.netns;
                 }
                 // A connect that completed since the last sample; a
                 // destroyed socket has no RTT or backlog any more.
@@ -401,12 +402,15 @@ impl Model {
             let delta = obs.counters.saturating_sub(&attributed);
             if !delta.is_zero() {
                 flows.entry(key).or_default().add(&delta);
+                health.entry(key).or_default().netns = obs.tuple.netns;
             }
             if let (true, Some(connect)) = (delta.connects_timed > 0, obs.health.connect_us) {
                 health.entry(key).or_default().connect.observe(connect);
             }
             if obs.health.samples > 0 && carries_data(obs.state) {
-                health.entry(key).or_default().add_socket(&obs.health, delta.tx_bytes, delta.rx_bytes);
+                let interval = health.entry(key).or_default();
+                interval.add_socket(&obs.health, delta.tx_bytes, delta.rx_bytes);
+                interval.netns = obs.tuple.netns;
             }
             if let Some(socket) = self.live.get_mut(&id) {
                 socket.attributed = attributed.max_each(&obs.counters);
