@@ -22,7 +22,9 @@
 //!   [`connect_from`], ...), also used by the `traffic` binary;
 //! - [`health`]: the TCP health tooling: `TCP_INFO`/`FIONREAD`/`SIOCOUTQ`
 //!   oracles and [`DelayedLink`], two namespaces joined by a veth pair with
-//!   a delay (the `netdelay` binary) and failure fixtures.
+//!   a delay (the `netdelay` binary) and failure fixtures;
+//! - [`bpf`]: the BPF programs and maps a process holds (by id, from
+//!   `/proc/PID/fdinfo`) and what `bpftool` says is loaded.
 
 use std::{
     collections::BTreeMap,
@@ -41,6 +43,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod bpf;
 pub mod health;
 pub use health::DelayedLink;
 
@@ -211,6 +214,11 @@ impl Tracer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its stderr so far (the attach line, progress lines, warnings).
+    pub fn stderr(&self) -> String {
+        transcript(&self.stderr)
     }
 
     /// Time since the tracer was spawned.

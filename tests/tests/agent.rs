@@ -1,8 +1,9 @@
 //! `tracer agent` against real traffic: exact byte counters in `/metrics`
 //! that keep their values after the sockets close, the JSON API, errors,
 //! the dashboard, escaping of an untrusted process name, `promtool check
-//! metrics`, a real Prometheus server scraping the agent, and a clean exit
-//! on SIGTERM.
+//! metrics`, a real Prometheus server scraping the agent, a clean exit
+//! on SIGTERM; `kill -9` leaving no program or map behind, and a restarted
+//! agent counting exactly beside a `tracer trace` that counts the same.
 //!
 //! Needs root (the agent loads eBPF programs) and fails, never skips, when
 //! the agent cannot start. The agent runs with `--pid <this test process>`
@@ -28,7 +29,7 @@ use std::{
 
 // Agents running side by side would see each other's programs (the bpftool
 // check) and traffic: tests hold the harness's `serial()` lock.
-use tracer_tests::{serial, tracer_bin, wait_bounded};
+use tracer_tests::{bpf, serial, tracer_bin, wait_bounded, wait_until, Tracer};
 
 /// Attaching can take a while on a loaded machine.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -491,33 +492,15 @@ fn chromium_renders(agent: &Agent, comm_fragment_escaped: &str) {
     eprintln!("chromium: dashboard rendered; screenshot at {}", screenshot.display());
 }
 
-/// Loaded BPF programs (id -> name) per Debian's `bpftool`.
-fn bpf_programs() -> BTreeMap<u64, String> {
-    let Some(bpftool) = which("bpftool").or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file()))
-    else {
-        panic!("a test tool is missing (bpftool): run the tests with `cargo xtask test`, which installs it");
-    };
-    let output = Command::new(bpftool).args(["-j", "prog", "show"]).output().expect("run bpftool");
-    assert!(output.status.success(), "bpftool prog show: {}", String::from_utf8_lossy(&output.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
-    let programs = json.as_array().expect("a list of programs");
-    programs
-        .iter()
-        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str().unwrap_or_default().to_owned())))
-        .collect()
-}
-
 #[test]
 fn agent_exports_exact_counters_api_and_dashboard() {
     let _serial = serial();
     let comm = own_comm();
     let pid = std::process::id().to_string();
-    let programs_before = bpf_programs();
     let agent = Agent::start(&["--pid", &pid]);
     // Programs are attached before the agent says it listens.
-    let agent_programs: BTreeMap<u64, String> =
-        bpf_programs().into_iter().filter(|(id, _)| !programs_before.contains_key(id)).collect();
-    assert!(!agent_programs.is_empty(), "bpftool shows no program loaded by the agent");
+    let agent_bpf = bpf::owned_by(agent.child.id());
+    assert!(!agent_bpf.programs.is_empty(), "the agent holds no BPF program: {agent_bpf:#?}");
 
     // Endpoints have data from the first tick on.
     let health = agent.get("/healthz");
@@ -652,11 +635,102 @@ fn agent_exports_exact_counters_api_and_dashboard() {
     let (status, took, stderr) = agent.terminate();
     eprintln!("{stderr}");
     assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
-    let now = bpf_programs();
-    let left: Vec<_> = agent_programs.iter().filter(|(id, _)| now.contains_key(id)).collect();
-    assert!(left.is_empty(), "programs still loaded after the agent exited: {left:?}");
-    eprintln!("bpftool: all {} programs of the agent are gone", agent_programs.len());
+    wait_until("the agent's programs and maps unloaded", SETTLE_TIMEOUT, || agent_bpf.still_loaded().is_empty());
+    eprintln!(
+        "bpftool: all {} programs and {} maps of the agent are gone",
+        agent_bpf.programs.len(),
+        agent_bpf.maps.len()
+    );
     eprintln!("SIGTERM: exit 0 in {took:?}");
+}
+
+/// Waits until the agent's sent/received counters of both ends of a
+/// `transfer(sent, answered)` on `port` show it, and checks them exact.
+fn assert_transfer_exported(agent: &Agent, port: u16, sent: usize, answered: usize) -> Vec<PromSample> {
+    let comm = own_comm();
+    let port_label = port.to_string();
+    let client = [("comm", comm.as_str()), ("role", "client"), ("remote", "127.0.0.1"), ("port", port_label.as_str())];
+    let server = [("comm", comm.as_str()), ("role", "server"), ("remote", "127.0.0.1"), ("port", port_label.as_str())];
+    let expected = [
+        ("tracer_tcp_sent_bytes_total", client, sent),
+        ("tracer_tcp_received_bytes_total", client, answered),
+        ("tracer_tcp_sent_bytes_total", server, answered),
+        ("tracer_tcp_received_bytes_total", server, sent),
+    ];
+    let mut samples = Vec::new();
+    for (name, labels, count) in expected {
+        samples = scrape_until(agent, name, &labels, count as f64);
+    }
+    for (name, labels, count) in expected {
+        assert_eq!(value(&samples, name, &labels), Some(count as f64), "{name}{labels:?}");
+    }
+    samples
+}
+
+/// `kill -9` of the agent: the kernel releases every program and map it
+/// held (checked by id with bpftool, so other tracers on the host do not
+/// count), and an agent started again attaches and counts a transfer
+/// exactly, while a `tracer trace` attached at the same time counts the
+/// same transfer exactly too.
+#[test]
+fn a_killed_agent_leaves_nothing_loaded_and_a_restarted_one_counts_exactly_beside_a_trace() {
+    let _serial = serial();
+    let pid = std::process::id();
+    let pid_arg = pid.to_string();
+    let agent = Agent::start(&["--pid", &pid_arg]);
+    let held = bpf::owned_by(agent.child.id());
+    let programs: Vec<&str> = held.programs.values().map(String::as_str).collect();
+    let maps: Vec<&str> = held.maps.values().map(String::as_str).collect();
+    for program in ["inet_sock_set_state", "tcp_destroy_sock"] {
+        assert!(programs.contains(&program), "the agent holds no {program} program: {held:#?}");
+    }
+    for map in ["SOCKETS", "CLOSED", "OVERFLOW", "STATS"] {
+        assert!(maps.contains(&map), "the agent holds no {map} map: {held:#?}");
+    }
+    // Counting before the crash, so the kill lands on a working agent.
+    let (port, client, server) = transfer(10_007, 20_011);
+    assert_transfer_exported(&agent, port, 10_007, 20_011);
+    drop((client, server));
+
+    let mut killed = agent;
+    send_signal(&killed.child, libc::SIGKILL);
+    let status = wait_bounded(&mut killed.child, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the agent survived SIGKILL; stderr:\n{}", killed.stderr()));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "{status:?}");
+    wait_until("the killed agent's programs and maps unloaded", SETTLE_TIMEOUT, || held.still_loaded().is_empty());
+    eprintln!(
+        "kill -9: all {} programs and {} maps of the agent unloaded ({programs:?})",
+        held.programs.len(),
+        held.maps.len()
+    );
+
+    // Restarted, with a trace beside it; both count the same transfer.
+    let agent = Agent::start(&["--pid", &pid_arg]);
+    let trace = Tracer::start(&["--pid", &pid_arg]);
+    const SENT: usize = 2_345_679;
+    const ANSWERED: usize = 345_681;
+    let (port, client, server) = transfer(SENT, ANSWERED);
+    let open = assert_transfer_exported(&agent, port, SENT, ANSWERED);
+    drop((client, server));
+    wait_for_closes(&agent, port, 2);
+    let closed = assert_transfer_exported(&agent, port, SENT, ANSWERED);
+    assert_monotonic(&open, &closed);
+    let report = trace.stop();
+    let client = report.flow(pid, "client", "127.0.0.1", port);
+    assert_eq!(
+        (client.tx_bytes, client.rx_bytes, client.connections_opened, client.connections_closed),
+        (SENT as u64, ANSWERED as u64, 1, 1),
+        "the trace's client flow: {client:#?}"
+    );
+    let server = report.flow(pid, "server", "127.0.0.1", port);
+    assert_eq!(
+        (server.tx_bytes, server.rx_bytes, server.connections_opened, server.connections_closed),
+        (ANSWERED as u64, SENT as u64, 1, 1),
+        "the trace's server flow: {server:#?}"
+    );
+    let (status, _, stderr) = agent.terminate();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    eprintln!("restart: the agent and a trace beside it both counted {SENT}/{ANSWERED} bytes exactly");
 }
 
 #[test]

@@ -266,6 +266,17 @@ pub struct ClosedSock {
     pub record: SockRecord,
 }
 
+/// Key of `OVERFLOW`: the socket's address and the instant it was
+/// destroyed. The address alone is not unique there: under churn the
+/// kernel reuses a freed socket's memory for the next socket at once, so
+/// several final records of one address can wait for the same drain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OverflowKey {
+    pub sock: u64,
+    pub destroyed_ns: u64,
+}
+
 /// Field offsets in the running kernel's structs, resolved from its BTF in
 /// user space and set as the `OFFSETS` global before load (rustc emits no
 /// CO-RE relocations, so offsets compiled in would fit one kernel only).
@@ -415,6 +426,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClosedSock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OverflowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ByteSlot {}
     // SAFETY: as above.

@@ -40,7 +40,8 @@
 //! times to its own listener and keeps both ends of every connection
 //! (2K fds), idle, until stdin closes. With `--wait-go`, on `go` each
 //! connection moves one byte each way (so a tracer started after them
-//! knows all 2K sockets), then they stay idle.
+//! knows all 2K sockets), then they stay idle; each further `go` does it
+//! again (`touched n=K pid=P round=R` after each round).
 //! A bursty client starts a connection every `--every-ms` (paced by the
 //! wall clock), `--count` in all, each in its own thread: `--chunks` writes
 //! of `--chunk` bytes with `--pause-ms` after each, then close; it prints
@@ -477,15 +478,26 @@ fn idle_pairs(options: &Options, control: &Control) {
     println!("ready n={} port={} pid={}", held.len(), target.port(), pid());
     if options.flag("wait-go") {
         control.wait_for("go");
-        for (client, served) in &mut held {
-            send_exactly(client, 1);
-            receive_exactly(served, 1);
-            send_exactly(served, 1);
-            receive_exactly(client, 1);
+        let mut round = 0;
+        loop {
+            round += 1;
+            for (client, served) in &mut held {
+                send_exactly(client, 1);
+                receive_exactly(served, 1);
+                send_exactly(served, 1);
+                receive_exactly(client, 1);
+            }
+            println!("touched n={} pid={} round={round}", held.len(), pid());
+            // Another `go` touches them all again; stdin closing ends it.
+            match control.stdin.recv() {
+                Ok(line) if line.trim() == "go" => {}
+                Ok(line) => fail(&format!("expected \"go\" on stdin, got {line:?}")),
+                Err(_) => break,
+            }
         }
-        println!("touched n={} pid={}", held.len(), pid());
+    } else {
+        control.hold();
     }
-    control.hold();
     drop(held);
 }
 

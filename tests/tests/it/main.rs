@@ -13,7 +13,9 @@
 //!   once and exactly;
 //! - `health`: TCP health (RTT, connect latency, failures by reason,
 //!   backlogs, window-limited senders) against the kernel's own numbers
-//!   (issue 12).
+//!   (issue 12);
+//! - `reliability`: past the socket table's limit and a full ring buffer,
+//!   counts stay exact and losses are counted (issue 13).
 
 mod analysis;
 mod bytes;
@@ -21,6 +23,7 @@ mod cli;
 mod health;
 mod lifecycle;
 mod race;
+mod reliability;
 
 use std::{process::Command, time::Duration};
 

@@ -5,7 +5,7 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{flags, role, stat, tcp_state, ClosedSock, SockRecord, CLOSED_RING_BYTES};
+use tracer_common::{flags, role, stat, tcp_state, ClosedSock, OverflowKey, SockRecord, CLOSED_RING_BYTES};
 
 use super::{
     health,
@@ -222,8 +222,9 @@ fn defer(sk: *const u8, key: u64, now: u64, record: *const SockRecord) {
     let Some(scratch) = SCRATCH_CLOSED.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's scratch entry; `record` as in `finish`.
     unsafe { finish(sk, key, now, record, scratch) };
+    let overflow_key = OverflowKey { sock: key, destroyed_ns: now };
     // SAFETY: the scratch entry was just written in full.
-    if OVERFLOW.insert(key, unsafe { *scratch }, BPF_NOEXIST).is_ok() {
+    if OVERFLOW.insert(overflow_key, unsafe { *scratch }, BPF_NOEXIST).is_ok() {
         count(stat::EVENTS_DEFERRED, 1);
     } else {
         count(stat::EVENTS_DROPPED, 1);

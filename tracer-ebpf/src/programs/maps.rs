@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    byte_table, stat, ByteSlot, CallArgs, ClosedSock, HealthClock, KernelOffsets, SockRecord, CLOSED_RING_BYTES,
-    MAX_SOCKETS, OVERFLOW_RECORDS, UNTRACKED_SOCKETS,
+    byte_table, stat, ByteSlot, CallArgs, ClosedSock, HealthClock, KernelOffsets, OverflowKey, SockRecord,
+    CLOSED_RING_BYTES, MAX_SOCKETS, OVERFLOW_RECORDS, UNTRACKED_SOCKETS,
 };
 
 #[map]
@@ -30,10 +30,11 @@ pub(super) static BYTES: Array<ByteSlot> = Array::with_max_entries(byte_table::S
 pub(super) static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_RING_BYTES, 0);
 
 /// Final records of destroyed sockets that found `CLOSED` full, keyed by
-/// socket address; user space drains it every tick, so no count is lost
-/// unless this fills up too.
+/// socket address and destruction time (an address is reused at once under
+/// churn); user space drains it every tick, so no count is lost unless this
+/// fills up too.
 #[map]
-pub(super) static OVERFLOW: HashMap<u64, ClosedSock> = HashMap::with_max_entries(OVERFLOW_RECORDS, 0);
+pub(super) static OVERFLOW: HashMap<OverflowKey, ClosedSock> = HashMap::with_max_entries(OVERFLOW_RECORDS, 0);
 
 /// Scratch space for an `OVERFLOW` entry (too big for the BPF stack).
 #[map]

@@ -23,7 +23,7 @@ use aya::{
 };
 use log::debug;
 use tokio::io::{unix::AsyncFd, Interest};
-use tracer_common::{stat, ClosedSock, HealthClock, SockRecord};
+use tracer_common::{stat, ClosedSock, HealthClock, OverflowKey, SockRecord};
 
 use self::{byte_table::ByteTable, health::Sampler, observe::observe};
 use crate::{
@@ -138,8 +138,10 @@ impl Collector {
     /// `OVERFLOW` by the kernel side instead of being lost).
     pub(crate) fn drain_overflow(&mut self) -> Vec<(SocketObs, u64)> {
         let Some(map) = self.ebpf.map_mut("OVERFLOW") else { return Vec::new() };
-        let Ok(mut overflow) = BpfHashMap::<_, u64, ClosedSock>::try_from(map) else { return Vec::new() };
-        let entries: Vec<(u64, ClosedSock)> = overflow.iter().filter_map(Result::ok).collect();
+        let Ok(mut overflow) = BpfHashMap::<_, OverflowKey, ClosedSock>::try_from(map) else { return Vec::new() };
+        let mut entries: Vec<(OverflowKey, ClosedSock)> = overflow.iter().filter_map(Result::ok).collect();
+        // Several records of one address (reused under churn): oldest first.
+        entries.sort_by_key(|(key, _)| key.destroyed_ns);
         let mut out = Vec::with_capacity(entries.len());
         for (key, closed) in entries {
             // Taken once: only a record this call removed is handed over.
