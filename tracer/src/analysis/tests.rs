@@ -36,7 +36,15 @@ pub(crate) fn rx(bytes: u64) -> Counters {
 }
 
 pub(crate) fn sample(t_secs: f64, flows: Vec<(FlowKey, Counters)>) -> Sample {
-    Sample { t_secs, flows: flows.into_iter().collect(), sockets: HashMap::new(), health: HashMap::new() }
+    // The analysis takes interval lengths from `t_secs` (its window may
+    // start inside an interval), never from `interval_secs`.
+    Sample {
+        t_secs,
+        interval_secs: 1.0,
+        flows: flows.into_iter().collect(),
+        sockets: HashMap::new(),
+        health: HashMap::new(),
+    }
 }
 
 pub(crate) fn with_sockets(mut sample: Sample, pid: u32, states: &[(&'static str, u64)]) -> Sample {

@@ -22,6 +22,7 @@ use super::driver::{Driver, DriverConfig};
 use crate::{
     cli::AgentArgs,
     output::{
+        dashboard::Rates,
         http::{self, Limits, Published},
         metrics::{Metrics, MetricsConfig, Tick},
         report::Report,
@@ -139,6 +140,7 @@ fn publish(driver: &Driver, metrics: &mut Metrics, began: Instant) -> anyhow::Re
     Ok(Published {
         report_json: serde_json::to_vec(&Report::new(&snapshot)).context("serializing the report")?.into(),
         findings_json: serde_json::to_vec(&snapshot.findings).context("serializing the findings")?.into(),
+        dashboard_json: serde_json::to_vec(&Rates::new(&snapshot)).context("serializing the dashboard's rates")?.into(),
         metrics_text: metrics.render().context("rendering the metrics")?.into(),
     })
 }

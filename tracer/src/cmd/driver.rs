@@ -10,11 +10,11 @@ use std::{future::Future, time::Duration};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::{
-    analysis::{self, Thresholds},
+    analysis::Thresholds,
     collect::session::Session,
     load::{probes::Backend, LoadError},
     model::filter::Filter,
-    output::Snapshot,
+    output::{Snapshot, SnapshotContext},
     sys::monotonic_ns,
 };
 
@@ -96,38 +96,15 @@ impl Driver {
 
     /// The model's window as of the last tick, with its findings.
     pub(crate) fn snapshot(&self) -> Snapshot {
-        let model = self.session.model();
-        let now_ns = monotonic_ns();
-        // The agent's window slides: the report starts where its oldest
-        // sample does, not when the agent started.
-        let window_secs = model.window_secs();
-        let started_at =
-            self.session.started_at() + Duration::from_secs_f64((model.last_sample_secs() - window_secs).max(0.0));
-        let flows = model.flows();
-        let close_wait = model.close_wait(now_ns);
-        let comm = |pid: u32| model.comm(pid).to_owned();
-        let findings = analysis::analyze(
-            &analysis::Input {
-                samples: model.samples(),
-                close_wait: &close_wait,
-                flows: &flows,
-                comm: &comm,
-                hz: model.hz(),
-            },
+        Snapshot::build(
+            self.session.model(),
             &self.thresholds,
-        );
-        Snapshot {
-            started_at,
-            duration_secs: (window_secs * 1000.0).round() / 1000.0,
-            backend: self.backend().as_str(),
-            processes: model.processes(),
-            flows,
-            close_wait,
-            timeline: model.timeline(),
-            findings,
-            host_sockets: model.host_sockets(),
-            stats: self.session.stats(),
-            live_sockets: model.live_sockets(),
-        }
+            SnapshotContext {
+                started_at: self.session.started_at(),
+                backend: self.backend().as_str(),
+                stats: self.session.stats(),
+                now_ns: monotonic_ns(),
+            },
+        )
     }
 }

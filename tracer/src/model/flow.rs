@@ -76,6 +76,8 @@ pub(crate) struct CloseWait {
 pub(crate) struct TimelinePoint {
     /// End of the interval, seconds since the start (rounded to the ms).
     pub(crate) t_secs: f64,
+    /// The interval's length in seconds: rates are bytes over this.
+    pub(crate) interval_secs: f64,
     pub(crate) processes: Vec<TimelineProcess>,
 }
 

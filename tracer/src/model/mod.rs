@@ -38,6 +38,8 @@ use self::{
 pub(crate) struct Sample {
     /// End of the interval, seconds since the start.
     pub(crate) t_secs: f64,
+    /// The interval's length in seconds.
+    pub(crate) interval_secs: f64,
     pub(crate) flows: HashMap<FlowKey, Counters>,
     pub(crate) sockets: HashMap<u32, StateCounts>,
     /// TCP health per flow: RTT and backlogs of its live sockets at the
@@ -417,7 +419,13 @@ impl Model {
             }
         }
         let sockets = self.socket_counts();
-        self.samples.push_back(Sample { t_secs: secs(self.start_ns, now_ns), flows, sockets, health });
+        self.samples.push_back(Sample {
+            t_secs: secs(self.start_ns, now_ns),
+            interval_secs: secs(self.last_sample_ns, now_ns),
+            flows,
+            sockets,
+            health,
+        });
         while self.samples.len() > self.max_samples {
             self.samples.pop_front();
         }
@@ -620,6 +628,7 @@ impl Model {
                 }
                 TimelinePoint {
                     t_secs: (sample.t_secs * 1000.0).round() / 1000.0,
+                    interval_secs: sample.interval_secs,
                     processes: per_pid
                         .into_iter()
                         .map(|(pid, (tx, rx))| TimelineProcess {

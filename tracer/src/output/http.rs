@@ -1,5 +1,6 @@
 //! The agent's HTTP side: the routes (`/metrics`, `/api/v1/report`,
-//! `/api/v1/findings`, `/healthz`, `/` dashboard) and the server that runs
+//! `/api/v1/findings`, `/healthz`, `/` dashboard and the rates it draws,
+//! `/api/v1/dashboard`) and the server that runs
 //! them with bounded headers, bodies, connections and time.
 //!
 //! Handlers only read [`Published`], which the collection loop replaces
@@ -37,10 +38,7 @@ use tokio::{
     time::{sleep, Instant},
 };
 
-use super::metrics;
-
-/// The dashboard: one self-contained page (no external requests).
-pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+use super::{dashboard::DASHBOARD_HTML, metrics};
 
 /// What the endpoints serve, as of the last tick.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +47,8 @@ pub(crate) struct Published {
     pub(crate) report_json: Bytes,
     /// The report's findings, a JSON array.
     pub(crate) findings_json: Bytes,
+    /// The rates the dashboard draws (`dashboard::Rates`).
+    pub(crate) dashboard_json: Bytes,
     /// The Prometheus exposition.
     pub(crate) metrics_text: Bytes,
 }
@@ -99,6 +99,7 @@ pub(crate) fn router(feed: Feed) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/v1/report", get(report))
         .route("/api/v1/findings", get(findings))
+        .route("/api/v1/dashboard", get(dashboard_rates))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -139,12 +140,19 @@ async fn findings(State(feed): State<Feed>) -> Response {
     json(current(&feed).findings_json.clone())
 }
 
+async fn dashboard_rates(State(feed): State<Feed>) -> Response {
+    json(current(&feed).dashboard_json.clone())
+}
+
 async fn healthz() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such endpoint; see /, /metrics, /api/v1/report, /api/v1/findings, /healthz")
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /, /metrics, /api/v1/report, /api/v1/findings, /api/v1/dashboard, /healthz",
+    )
 }
 
 async fn method_not_allowed() -> Response {
@@ -292,6 +300,7 @@ mod tests {
             let published = Published {
                 report_json: Bytes::from_static(br#"{"schema":"tracer.report/v1"}"#),
                 findings_json: Bytes::from_static(b"[]"),
+                dashboard_json: Bytes::from_static(br#"{"tx":[]}"#),
                 metrics_text: Bytes::from_static(b"# HELP x y\n# TYPE x gauge\nx 1\n"),
             };
             let (_feed_tx, feed) = watch::channel(Arc::new(published));
@@ -347,6 +356,7 @@ mod tests {
         assert!(response.contains("content-type: application/json"));
         assert_eq!(body(&response), r#"{"schema":"tracer.report/v1"}"#);
         assert_eq!(body(&server.get("/api/v1/findings")), "[]");
+        assert_eq!(body(&server.get("/api/v1/dashboard")), r#"{"tx":[]}"#);
         let response = server.get("/");
         assert!(response.contains("content-security-policy: default-src 'none'"), "{response}");
         assert!(body(&response).starts_with("<!DOCTYPE html>"));

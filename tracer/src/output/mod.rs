@@ -1,19 +1,32 @@
 //! Outputs, each reading one [`Snapshot`] of the model and the analysis:
 //! the JSON report ([`report`], `tracer.report/v1`), the text tables
-//! ([`table`]), the Prometheus metrics ([`metrics`]) and the agent's HTTP
-//! side with its dashboard ([`http`]).
+//! ([`table`]), the Prometheus metrics ([`metrics`]), and the agent's HTTP
+//! side ([`http`]) with its dashboard ([`dashboard`]).
 
+pub(crate) mod dashboard;
+#[cfg(test)]
+mod golden;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod report;
 pub(crate) mod table;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::{
-    analysis::Finding,
-    model::{CloseWait, Flow, KernelStats, Process, StateCounts, TimelinePoint},
+    analysis::{self, Finding, Thresholds},
+    model::{CloseWait, Flow, KernelStats, Model, Process, StateCounts, TimelinePoint},
 };
+
+/// What a snapshot needs besides the model.
+pub(crate) struct SnapshotContext {
+    /// When tracing started (the model's time zero).
+    pub(crate) started_at: SystemTime,
+    pub(crate) backend: &'static str,
+    pub(crate) stats: KernelStats,
+    /// The monotonic clock now (CLOSE_WAIT ages are taken at it).
+    pub(crate) now_ns: u64,
+}
 
 /// The model's window and its findings as of one tick: all any output reads.
 #[derive(Debug, Clone)]
@@ -38,4 +51,41 @@ pub(crate) struct Snapshot {
     pub(crate) stats: KernelStats,
     /// Sockets the tracer tracks now.
     pub(crate) live_sockets: u64,
+}
+
+impl Snapshot {
+    /// The model's window as of its last sample, with its findings.
+    pub(crate) fn build(model: &Model, thresholds: &Thresholds, context: SnapshotContext) -> Self {
+        // The agent's window slides: the report starts where its oldest
+        // sample does, not when the agent started.
+        let window_secs = model.window_secs();
+        let started_at =
+            context.started_at + Duration::from_secs_f64((model.last_sample_secs() - window_secs).max(0.0));
+        let flows = model.flows();
+        let close_wait = model.close_wait(context.now_ns);
+        let comm = |pid: u32| model.comm(pid).to_owned();
+        let findings = analysis::analyze(
+            &analysis::Input {
+                samples: model.samples(),
+                close_wait: &close_wait,
+                flows: &flows,
+                comm: &comm,
+                hz: model.hz(),
+            },
+            thresholds,
+        );
+        Snapshot {
+            started_at,
+            duration_secs: (window_secs * 1000.0).round() / 1000.0,
+            backend: context.backend,
+            processes: model.processes(),
+            flows,
+            close_wait,
+            timeline: model.timeline(),
+            findings,
+            host_sockets: model.host_sockets(),
+            stats: context.stats,
+            live_sockets: model.live_sockets(),
+        }
+    }
 }
