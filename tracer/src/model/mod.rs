@@ -19,12 +19,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use tracer_common::tcp_state;
 
-#[cfg(test)]
-pub(crate) use self::health::Dist;
 pub(crate) use self::{
     counters::Counters,
     flow::{CloseWait, Flow, FlowKey, KernelStats, Process, Role, TimelinePoint, TimelineProcess},
-    health::{jiffies_ms, FailReason, FlowHealth, HealthSupport, HealthView, LastMax, SocketHealth},
+    health::{jiffies_ms, Dist, FailReason, FlowHealth, HealthSupport, HealthView, LastMax, SocketHealth},
     socket::{state_name, KernelRole, ProcSocket, SocketObs, StateCounts, Tuple},
 };
 use self::{
@@ -443,7 +441,6 @@ impl Model {
         self.health_support = support;
     }
 
-    #[expect(dead_code, reason = "the report's TCP health fields read it (output/ work in flight)")]
     pub(crate) fn health_support(&self) -> HealthSupport {
         self.health_support
     }

@@ -20,7 +20,10 @@ use tracer_common::tcp_state;
 use super::{report::Report, table, Snapshot, SnapshotContext};
 use crate::{
     analysis::Thresholds,
-    model::{filter::Filter, Counters, KernelRole, KernelStats, Model, ProcSocket, SocketHealth, SocketObs, Tuple},
+    model::{
+        filter::Filter, Counters, HealthSupport, KernelRole, KernelStats, Model, ProcSocket, SocketHealth, SocketObs,
+        Tuple,
+    },
 };
 
 fn path(name: &str) -> PathBuf {
@@ -102,6 +105,15 @@ fn obs(id: u64, pid: u32, role: KernelRole, local: &str, remote: &str, counters:
 /// start, and a client opening 20 short connections a second.
 fn fixture() -> Snapshot {
     let mut model = Model::new(Filter::default(), 0, 100);
+    model.set_health_support(HealthSupport {
+        sampling: true,
+        rtt: true,
+        min_rtt: true,
+        queues: true,
+        chrono: true,
+        delivery_rate: true,
+        failure_reasons: true,
+    });
     model.load_preexisting(vec![ProcSocket {
         tuple: Tuple {
             netns: 4026531840,
@@ -113,19 +125,46 @@ fn fixture() -> Snapshot {
         pid: Some(200),
     }]);
     for k in 1..=10u64 {
-        let download = Counters { tx_bytes: 300 * k, rx_bytes: 150_000 * k, opened: 1, ..Counters::default() };
+        let download = Counters {
+            tx_bytes: 300 * k,
+            rx_bytes: 150_000 * k,
+            opened: 1,
+            connects_timed: 1,
+            busy_jiffies: 25 * k,
+            rwnd_jiffies: 5 * k,
+            ..Counters::default()
+        };
+        // The download's RTT rises 20 -> 29 ms; its backlog grows.
+        let mut downloading = obs(1, 100, KernelRole::Client, "10.0.0.2:40000", "93.184.216.34:443", download);
+        downloading.health = SocketHealth {
+            connect_us: Some(21_000),
+            samples: k as u32,
+            srtt_us: 19_000,
+            rcv_rtt_us: 19_000 + 1000 * k as u32,
+            min_rtt_us: 18_500,
+            recv_queue: 4096 * k as u32,
+            send_queue: 0,
+            rcvbuf: 131_072,
+            delivery_rate: Some(150_000),
+        };
         let answers = Counters { tx_bytes: 4096 * k, rx_bytes: 512 * k, retransmits: k / 5, ..Counters::default() };
         let mut close_wait = obs(3, 200, KernelRole::Server, "[::1]:8080", "[2001:db8::9]:52000", Counters::default());
         close_wait.state = tcp_state::CLOSE_WAIT;
         model.replace_live(vec![
-            obs(1, 100, KernelRole::Client, "10.0.0.2:40000", "93.184.216.34:443", download),
+            downloading,
             obs(2, 200, KernelRole::Server, "[::1]:8080", "[2001:db8::7]:51000", answers),
             close_wait,
         ]);
         for j in 0..20 {
             let id = 1000 + k * 100 + j;
-            let counters = Counters { tx_bytes: 100, rx_bytes: 20, opened: 1, ..Counters::default() };
+            // Every fifth short connection is refused.
+            let counters = if j % 5 == 4 {
+                Counters { failed_connects: 1, failed_refused: 1, syn_retransmits: 0, ..Counters::default() }
+            } else {
+                Counters { tx_bytes: 100, rx_bytes: 20, opened: 1, ..Counters::default() }
+            };
             let mut short = obs(id, 300, KernelRole::Client, "10.0.0.2:30000", "10.0.0.5:80", counters);
+            short.was_established = counters.opened > 0;
             short.first_seen_ns = k * SEC - SEC / 2;
             short.state = tcp_state::CLOSE;
             model.socket_closed(short, k * SEC - 1);
@@ -134,6 +173,7 @@ fn fixture() -> Snapshot {
         model.set_comm(200, "ngi\"nx\n<b>".into());
         model.set_comm(300, "churner".into());
         model.set_host_time_wait(7);
+        model.set_hz(Some(250));
         model.sample(k * SEC);
     }
     let thresholds = Thresholds {

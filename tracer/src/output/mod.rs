@@ -11,11 +11,16 @@ pub(crate) mod metrics;
 pub(crate) mod report;
 pub(crate) mod table;
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use crate::{
     analysis::{self, Finding, Thresholds},
-    model::{CloseWait, Flow, KernelStats, Model, Process, StateCounts, TimelinePoint},
+    model::{
+        CloseWait, Flow, FlowHealth, FlowKey, HealthSupport, KernelStats, Model, Process, StateCounts, TimelinePoint,
+    },
 };
 
 /// What a snapshot needs besides the model.
@@ -51,6 +56,18 @@ pub(crate) struct Snapshot {
     pub(crate) stats: KernelStats,
     /// Sockets the tracer tracks now.
     pub(crate) live_sockets: u64,
+    /// The kernel's HZ, once measured (converts the chrono counters).
+    pub(crate) hz: Option<u32>,
+    /// Which TCP health values this kernel provides (the rest are null).
+    pub(crate) health_support: HealthSupport,
+    #[expect(dead_code, reason = "the histograms of the metrics read it (in progress)")]
+    /// Each flow's TCP health in the last interval only: the observations
+    /// (RTT per live socket, connect latency per connection) that the
+    /// metrics' histograms take in once per tick.
+    pub(crate) last_interval_health: HashMap<FlowKey, FlowHealth>,
+    #[expect(dead_code, reason = "the histograms of the metrics read it (in progress)")]
+    /// End of the last interval, seconds since the start (tells ticks apart).
+    pub(crate) last_sample_secs: f64,
 }
 
 impl Snapshot {
@@ -86,6 +103,10 @@ impl Snapshot {
             host_sockets: model.host_sockets(),
             stats: context.stats,
             live_sockets: model.live_sockets(),
+            hz: model.hz(),
+            health_support: model.health_support(),
+            last_interval_health: model.samples().back().map(|s| s.health.clone()).unwrap_or_default(),
+            last_sample_secs: model.last_sample_secs(),
         }
     }
 }

@@ -6,16 +6,25 @@
 //! { "schema", "started_at" (RFC 3339 UTC), "duration_secs", "backend",
 //!   "flows": [{ pid, comm, role, local_port, remote_addr, remote_port,
 //!               tx_bytes, rx_bytes, retransmits, connections_opened,
-//!               connections_closed, failed_connects, resets }],
+//!               connections_closed, failed_connects, resets,
+//!               // TCP health (null where the kernel or the samples give nothing):
+//!               rtt_us: { min, mean, max, last, min_rtt },
+//!               connect_us: { count, min, mean, max },
+//!               failed_connects_by_reason: { refused, timeout, unreachable, other },
+//!               syn_retransmits, recv_queue_bytes: { last, max },
+//!               send_queue_bytes: { last, max }, limited_ms: { busy, rwnd, sndbuf },
+//!               delivery_rate_bytes_per_sec, segments_out, netns }],
 //!   "processes": [{ pid, comm, tx_bytes, rx_bytes, retransmits,
 //!                   connections_opened, connections_closed, failed_connects,
-//!                   resets_sent, resets_received, sockets: {STATE: n} }],
+//!                   resets_sent, resets_received, sockets: {STATE: n},
+//!                   recv_queue_bytes: { last, max }, send_queue_bytes: { last, max } }],
 //!   "close_wait": [{ pid, comm, local_addr, local_port, remote_addr,
 //!                    remote_port, age_secs, age_is_lower_bound }],  // oldest first
 //!   "timeline": [{ t_secs, processes: [{ pid, comm, tx_bytes, rx_bytes, sockets }] }],
 //!   "findings": [{ kind, severity, pid, comm, remote_addr, port, summary, evidence }],
 //!   "host": { sockets: {STATE: n} },
-//!   "tracer": { events_total, events_dropped, map_full_drops, live_sockets } }
+//!   "tracer": { events_total, events_dropped, events_deferred, map_full_drops,
+//!               untracked_sockets, live_sockets, tcp_health_sampling, hz } }
 //! ```
 //! Byte counts are those moved during the report's window. Zero state counts
 //! are left out. Strings are escaped by serde_json exactly.
@@ -28,7 +37,10 @@ use serde::Serialize;
 use super::Snapshot;
 use crate::{
     analysis::Finding,
-    model::{CloseWait, Flow, Process, Role, StateCounts, TimelinePoint, TimelineProcess},
+    model::{
+        jiffies_ms, CloseWait, Dist, FailReason, Flow, HealthSupport, LastMax, Process, Role, StateCounts,
+        TimelinePoint, TimelineProcess,
+    },
 };
 
 pub(crate) const SCHEMA: &str = "tracer.report/v1";
@@ -66,6 +78,65 @@ pub(crate) struct FlowReport {
     pub(crate) connections_closed: u64,
     pub(crate) failed_connects: u64,
     pub(crate) resets: u64,
+    pub(crate) rtt_us: RttReport,
+    pub(crate) connect_us: ConnectReport,
+    /// Sums to `failed_connects`; null where the kernel gives no reason.
+    pub(crate) failed_connects_by_reason: Option<ReasonsReport>,
+    pub(crate) syn_retransmits: u64,
+    pub(crate) recv_queue_bytes: Option<LastMaxReport>,
+    pub(crate) send_queue_bytes: Option<LastMaxReport>,
+    pub(crate) limited_ms: Option<LimitedReport>,
+    pub(crate) delivery_rate_bytes_per_sec: Option<u64>,
+    /// Segments sent: the denominator of a retransmit ratio.
+    pub(crate) segments_out: u64,
+    /// The network namespace (inode) the flow was seen in.
+    pub(crate) netns: Option<u32>,
+}
+
+/// The kernel's smoothed RTT of the flow's live sockets, one observation
+/// per socket per interval (the receiver's estimate for receive-dominated
+/// sockets); `min_rtt` is the kernel's windowed minimum. Microseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct RttReport {
+    pub(crate) min: Option<u64>,
+    pub(crate) mean: Option<f64>,
+    pub(crate) max: Option<u64>,
+    pub(crate) last: Option<f64>,
+    pub(crate) min_rtt: Option<u64>,
+}
+
+/// Connect latency (clients: connect() to ESTABLISHED; servers: the
+/// handshake round trip the kernel measured), microseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ConnectReport {
+    pub(crate) count: u64,
+    pub(crate) min: Option<u64>,
+    pub(crate) mean: Option<f64>,
+    pub(crate) max: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ReasonsReport {
+    pub(crate) refused: u64,
+    pub(crate) timeout: u64,
+    pub(crate) unreachable: u64,
+    pub(crate) other: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct LastMaxReport {
+    pub(crate) last: u64,
+    pub(crate) max: u64,
+}
+
+/// The kernel's chrono counters over the window: time sending (`busy`, the
+/// sum of the three, as `ss` prints it), limited by the receiver's window,
+/// limited by the send buffer.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct LimitedReport {
+    pub(crate) busy: u64,
+    pub(crate) rwnd: u64,
+    pub(crate) sndbuf: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +152,9 @@ pub(crate) struct ProcessReport {
     pub(crate) resets_sent: u64,
     pub(crate) resets_received: u64,
     pub(crate) sockets: StateCounts,
+    /// Summed over the process's sockets at each interval's end.
+    pub(crate) recv_queue_bytes: Option<LastMaxReport>,
+    pub(crate) send_queue_bytes: Option<LastMaxReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,8 +196,17 @@ pub(crate) struct HostReport {
 pub(crate) struct TracerReport {
     pub(crate) events_total: u64,
     pub(crate) events_dropped: u64,
+    /// Final records that found the ring buffer full and came later (not lost).
+    pub(crate) events_deferred: u64,
     pub(crate) map_full_drops: u64,
+    /// Sockets the socket table could not hold (`--max-sockets`), each
+    /// counted once: the same number as `map_full_drops`.
+    pub(crate) untracked_sockets: u64,
     pub(crate) live_sockets: u64,
+    /// The TCP health pass runs (RTT, backlogs, delivery rate).
+    pub(crate) tcp_health_sampling: bool,
+    /// The kernel's HZ as measured (null until known).
+    pub(crate) hz: Option<u32>,
 }
 
 /// Formats an instant as RFC 3339 UTC with whole seconds.
@@ -138,7 +221,7 @@ impl Report {
             started_at: rfc3339(snapshot.started_at),
             duration_secs: snapshot.duration_secs,
             backend: snapshot.backend,
-            flows: snapshot.flows.iter().map(FlowReport::new).collect(),
+            flows: snapshot.flows.iter().map(|f| FlowReport::new(f, snapshot.health_support, snapshot.hz)).collect(),
             processes: snapshot.processes.iter().map(ProcessReport::new).collect(),
             close_wait: snapshot.close_wait.iter().map(CloseWaitReport::new).collect(),
             timeline: snapshot.timeline.iter().map(TimelineSample::new).collect(),
@@ -147,16 +230,20 @@ impl Report {
             tracer: TracerReport {
                 events_total: snapshot.stats.events_total,
                 events_dropped: snapshot.stats.events_dropped,
+                events_deferred: snapshot.stats.events_deferred,
                 map_full_drops: snapshot.stats.map_full_drops,
+                untracked_sockets: snapshot.stats.map_full_drops,
                 live_sockets: snapshot.live_sockets,
+                tcp_health_sampling: snapshot.health_support.sampling,
+                hz: snapshot.hz,
             },
         }
     }
 }
 
 impl FlowReport {
-    fn new(flow: &Flow) -> Self {
-        let (key, c) = (&flow.key, &flow.counters);
+    fn new(flow: &Flow, support: HealthSupport, hz: Option<u32>) -> Self {
+        let (key, c, health) = (&flow.key, &flow.counters, &flow.health);
         FlowReport {
             pid: key.pid,
             comm: flow.comm.clone(),
@@ -171,7 +258,52 @@ impl FlowReport {
             connections_closed: c.closed,
             failed_connects: c.failed_connects,
             resets: c.resets(),
+            rtt_us: RttReport {
+                min: observed(&health.rtt).map(|d| d.min),
+                mean: health.rtt.mean().map(round1),
+                max: observed(&health.rtt).map(|d| d.max),
+                last: health.rtt_last_us.map(round1),
+                min_rtt: health.min_rtt_us.filter(|_| support.min_rtt),
+            },
+            connect_us: ConnectReport {
+                count: health.connect.count,
+                min: observed(&health.connect).map(|d| d.min),
+                mean: health.connect.mean().map(round1),
+                max: observed(&health.connect).map(|d| d.max),
+            },
+            failed_connects_by_reason: support.failure_reasons.then(|| ReasonsReport {
+                refused: FailReason::Refused.count(c),
+                timeout: FailReason::Timeout.count(c),
+                unreachable: FailReason::Unreachable.count(c),
+                other: FailReason::Other.count(c),
+            }),
+            syn_retransmits: c.syn_retransmits,
+            recv_queue_bytes: health.recv_queue.filter(|_| support.queues).map(LastMaxReport::from),
+            send_queue_bytes: health.send_queue.filter(|_| support.queues).map(LastMaxReport::from),
+            limited_ms: hz.filter(|_| support.chrono).map(|hz| LimitedReport {
+                busy: jiffies_ms(c.busy_jiffies, hz),
+                rwnd: jiffies_ms(c.rwnd_jiffies, hz),
+                sndbuf: jiffies_ms(c.sndbuf_jiffies, hz),
+            }),
+            delivery_rate_bytes_per_sec: health.delivery_rate.filter(|_| support.delivery_rate),
+            segments_out: c.segments_out,
+            netns: health.netns,
         }
+    }
+}
+
+/// A distribution with at least one observation.
+fn observed(dist: &Dist) -> Option<&Dist> {
+    (dist.count > 0).then_some(dist)
+}
+
+fn round1(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}
+
+impl From<LastMax> for LastMaxReport {
+    fn from(value: LastMax) -> Self {
+        LastMaxReport { last: value.last, max: value.max }
     }
 }
 
@@ -190,6 +322,8 @@ impl ProcessReport {
             resets_sent: c.resets_sent,
             resets_received: c.resets_received,
             sockets: process.sockets.clone(),
+            recv_queue_bytes: process.recv_queue.map(LastMaxReport::from),
+            send_queue_bytes: process.send_queue.map(LastMaxReport::from),
         }
     }
 }

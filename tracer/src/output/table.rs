@@ -1,5 +1,6 @@
 //! The human-readable report: findings first (most severe first), then top
-//! flows, processes with socket states, and CLOSE_WAIT sockets. Process
+//! flows (with their latest RTT, mean connect latency and largest receive
+//! backlog), processes with socket states, and CLOSE_WAIT sockets. Process
 //! names are untrusted: control characters are escaped so every record
 //! stays on one line.
 
@@ -8,7 +9,7 @@ use std::{fmt::Write as _, net::IpAddr};
 use super::{report::rfc3339, Snapshot};
 use crate::{
     model::Role,
-    units::{bytes, rate},
+    units::{bytes, duration_us, rate},
 };
 
 /// Escapes control characters (newline, tab, ...) and backslashes.
@@ -57,7 +58,7 @@ pub(crate) fn render(report: &Snapshot, top: usize) -> String {
     let _ = writeln!(out, "\nTop flows ({} in all)", report.flows.len());
     let _ = writeln!(
         out,
-        "  {:>7} {:<16} {:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6}",
+        "  {:>7} {:<16} {:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>10}",
         "PID",
         "COMM",
         "ROLE",
@@ -70,7 +71,10 @@ pub(crate) fn render(report: &Snapshot, top: usize) -> String {
         "OPEN",
         "CLOSE",
         "FAIL",
-        "RST"
+        "RST",
+        "RTT",
+        "CONNECT",
+        "RECV-Q"
     );
     for flow in report.flows.iter().take(top) {
         let (key, c) = (&flow.key, &flow.counters);
@@ -78,9 +82,10 @@ pub(crate) fn render(report: &Snapshot, top: usize) -> String {
             Role::Client => format!("-> {}", endpoint(key.remote, key.port)),
             Role::Server => format!("<- {} :{}", key.remote, key.port),
         };
+        let health = &flow.health;
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6}",
+            "  {:>7} {:<16} {:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>10}",
             key.pid,
             printable(&flow.comm),
             key.role.as_str(),
@@ -93,7 +98,10 @@ pub(crate) fn render(report: &Snapshot, top: usize) -> String {
             c.opened,
             c.closed,
             c.failed_connects,
-            c.resets()
+            c.resets(),
+            health.rtt_last_us.map_or_else(|| "-".to_owned(), duration_us),
+            health.connect.mean().map_or_else(|| "-".to_owned(), duration_us),
+            health.recv_queue.map_or_else(|| "-".to_owned(), |q| bytes(q.max)),
         );
     }
 

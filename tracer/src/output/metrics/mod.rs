@@ -203,6 +203,10 @@ mod tests {
             host_sockets: StateCounts::new(),
             stats: KernelStats { events_total: 42, events_dropped: 1, map_full_drops: 2, ..KernelStats::default() },
             live_sockets: 3,
+            hz: None,
+            health_support: Default::default(),
+            last_interval_health: Default::default(),
+            last_sample_secs: 1.0,
         }
     }
 
