@@ -65,6 +65,18 @@ fn parse_comm(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// `--container`: a container name, a Kubernetes `namespace/pod/container`
+/// or a prefix of the id.
+fn parse_container(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 512 || text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "'{}' is not a container (a name, namespace/pod/container, or an id prefix)",
+            text.escape_debug()
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 fn parse_positive_ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -104,6 +116,10 @@ pub(crate) struct FilterArgs {
     /// match IPv4-mapped IPv6); repeatable.
     #[arg(long = "remote", value_name = "CIDR")]
     pub(crate) remotes: Vec<Cidr>,
+    /// Only processes in this container: its name, `namespace/pod/container`
+    /// (Kubernetes), or a prefix of its id; repeatable.
+    #[arg(long = "container", value_name = "NAME|ID-PREFIX", value_parser = parse_container)]
+    pub(crate) containers: Vec<String>,
 }
 
 impl FilterArgs {
@@ -113,6 +129,7 @@ impl FilterArgs {
             comms: self.comms.clone(),
             ports: self.ports.clone(),
             remotes: self.remotes.clone(),
+            containers: self.containers.clone(),
         }
     }
 }
@@ -278,12 +295,17 @@ mod tests {
             "10.0.0.0/8",
             "--comm",
             "curl",
+            "--container",
+            "web",
+            "--container",
+            "4e1b1dfc",
         ])
         .expect("parses");
         let Command::Trace(args) = cli.command else { panic!("not trace") };
         assert_eq!(args.duration, Duration::from_secs(10));
         assert_eq!(args.filters.pids, vec![1, 2]);
         assert_eq!(args.format, Format::Json);
+        assert_eq!(args.filters.filter().containers, ["web", "4e1b1dfc"]);
         let cli = parse(&["agent", "--listen", "127.0.0.1:0", "--metrics-top-n", "5"]).expect("parses");
         assert!(matches!(cli.command, Command::Agent(_)));
     }
@@ -310,6 +332,8 @@ mod tests {
             &["trace", "--pid", "-3"],
             &["trace", "--bogus"],
             &["trace", "--comm", "a-name-longer-than-15"],
+            &["trace", "--container", ""],
+            &["agent", "--container", "a b"],
             &["trace", "--growth-ratio", "0.5"],
             &["agent", "--listen", "nowhere"],
             &["trace", "--max-sockets", "1000"],

@@ -122,6 +122,7 @@ mod tests {
         let flow = Flow {
             key: client(PID, "203.0.113.5", 443),
             comm: comm(PID),
+            identity: None,
             counters: Counters {
                 tx_bytes: 1000 * 1448,
                 retransmits: 100,

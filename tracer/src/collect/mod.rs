@@ -3,12 +3,15 @@
 //! [`crate::sys::bpf`]) with the byte table's counts ([`byte_table`]),
 //! drains destroyed-socket records from the ring buffer, and turns kernel
 //! records into model observations ([`observe`]). [`session`] feeds the
-//! model with them each tick, with what /proc adds ([`procfs`]).
+//! model with them each tick, with what /proc adds ([`procfs`]), and each
+//! process's cgroup and container ([`cgroup`], named by [`runtime`]).
 
 mod byte_table;
+mod cgroup;
 mod health;
 mod observe;
 mod procfs;
+mod runtime;
 pub(crate) mod session;
 
 use std::{

@@ -1,18 +1,23 @@
 //! One tracing session: the collector feeds the model at each tick
-//! (destroyed sockets, the live table, owners from /proc, process names,
-//! TIME_WAIT counts). The tick driver of the commands
+//! (destroyed sockets, the live table, owners from /proc, process names and
+//! containers, TIME_WAIT counts). The tick driver of the commands
 //! (`cmd::driver`) owns one.
 
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use super::{health::HzMeter, procfs, Collector};
+use super::{cgroup::Identities, health::HzMeter, procfs, runtime::Runtimes, Collector};
 use crate::{
     load::{kernel::KERNEL_BTF, probes::Backend, LoadError},
-    model::{filter::Filter, KernelStats, Model, Tuple},
+    model::{
+        container::{Container, Identity},
+        filter::Filter,
+        KernelStats, Model, Tuple,
+    },
     sys::{monotonic_ns, release_free_memory},
 };
 
@@ -26,6 +31,10 @@ pub(crate) struct Session {
     owner_misses: HashSet<Tuple>,
     stats: KernelStats,
     hz: HzMeter,
+    /// Cgroup identities per process lifetime.
+    identities: Identities,
+    /// Container names from the runtimes, asked off the tick.
+    runtimes: Runtimes,
 }
 
 impl Session {
@@ -55,6 +64,8 @@ impl Session {
             owner_misses: HashSet::new(),
             stats: KernelStats::default(),
             hz: HzMeter::default(),
+            identities: Identities::default(),
+            runtimes: Runtimes::start(),
         })
     }
 
@@ -121,11 +132,16 @@ impl Session {
         self.take_closed();
         self.model.forget_vanished();
         self.resolve_owners(unowned_seen_by_ns);
-        for pid in self.model.pids() {
+        let pids = self.model.pids();
+        for &pid in &pids {
             if let Some(comm) = procfs::read_comm(&self.proc_root, pid) {
                 self.model.set_comm(pid, comm);
             }
+            if let Some(identity) = self.identity(pid) {
+                self.model.set_identity(pid, identity);
+            }
         }
+        self.identities.retain(&pids);
         self.model.set_host_time_wait(procfs::time_wait_count(&self.proc_root));
         let stats = self.collector.stats();
         if stats.map_full_drops > self.stats.map_full_drops {
@@ -145,6 +161,17 @@ impl Session {
         release_free_memory();
     }
 
+    /// The cgroup identity of `pid`, with its container's names once its
+    /// runtime answered (never waits for one).
+    fn identity(&mut self, pid: u32) -> Option<Arc<Identity>> {
+        let identity = self.identities.lookup(&self.proc_root, pid)?;
+        let Some(container) = identity.container.as_ref().filter(|c| unnamed(c)) else { return Some(identity) };
+        let Some(names) = self.runtimes.names(container) else { return Some(identity) };
+        let named = Arc::new(Identity { container: Some(names.apply(container)), ..(*identity).clone() });
+        self.identities.update(pid, named.clone());
+        Some(named)
+    }
+
     /// Accepted sockets that never moved a byte have no owner in their
     /// record: find who holds them, as `ss -p` does.
     fn resolve_owners(&mut self, seen_by_ns: u64) {
@@ -161,4 +188,9 @@ impl Session {
         self.model.assign_owners(&found);
         self.owner_misses.extend(unowned.into_iter().filter(|t| !found.contains_key(t)));
     }
+}
+
+/// A container no runtime has named yet.
+fn unnamed(container: &Container) -> bool {
+    container.name.is_none() && container.pod.as_ref().is_none_or(|p| p.name.is_none())
 }

@@ -1,9 +1,12 @@
 //! Which sockets a trace or the agent reports: `--pid`, `--comm`, `--port`,
-//! `--remote`. A repeated flag means OR; different flags combine with AND.
+//! `--remote`, `--container`. A repeated flag means OR; different flags
+//! combine with AND.
 
 use std::net::IpAddr;
 
 use thiserror::Error;
+
+use super::container::Container;
 
 #[derive(Debug, Error, PartialEq)]
 pub(crate) enum CidrError {
@@ -83,6 +86,9 @@ pub(crate) struct Filter {
     pub(crate) comms: Vec<String>,
     pub(crate) ports: Vec<u16>,
     pub(crate) remotes: Vec<Cidr>,
+    /// Container names, `namespace/pod/container` labels or id prefixes;
+    /// host processes never match.
+    pub(crate) containers: Vec<String>,
 }
 
 /// What a filter looks at in one socket.
@@ -92,11 +98,17 @@ pub(crate) struct SocketFacts<'a> {
     pub(crate) local_port: u16,
     pub(crate) remote_port: u16,
     pub(crate) remote_addr: IpAddr,
+    /// The owner's container, if it runs in one (and it is known).
+    pub(crate) container: Option<&'a Container>,
 }
 
 impl Filter {
     pub(crate) fn is_empty(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty() && self.ports.is_empty() && self.remotes.is_empty()
+        self.pids.is_empty()
+            && self.comms.is_empty()
+            && self.ports.is_empty()
+            && self.remotes.is_empty()
+            && self.containers.is_empty()
     }
 
     pub(crate) fn matches(&self, socket: &SocketFacts<'_>) -> bool {
@@ -106,6 +118,8 @@ impl Filter {
                 || self.ports.contains(&socket.local_port)
                 || self.ports.contains(&socket.remote_port))
             && (self.remotes.is_empty() || self.remotes.iter().any(|c| c.contains(socket.remote_addr)))
+            && (self.containers.is_empty()
+                || socket.container.is_some_and(|c| self.containers.iter().any(|wanted| c.matches(wanted))))
     }
 }
 
@@ -120,6 +134,7 @@ mod tests {
             local_port: lport,
             remote_port: rport,
             remote_addr: remote.parse().expect("ip"),
+            container: None,
         }
     }
 
@@ -160,5 +175,21 @@ mod tests {
         let by_comm = Filter { comms: vec!["curl".into()], ..Filter::default() };
         assert!(by_comm.matches(&facts(9, "curl", 1, 2, "::1")));
         assert!(!by_comm.matches(&facts(9, "curl2", 1, 2, "::1")));
+    }
+
+    #[test]
+    fn container_filter_matches_name_or_id_prefix_never_the_host() {
+        use crate::model::container::Runtime;
+        let web = Container { id: "ab".repeat(32), runtime: Runtime::Podman, name: Some("web".into()), pod: None };
+        let filter = Filter { containers: vec!["web".into(), "cdef".into()], ..Filter::default() };
+        assert!(!filter.is_empty());
+        let mut socket = facts(1, "a", 80, 5000, "1.1.1.1");
+        assert!(!filter.matches(&socket), "a host process");
+        socket.container = Some(&web);
+        assert!(filter.matches(&socket));
+        let by_id = Filter { containers: vec!["abab".into()], ..Filter::default() };
+        assert!(by_id.matches(&socket));
+        let other = Filter { containers: vec!["db".into()], ..Filter::default() };
+        assert!(!other.matches(&socket));
     }
 }

@@ -3,9 +3,12 @@
 //! all plain data with the model's own types (the JSON wire format is
 //! built from these in `output::report`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
-use super::{Counters, HealthView, LastMax, StateCounts};
+use super::{container::Identity, Counters, HealthView, LastMax, StateCounts};
 
 /// Which side of a connection a socket is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,6 +44,9 @@ pub(crate) struct FlowKey {
 pub(crate) struct Flow {
     pub(crate) key: FlowKey,
     pub(crate) comm: String,
+    /// The process's cgroup and container (`None`: not read before it
+    /// exited). Outputs show its container.
+    pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) counters: Counters,
     pub(crate) health: HealthView,
 }
@@ -50,6 +56,8 @@ pub(crate) struct Flow {
 pub(crate) struct Process {
     pub(crate) pid: u32,
     pub(crate) comm: String,
+    /// Its cgroup, unit and container (`None`: not read before it exited).
+    pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) counters: Counters,
     pub(crate) sockets: StateCounts,
     /// Backlogs summed over the process's sockets at each interval's end

@@ -9,25 +9,30 @@
 //! or counted twice, and memory follows live sockets plus active flows.
 
 pub(crate) mod addr;
+pub(crate) mod container;
 mod counters;
 pub(crate) mod filter;
 mod flow;
 mod health;
 mod socket;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
 
 use tracer_common::tcp_state;
 
+use self::{
+    container::Identity,
+    filter::{Filter, SocketFacts},
+    socket::comm_text,
+};
 pub(crate) use self::{
     counters::Counters,
     flow::{CloseWait, Flow, FlowKey, KernelStats, Process, Role, TimelinePoint, TimelineProcess},
     health::{jiffies_ms, Dist, FailReason, FlowHealth, HealthSupport, HealthView, LastMax, SocketHealth},
     socket::{state_name, KernelRole, ProcSocket, SocketObs, StateCounts, Tuple},
-};
-use self::{
-    filter::{Filter, SocketFacts},
-    socket::comm_text,
 };
 
 /// One interval: per-flow counter growth and per-process socket counts at
@@ -69,6 +74,8 @@ pub(crate) struct Model {
     /// Destroyed sockets whose counts are not yet attributed.
     pending_closed: Vec<(SocketObs, Counters)>,
     comms: HashMap<u32, String>,
+    /// Cgroup and container of each process, as current as its comm.
+    identities: HashMap<u32, Arc<Identity>>,
     samples: VecDeque<Sample>,
     max_samples: usize,
     host_time_wait: u64,
@@ -125,6 +132,7 @@ impl Model {
             vanished: HashMap::new(),
             pending_closed: Vec::new(),
             comms: HashMap::new(),
+            identities: HashMap::new(),
             samples: VecDeque::new(),
             max_samples: max_samples.max(1),
             host_time_wait: 0,
@@ -286,6 +294,16 @@ impl Model {
         self.comms.insert(pid, comm);
     }
 
+    /// The cgroup and container of `pid` as /proc shows them (names added
+    /// once a runtime answered), or last known.
+    pub(crate) fn set_identity(&mut self, pid: u32, identity: Arc<Identity>) {
+        self.identities.insert(pid, identity);
+    }
+
+    pub(crate) fn identity(&self, pid: u32) -> Option<&Arc<Identity>> {
+        self.identities.get(&pid)
+    }
+
     pub(crate) fn comm(&self, pid: u32) -> &str {
         if pid == 0 {
             return UNKNOWN_COMM;
@@ -351,6 +369,7 @@ impl Model {
                 local_port: tuple.local.port(),
                 remote_port: tuple.remote.port(),
                 remote_addr: tuple.remote.ip(),
+                container: self.identities.get(&pid).and_then(|i| i.container.as_ref()),
             })
     }
 
@@ -450,10 +469,10 @@ impl Model {
         self.hz
     }
 
-    /// Drops names of processes the model no longer refers to, so memory
-    /// does not grow with every process that ever had a socket.
+    /// Drops names (and identities) of processes the model no longer refers
+    /// to, so memory does not grow with every process that ever had a socket.
     fn forget_old_comms(&mut self) {
-        if self.comms.len() <= 1024 {
+        if self.comms.len() <= 1024 && self.identities.len() <= 1024 {
             return;
         }
         let mut referenced = self.pids();
@@ -462,6 +481,7 @@ impl Model {
             referenced.extend(sample.sockets.keys());
         }
         self.comms.retain(|pid, _| referenced.contains(pid));
+        self.identities.retain(|pid, _| referenced.contains(pid));
     }
 
     /// Current socket counts per process and state (TIME_WAIT excluded: it
@@ -519,7 +539,13 @@ impl Model {
         }
         let mut flows: Vec<Flow> = totals
             .into_iter()
-            .map(|(key, (counters, health))| Flow { key, comm: self.comm(key.pid).to_owned(), counters, health })
+            .map(|(key, (counters, health))| Flow {
+                key,
+                comm: self.comm(key.pid).to_owned(),
+                identity: self.identity(key.pid).cloned(),
+                counters,
+                health,
+            })
             .collect();
         // Remote addresses compare as text, as they read.
         flows.sort_by_cached_key(|f| {
@@ -559,6 +585,7 @@ impl Model {
             .map(|(pid, counters)| Process {
                 pid,
                 comm: self.comm(pid).to_owned(),
+                identity: self.identity(pid).cloned(),
                 counters,
                 sockets: sockets.remove(&pid).unwrap_or_default(),
                 recv_queue: queues.get(&pid).map(|q| q.0),
@@ -846,5 +873,50 @@ mod tests {
         let flows = model.flows();
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].counters.tx_bytes, 3);
+    }
+
+    #[test]
+    fn processes_and_flows_carry_their_container_and_the_filter_selects_it() {
+        use self::container::{Container, Runtime};
+        let web = Arc::new(Identity {
+            cgroup: "/libpod_parent/libpod-x".into(),
+            unit: None,
+            container: Some(Container {
+                id: "ab".repeat(32),
+                runtime: Runtime::Podman,
+                name: Some("web".into()),
+                pod: None,
+            }),
+        });
+        let host = Arc::new(Identity {
+            cgroup: "/system.slice/nginx.service".into(),
+            unit: Some("nginx.service".into()),
+            container: None,
+        });
+        let filter = Filter { containers: vec!["abab".into()], ..Filter::default() };
+        for (filter, expected) in [(Filter::default(), vec![10, 11]), (filter, vec![10])] {
+            let mut model = Model::new(filter, 0, 10);
+            model.set_identity(10, web.clone());
+            model.set_identity(11, host.clone());
+            model.replace_live(vec![
+                obs(1, 10, KernelRole::Client, tuple(40000, "127.0.0.1", 80), 3, 4),
+                obs(2, 11, KernelRole::Client, tuple(40001, "127.0.0.1", 81), 100, 100),
+                obs(3, 12, KernelRole::Client, tuple(40002, "127.0.0.1", 82), 1, 1),
+            ]);
+            model.sample(1);
+            let mut pids: Vec<u32> = model.flows().iter().map(|f| f.key.pid).collect();
+            pids.sort_unstable();
+            let expected_all = if expected.len() == 2 { vec![10, 11, 12] } else { expected.clone() };
+            assert_eq!(pids, expected_all);
+            let flow = model.flows().into_iter().find(|f| f.key.pid == 10).expect("flow");
+            assert_eq!(flow.identity.as_ref(), Some(&web));
+            let processes = model.processes();
+            let process = |pid: u32| processes.iter().find(|p| p.pid == pid);
+            assert_eq!(process(10).and_then(|p| p.identity.as_ref()), Some(&web));
+            if expected.len() == 2 {
+                assert_eq!(process(11).and_then(|p| p.identity.as_ref()), Some(&host));
+                assert_eq!(process(12).map(|p| p.identity.is_none()), Some(true), "never read");
+            }
+        }
     }
 }

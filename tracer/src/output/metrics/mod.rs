@@ -214,6 +214,7 @@ mod tests {
         Process {
             pid,
             comm: comm.into(),
+            identity: None,
             counters: Counters::default(),
             sockets: sockets.iter().copied().collect(),
             recv_queue: None,
