@@ -165,6 +165,11 @@ pub mod health_flags {
     pub const SYN_SENT_OUT: u32 = 1 << 2;
     /// The chrono counters hold values (sampled or read at destruction).
     pub const CHRONO: u32 = 1 << 3;
+    /// An error was reported to the owner while connecting with no error
+    /// code left on the socket: an ICMP error that arrived while the owner
+    /// held the socket (its own non-blocking connect()), which the kernel
+    /// keeps only until the application reads it.
+    pub const SOFT_ERROR_REPORTED: u32 = 1 << 4;
 }
 
 /// What the `sample_sockets` iterator leaves in `HEALTH_CLOCK` at the end
@@ -326,6 +331,10 @@ pub struct KernelOffsets {
     /// is then never read and reported as absent).
     /// `sock.sk_err` (int).
     pub sk_err: u32,
+    /// `sock.sk_err_soft` (int): where an ICMP error lands when the socket
+    /// was busy in a system call (e.g. a non-blocking connect's own).
+    pub sk_err_soft: u32,
+    pub _pad: u32,
     /// `sock.sk_rcvbuf` (int).
     pub sk_rcvbuf: u32,
     /// `tcp_sock.srtt_us` (u32).
@@ -452,7 +461,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(SockRecord, health) % 8, 0);
         assert_eq!(core::mem::size_of::<SockRecord>() % 8, 0);
         assert_eq!(core::mem::size_of::<ClosedSock>(), 16 + core::mem::size_of::<SockRecord>());
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4 + 16 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4 + 18 * 4);
         assert_eq!(core::mem::size_of::<CommonBlock>(), 20);
         assert_eq!(core::mem::offset_of!(CommonBlock, dport) as u32, CommonBlock::DPORT);
         assert_eq!(core::mem::offset_of!(CommonBlock, num) as u32, CommonBlock::NUM);

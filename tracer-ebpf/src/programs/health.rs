@@ -52,12 +52,42 @@ pub(super) fn on_accepted(sk: *const u8, record: &mut SockRecord) {
     }
 }
 
+/// An error reported to a connecting socket's owner: the reason its
+/// connect fails, kept in case the application reads it first.
+#[inline(always)]
+pub(super) fn on_error_report(sk: *const u8, record: &mut SockRecord) {
+    if record.state != tcp_state::SYN_SENT {
+        return;
+    }
+    let error = socket_error(sk);
+    if error != 0 {
+        record.health.connect_error = error as u32;
+    } else {
+        record.health.flags |= health_flags::SOFT_ERROR_REPORTED;
+    }
+}
+
+/// The socket's error: `sk_err`, else `sk_err_soft` (an ICMP error that
+/// arrived while the owner held the socket, as during its own connect()).
+#[inline(always)]
+fn socket_error(sk: *const u8) -> i32 {
+    if offset!(sk_err) == 0 {
+        return 0;
+    }
+    match read::<i32>(sk, offset!(sk_err)).unwrap_or(0) {
+        0 if offset!(sk_err_soft) != 0 => read::<i32>(sk, offset!(sk_err_soft)).unwrap_or(0),
+        error => error,
+    }
+}
+
 /// SYN_SENT ended without ESTABLISHED: keep the socket's error (the kernel
-/// sets it before the state change) and whether any SYN left.
+/// sets it before the state change; if the application already read it,
+/// the one kept at its error report stays) and whether any SYN left.
 #[inline(always)]
 pub(super) fn on_connect_failed(sk: *const u8, record: &mut SockRecord) {
-    if offset!(sk_err) != 0 {
-        record.health.connect_error = read::<i32>(sk, offset!(sk_err)).unwrap_or(0) as u32;
+    let error = socket_error(sk);
+    if error != 0 {
+        record.health.connect_error = error as u32;
     }
     let segs = segs_out(sk);
     record.segs_out = segs;

@@ -125,6 +125,25 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// `sock:inet_sk_error_report(const struct sock *sk)`: an error was
+/// reported to the socket's owner. While connecting, that is why the
+/// connect fails; the application may read (and so clear) `sk_err` before
+/// the socket leaves SYN_SENT (a non-blocking connect answered by an ICMP
+/// error stays in SYN_SENT until it is closed), so it is kept now.
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return 0;
+    }
+    if let Some(record) = SOCKETS.get_ptr_mut(sk as u64) {
+        // SAFETY: `record` points into a live map value; the error report
+        // runs under the socket lock or in its softirq.
+        health::on_error_report(sk, unsafe { &mut *record });
+    }
+    0
+}
+
 /// `tcp:tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, ...)`;
 /// `sk` is NULL when the reset answers a packet for no socket.
 #[btf_tracepoint(function = "tcp_send_reset")]

@@ -92,6 +92,8 @@ pub(super) static OFFSETS: KernelOffsets = KernelOffsets {
     common_block: 0,
     v6_block: 0,
     sk_err: 0,
+    sk_err_soft: 0,
+    _pad: 0,
     sk_rcvbuf: 0,
     tcp_srtt_us: 0,
     tcp_rcv_rtt_us: 0,

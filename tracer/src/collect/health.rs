@@ -98,10 +98,19 @@ pub(crate) fn fail_reason(sk_err: u32, syn_sent: bool) -> FailReason {
     }
 }
 
-/// The reason of a record's failed connect, if it failed.
+/// The reason of a record's failed connect, if it failed. An error
+/// reported while connecting that left no code on the socket is an ICMP
+/// error that came while the owner held the socket: the kernel keeps those
+/// in `sk_err_soft` only until the application reads them, and they are
+/// unreachable errors (a closed port answers with a reset instead).
 pub(crate) fn failed_connect_reason(health: &TcpHealth) -> Option<FailReason> {
-    (health.flags & health_flags::CONNECT_FAILED != 0)
-        .then(|| fail_reason(health.connect_error, health.flags & health_flags::SYN_SENT_OUT != 0))
+    if health.flags & health_flags::CONNECT_FAILED == 0 {
+        return None;
+    }
+    if health.connect_error == 0 && health.flags & health_flags::SOFT_ERROR_REPORTED != 0 {
+        return Some(FailReason::Unreachable);
+    }
+    Some(fail_reason(health.connect_error, health.flags & health_flags::SYN_SENT_OUT != 0))
 }
 
 /// The delivery rate as `tcp_get_info` computes it, bytes per second.
@@ -130,6 +139,13 @@ mod tests {
         assert_eq!(failed_connect_reason(&health), None);
         let failed = TcpHealth { flags: health_flags::CONNECT_FAILED, ..health };
         assert_eq!(failed_connect_reason(&failed), Some(FailReason::Refused));
+        // An ICMP error the application read before the socket closed.
+        let soft = TcpHealth {
+            flags: health_flags::CONNECT_FAILED | health_flags::SYN_SENT_OUT | health_flags::SOFT_ERROR_REPORTED,
+            connect_error: 0,
+            ..health
+        };
+        assert_eq!(failed_connect_reason(&soft), Some(FailReason::Unreachable));
     }
 
     #[test]

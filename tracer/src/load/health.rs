@@ -21,6 +21,7 @@ pub(crate) fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'s
     };
     let tcp = |member: &str| btf.member_offset("tcp_sock", member);
     offsets.sk_err = field("sock.sk_err", btf.member_offset("sock", "sk_err"));
+    offsets.sk_err_soft = field("sock.sk_err_soft", btf.member_offset("sock", "sk_err_soft"));
     offsets.sk_rcvbuf = field("sock.sk_rcvbuf", btf.member_offset("sock", "sk_rcvbuf"));
     offsets.tcp_srtt_us = field("tcp_sock.srtt_us", tcp("srtt_us"));
     // `struct { u32 rtt_us; u32 seq; u64 time; } rcv_rtt_est`: `rtt_us`

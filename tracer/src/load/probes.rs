@@ -115,6 +115,14 @@ pub(crate) const PROBES: &[Probe] = &[
     probe("tcp_retransmit_skb", TpBtf, "tcp_retransmit_skb", None, false, "retransmitted segments"),
     probe("tcp_send_reset", TpBtf, "tcp_send_reset", None, false, "resets sent"),
     probe("tcp_receive_reset", TpBtf, "tcp_receive_reset", None, false, "resets received"),
+    probe(
+        "inet_sk_error_report",
+        TpBtf,
+        "inet_sk_error_report",
+        None,
+        false,
+        "why connects fail when the application reads the error first (kernel >= 5.14)",
+    ),
 ];
 
 /// Backends in order of cost, cheapest first.
