@@ -20,6 +20,7 @@
 mod analysis;
 mod bytes;
 mod cli;
+mod containers;
 mod health;
 mod lifecycle;
 mod race;

@@ -130,10 +130,14 @@ fn publish(driver: &Driver, metrics: &mut Metrics, began: Instant) -> anyhow::Re
     let model = driver.session().model();
     let no_growth = std::collections::HashMap::new();
     let comm = |pid: u32| model.comm(pid).to_owned();
+    let container = |pid: u32| {
+        model.identity(pid).and_then(|identity| identity.container.as_ref()).map(|c| c.label()).unwrap_or_default()
+    };
     metrics.update(&Tick {
         now_secs: driver.started().elapsed().as_secs_f64(),
         flow_growth: model.samples().back().map_or(&no_growth, |sample| &sample.flows),
         comm: &comm,
+        container: &container,
         snapshot: &snapshot,
         collect_duration_secs,
     });

@@ -16,7 +16,6 @@ pub(crate) enum Runtime {
 }
 
 impl Runtime {
-    #[expect(dead_code, reason = "the report's container field reads it (output/ restructure in flight)")]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Runtime::Docker => "docker",
@@ -37,7 +36,6 @@ pub(crate) enum Qos {
 }
 
 impl Qos {
-    #[expect(dead_code, reason = "the report's pod field reads it (output/ restructure in flight)")]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Qos::Guaranteed => "guaranteed",

@@ -12,6 +12,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -21,8 +22,9 @@ use super::{report::Report, table, Snapshot, SnapshotContext};
 use crate::{
     analysis::Thresholds,
     model::{
-        filter::Filter, Counters, HealthSupport, KernelRole, KernelStats, Model, ProcSocket, SocketHealth, SocketObs,
-        Tuple,
+        container::{Container, Identity, Pod, Qos, Runtime},
+        filter::Filter,
+        Counters, HealthSupport, KernelRole, KernelStats, Model, ProcSocket, SocketHealth, SocketObs, Tuple,
     },
 };
 
@@ -99,6 +101,52 @@ fn obs(id: u64, pid: u32, role: KernelRole, local: &str, remote: &str, counters:
     }
 }
 
+/// Where the fixture's processes run: the client in a user session, the
+/// server in a Kubernetes pod (containerd, named by the runtime), the
+/// churner in a Docker container no runtime named.
+fn identities() -> [(u32, Identity); 3] {
+    let id = |digit: &str| digit.repeat(64);
+    [
+        (
+            100,
+            Identity {
+                cgroup: "/user.slice/user-1000.slice/session-3.scope".into(),
+                unit: Some("session-3.scope".into()),
+                container: None,
+            },
+        ),
+        (
+            200,
+            Identity {
+                cgroup: format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a3c6b2e_5d4f_4e1a_9b8c_7d6e5f4a3b2c.slice/cri-containerd-{}.scope",
+                    id("a")
+                ),
+                unit: None,
+                container: Some(Container {
+                    id: id("a"),
+                    runtime: Runtime::Containerd,
+                    name: Some("web".into()),
+                    pod: Some(Pod {
+                        uid: "0a3c6b2e-5d4f-4e1a-9b8c-7d6e5f4a3b2c".into(),
+                        name: Some("web-7d9f".into()),
+                        namespace: Some("shop".into()),
+                        qos: Qos::Burstable,
+                    }),
+                }),
+            },
+        ),
+        (
+            300,
+            Identity {
+                cgroup: format!("/docker/{}", id("c")),
+                unit: None,
+                container: Some(Container { id: id("c"), runtime: Runtime::Docker, name: None, pod: None }),
+            },
+        ),
+    ]
+}
+
 /// Ten one-second intervals of a small host: a client downloading over
 /// IPv4, a server with an untrusted name answering over IPv6 and holding
 /// a CLOSE_WAIT socket (45 s old at report time), a listener found at
@@ -172,6 +220,9 @@ fn fixture() -> Snapshot {
         model.set_comm(100, "curl".into());
         model.set_comm(200, "ngi\"nx\n<b>".into());
         model.set_comm(300, "churner".into());
+        for (pid, identity) in identities() {
+            model.set_identity(pid, Arc::new(identity));
+        }
         model.set_host_time_wait(7);
         model.set_hz(Some(250));
         model.sample(k * SEC);

@@ -13,11 +13,13 @@
 //!               failed_connects_by_reason: { refused, timeout, unreachable, other },
 //!               syn_retransmits, recv_queue_bytes: { last, max },
 //!               send_queue_bytes: { last, max }, limited_ms: { busy, rwnd, sndbuf },
-//!               delivery_rate_bytes_per_sec, segments_out, netns }],
+//!               delivery_rate_bytes_per_sec, segments_out, netns,
+//!               container }],
 //!   "processes": [{ pid, comm, tx_bytes, rx_bytes, retransmits,
 //!                   connections_opened, connections_closed, failed_connects,
 //!                   resets_sent, resets_received, sockets: {STATE: n},
-//!                   recv_queue_bytes: { last, max }, send_queue_bytes: { last, max } }],
+//!                   recv_queue_bytes: { last, max }, send_queue_bytes: { last, max },
+//!                   cgroup, unit, container }],
 //!   "close_wait": [{ pid, comm, local_addr, local_port, remote_addr,
 //!                    remote_port, age_secs, age_is_lower_bound }],  // oldest first
 //!   "timeline": [{ t_secs, processes: [{ pid, comm, tx_bytes, rx_bytes, sockets }] }],
@@ -26,6 +28,10 @@
 //!   "tracer": { events_total, events_dropped, events_deferred, map_full_drops,
 //!               untracked_sockets, live_sockets, tcp_health_sampling, hz } }
 //! ```
+//! `container` is null for host processes (systemd services included), else
+//! `{ id, runtime, name, pod: null | { uid, name, namespace, qos } }`; names
+//! are null when no runtime could be asked. `cgroup` and `unit` are null for
+//! a process that exited before its cgroup was read.
 //! Byte counts are those moved during the report's window. Zero state counts
 //! are left out. Strings are escaped by serde_json exactly.
 //!
@@ -38,6 +44,7 @@ use super::Snapshot;
 use crate::{
     analysis::Finding,
     model::{
+        container::{Container, Identity},
         jiffies_ms, CloseWait, Dist, FailReason, Flow, HealthSupport, LastMax, Process, Role, StateCounts,
         TimelinePoint, TimelineProcess,
     },
@@ -91,6 +98,50 @@ pub(crate) struct FlowReport {
     pub(crate) segments_out: u64,
     /// The network namespace (inode) the flow was seen in.
     pub(crate) netns: Option<u32>,
+    /// The owner's container; null for host processes.
+    pub(crate) container: Option<ContainerReport>,
+}
+
+/// A container (DESIGN.md "Containers").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct ContainerReport {
+    /// The full id (64 hex digits).
+    pub(crate) id: String,
+    /// `docker`, `containerd`, `crio`, `podman` or `unknown`.
+    pub(crate) runtime: &'static str,
+    /// Null when no runtime could be asked.
+    pub(crate) name: Option<String>,
+    pub(crate) pod: Option<PodReport>,
+}
+
+/// A Kubernetes pod.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct PodReport {
+    pub(crate) uid: String,
+    pub(crate) name: Option<String>,
+    pub(crate) namespace: Option<String>,
+    /// `guaranteed`, `burstable` or `besteffort`.
+    pub(crate) qos: &'static str,
+}
+
+impl ContainerReport {
+    fn of(identity: Option<&Identity>) -> Option<Self> {
+        identity?.container.as_ref().map(Self::new)
+    }
+
+    fn new(container: &Container) -> Self {
+        ContainerReport {
+            id: container.id.clone(),
+            runtime: container.runtime.as_str(),
+            name: container.name.clone(),
+            pod: container.pod.as_ref().map(|pod| PodReport {
+                uid: pod.uid.clone(),
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                qos: pod.qos.as_str(),
+            }),
+        }
+    }
 }
 
 /// The kernel's smoothed RTT of the flow's live sockets, one observation
@@ -155,6 +206,12 @@ pub(crate) struct ProcessReport {
     /// Summed over the process's sockets at each interval's end.
     pub(crate) recv_queue_bytes: Option<LastMaxReport>,
     pub(crate) send_queue_bytes: Option<LastMaxReport>,
+    /// The cgroup path that says the most about the process.
+    pub(crate) cgroup: Option<String>,
+    /// Its systemd unit (`nginx.service`), if a host process in one.
+    pub(crate) unit: Option<String>,
+    /// Its container; null for host processes.
+    pub(crate) container: Option<ContainerReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -288,6 +345,7 @@ impl FlowReport {
             delivery_rate_bytes_per_sec: health.delivery_rate.filter(|_| support.delivery_rate),
             segments_out: c.segments_out,
             netns: health.netns,
+            container: ContainerReport::of(flow.identity.as_deref()),
         }
     }
 }
@@ -324,6 +382,9 @@ impl ProcessReport {
             sockets: process.sockets.clone(),
             recv_queue_bytes: process.recv_queue.map(LastMaxReport::from),
             send_queue_bytes: process.send_queue.map(LastMaxReport::from),
+            cgroup: process.identity.as_ref().map(|i| i.cgroup.clone()),
+            unit: process.identity.as_ref().and_then(|i| i.unit.clone()),
+            container: ContainerReport::of(process.identity.as_deref()),
         }
     }
 }

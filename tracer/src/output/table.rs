@@ -1,14 +1,16 @@
 //! The human-readable report: findings first (most severe first), then top
 //! flows (with their latest RTT, mean connect latency and largest receive
-//! backlog), processes with socket states, and CLOSE_WAIT sockets. Process
-//! names are untrusted: control characters are escaped so every record
-//! stays on one line.
+//! backlog), processes with socket states, and CLOSE_WAIT sockets. When any
+//! process runs in a container, flows and processes gain a CONTAINER column
+//! (`namespace/pod/container`, the name, or the 12-character id; `-` for
+//! host processes). Process and container names are untrusted: control
+//! characters are escaped so every record stays on one line.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{fmt::Write as _, net::IpAddr, sync::Arc};
 
 use super::{report::rfc3339, Snapshot};
 use crate::{
-    model::Role,
+    model::{container::Identity, Role},
     units::{bytes, duration_us, rate},
 };
 
@@ -32,9 +34,24 @@ fn endpoint(addr: IpAddr, port: u16) -> String {
     }
 }
 
+/// The CONTAINER cell of a process.
+fn container_cell(identity: Option<&Arc<Identity>>) -> String {
+    identity.and_then(|i| i.container.as_ref()).map_or_else(|| "-".to_owned(), |c| printable(&c.label()))
+}
+
+/// `cell` and a space when the column is shown, else nothing.
+fn column(show: bool, cell: &str) -> String {
+    if show {
+        format!("{cell:<24} ")
+    } else {
+        String::new()
+    }
+}
+
 /// Renders `report` as text tables, at most `top` rows per section.
 pub(crate) fn render(report: &Snapshot, top: usize) -> String {
     let mut out = String::new();
+    let containers = report.processes.iter().any(|p| p.identity.as_ref().is_some_and(|i| i.container.is_some()));
     let secs = report.duration_secs;
     let _ = writeln!(
         out,
@@ -58,9 +75,10 @@ pub(crate) fn render(report: &Snapshot, top: usize) -> String {
     let _ = writeln!(out, "\nTop flows ({} in all)", report.flows.len());
     let _ = writeln!(
         out,
-        "  {:>7} {:<16} {:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>10}",
+        "  {:>7} {:<16} {}{:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>10}",
         "PID",
         "COMM",
+        column(containers, "CONTAINER"),
         "ROLE",
         "REMOTE (SERVICE PORT)",
         "TX",
@@ -85,9 +103,10 @@ pub(crate) fn render(report: &Snapshot, top: usize) -> String {
         let health = &flow.health;
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>10}",
+            "  {:>7} {:<16} {}{:<6} {:<28} {:>10} {:>10} {:>12} {:>12} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>10}",
             key.pid,
             printable(&flow.comm),
+            column(containers, &container_cell(flow.identity.as_ref())),
             key.role.as_str(),
             remote,
             bytes(c.tx_bytes),
@@ -108,17 +127,27 @@ pub(crate) fn render(report: &Snapshot, top: usize) -> String {
     let _ = writeln!(out, "\nProcesses ({} in all)", report.processes.len());
     let _ = writeln!(
         out,
-        "  {:>7} {:<16} {:>10} {:>10} {:>7} {:>6} {:>6} {:>6} {:>9}  SOCKETS",
-        "PID", "COMM", "TX", "RX", "RETRANS", "OPEN", "CLOSE", "FAIL", "RST OUT/IN"
+        "  {:>7} {:<16} {}{:>10} {:>10} {:>7} {:>6} {:>6} {:>6} {:>9}  SOCKETS",
+        "PID",
+        "COMM",
+        column(containers, "CONTAINER"),
+        "TX",
+        "RX",
+        "RETRANS",
+        "OPEN",
+        "CLOSE",
+        "FAIL",
+        "RST OUT/IN"
     );
     for process in report.processes.iter().take(top) {
         let c = &process.counters;
         let sockets: Vec<String> = process.sockets.iter().map(|(state, n)| format!("{state}={n}")).collect();
         let _ = writeln!(
             out,
-            "  {:>7} {:<16} {:>10} {:>10} {:>7} {:>6} {:>6} {:>6} {:>9}  {}",
+            "  {:>7} {:<16} {}{:>10} {:>10} {:>7} {:>6} {:>6} {:>6} {:>9}  {}",
             process.pid,
             printable(&process.comm),
+            column(containers, &container_cell(process.identity.as_ref())),
             bytes(c.tx_bytes),
             bytes(c.rx_bytes),
             c.retransmits,

@@ -1,4 +1,4 @@
-//! Flow counters (`tracer_tcp_*_total{comm,port,remote,role}`): one table
+//! Flow counters (`tracer_tcp_*_total{comm,container,port,remote,role}`): one table
 //! of counters over the model's per-flow [`Counters`], and the series they
 //! share, with top-n, sticky membership, overflow and expiry (see the
 //! module doc of [`super`]).
@@ -16,8 +16,8 @@ use crate::model::{Counters, FlowKey, Role};
 /// Series of each flow metric kept for the overflow (`other`), one per role.
 const OVERFLOW_SERIES: usize = 2;
 
-const FLOW_LABELS: &[&str] = &["comm", "port", "remote", "role"];
-const FLOW_LABELS_WITH_PID: &[&str] = &["comm", "pid", "port", "remote", "role"];
+const FLOW_LABELS: &[&str] = &["comm", "container", "port", "remote", "role"];
+const FLOW_LABELS_WITH_PID: &[&str] = &["comm", "container", "pid", "port", "remote", "role"];
 
 /// One flow counter: its name, HELP, and its value from a flow's counters.
 struct FlowCounter {
@@ -71,6 +71,11 @@ fn moves(counters: &Counters) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct FlowLabels {
     pub(crate) comm: String,
+    /// The process's container (`namespace/pod/container`, name or short
+    /// id; empty for host processes): an attribute of the flow's process,
+    /// so it splits no flow that `comm` does not already keep apart from
+    /// others, and every label set counts against the same top-n.
+    pub(crate) container: String,
     /// Present only with `--metrics-pid-label`.
     pub(crate) pid: Option<String>,
     pub(crate) port: String,
@@ -79,9 +84,10 @@ pub(super) struct FlowLabels {
 }
 
 impl FlowLabels {
-    fn of(key: &FlowKey, comm: String, pid_label: bool) -> Self {
+    fn of(key: &FlowKey, comm: String, container: String, pid_label: bool) -> Self {
         FlowLabels {
             comm,
+            container,
             pid: pid_label.then(|| key.pid.to_string()),
             port: key.port.to_string(),
             remote: key.remote.to_string(),
@@ -92,6 +98,7 @@ impl FlowLabels {
     fn other(role: Role, pid_label: bool) -> Self {
         FlowLabels {
             comm: OTHER.to_owned(),
+            container: OTHER.to_owned(),
             pid: pid_label.then(|| OTHER.to_owned()),
             port: OTHER.to_owned(),
             remote: OTHER.to_owned(),
@@ -100,7 +107,7 @@ impl FlowLabels {
     }
 
     fn pairs(&self) -> Vec<(&'static str, &str)> {
-        let mut pairs = vec![("comm", self.comm.as_str())];
+        let mut pairs = vec![("comm", self.comm.as_str()), ("container", self.container.as_str())];
         if let Some(pid) = &self.pid {
             pairs.push(("pid", pid.as_str()));
         }
@@ -134,16 +141,29 @@ impl FlowSeries {
     /// (seconds since the agent started); `comm` names a pid as of now.
     /// Only growth comes in, so memory follows active flows and series, not
     /// every flow ever seen.
+    #[cfg(test)]
     pub(crate) fn update(
         &mut self,
         now_secs: f64,
         flow_growth: &HashMap<FlowKey, Counters>,
         comm: &dyn Fn(u32) -> String,
     ) {
+        self.update_with_containers(now_secs, flow_growth, comm, &|_| String::new());
+    }
+
+    /// [`FlowSeries::update`] with each pid's `container` label.
+    pub(crate) fn update_with_containers(
+        &mut self,
+        now_secs: f64,
+        flow_growth: &HashMap<FlowKey, Counters>,
+        comm: &dyn Fn(u32) -> String,
+        container: &dyn Fn(u32) -> String,
+    ) {
         let mut growth: HashMap<FlowLabels, Counters> = HashMap::new();
         for (key, counters) in flow_growth {
             if moves(counters) {
-                growth.entry(FlowLabels::of(key, comm(key.pid), self.config.pid_label)).or_default().add(counters);
+                let labels = FlowLabels::of(key, comm(key.pid), container(key.pid), self.config.pid_label);
+                growth.entry(labels).or_default().add(counters);
             }
         }
 
@@ -203,7 +223,7 @@ impl Group for FlowGroup {
     }
 
     fn update(&mut self, tick: &Tick<'_>) {
-        self.series.update(tick.now_secs, tick.flow_growth, tick.comm);
+        self.series.update_with_containers(tick.now_secs, tick.flow_growth, tick.comm, tick.container);
     }
 
     fn families(&self) -> Vec<MetricFamily> {
@@ -324,5 +344,31 @@ mod tests {
         let mut series = FlowSeries::new(config(5));
         series.update(1.0, &cumulative, &comm_of);
         assert_eq!(series.series()[0].0.pid, None);
+    }
+
+    #[test]
+    fn short_lived_containers_stay_within_top_n_and_expire() {
+        // 200 containers, one flow each (same comm, remote and port): the
+        // container label splits them, and the top-n bounds them.
+        let mut series = FlowSeries::new(MetricsConfig { top_n: 10, pid_label: false, expiry_secs: 60.0 });
+        let container = |pid: u32| format!("c{pid:03}");
+        let same_name = |_pid: u32| "worker".to_owned();
+        for pid in 1..=200u32 {
+            let growth = HashMap::from([(key(pid, Role::Client, "10.0.0.1", 443), bytes(u64::from(pid), 0))]);
+            series.update_with_containers(f64::from(pid) / 10.0, &growth, &same_name, &container);
+        }
+        let all = series.series();
+        assert!(all.len() <= 10, "{} series", all.len());
+        let named: Vec<&FlowLabels> = all.iter().map(|(l, _)| l).filter(|l| l.comm != OTHER).collect();
+        assert_eq!(named.len(), 8, "top_n minus the two overflow series");
+        assert!(named.iter().all(|l| l.container.starts_with('c')));
+        let overflow = all.iter().find(|(l, _)| l.comm == OTHER).expect("other");
+        assert_eq!(overflow.0.container, OTHER);
+        // Every byte is in some series.
+        let total: u64 = all.iter().map(|(_, c)| c.tx_bytes).sum();
+        assert_eq!(total, (1..=200u64).sum::<u64>());
+        // The containers are gone: after the expiry none of their series stay.
+        series.update_with_containers(100.0, &HashMap::new(), &same_name, &container);
+        assert!(series.series().iter().all(|(l, _)| l.comm == OTHER), "{:?}", series.series());
     }
 }

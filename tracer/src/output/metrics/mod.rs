@@ -12,8 +12,10 @@
 //! samples in its group; a new flow counter is one row of `flows`' table.
 //!
 //! # Cardinality
-//! Flow counters (`tracer_tcp_*_total{comm,port,remote,role}`):
-//! - A series is one label set: `comm` (the process name at the tick), `role`,
+//! Flow counters (`tracer_tcp_*_total{comm,container,port,remote,role}`):
+//! - A series is one label set: `comm` (the process name at the tick),
+//!   `container` (its process's container: `namespace/pod/container`, else
+//!   the name, else the 12-character id; `""` for host processes), `role`,
 //!   `remote` (IP) and `port` (the flow's service port, so ephemeral ports
 //!   never become labels), plus `pid` with `--metrics-pid-label`. Flows of
 //!   several processes with the same name share a series.
@@ -39,8 +41,8 @@
 //!   process renames itself (its later traffic goes to the new name's
 //!   series), not when flows change series.
 //!
-//! Per-process gauges are keyed by `comm` only (the pid label is for flow
-//! counters): `tracer_tcp_sockets{comm,state}` keeps the `top_n - 1` names
+//! Per-process gauges are keyed by `comm` and `container` (the pid label is
+//! for flow counters): `tracer_tcp_sockets{comm,container,state}` keeps the `top_n - 1` names
 //! with the most sockets and sums the rest into `comm="other"`;
 //! `tracer_tcp_close_wait_oldest_seconds{comm}` keeps the `top_n - 1` oldest
 //! and takes the maximum of the rest. Gauges are current values, so they are not
@@ -91,6 +93,8 @@ pub(crate) struct Tick<'a> {
     pub(crate) flow_growth: &'a HashMap<FlowKey, Counters>,
     /// The process name of a pid, as of this tick.
     pub(crate) comm: &'a dyn Fn(u32) -> String,
+    /// The `container` label of a pid (`""` for host processes).
+    pub(crate) container: &'a dyn Fn(u32) -> String,
     pub(crate) snapshot: &'a Snapshot,
     /// How long collecting this tick took.
     pub(crate) collect_duration_secs: f64,
@@ -265,6 +269,7 @@ mod tests {
             now_secs: 1.0,
             flow_growth: &cumulative,
             comm: &comm_of,
+            container: &|pid| if pid == 1 { "shop/web-7d9f/web".to_owned() } else { String::new() },
             snapshot: &snapshot,
             collect_duration_secs: 0.25,
         });
@@ -283,17 +288,21 @@ mod tests {
             now_secs: 1.0,
             flow_growth: &cumulative,
             comm: &name,
+            container: &|_| String::new(),
             snapshot: &snapshot,
             collect_duration_secs: 0.0,
         });
         let text = metrics.render().expect("renders");
         assert!(
             text.contains(
-                r#"tracer_tcp_sent_bytes_total{comm="a\"b\\c\nd<e>",port="8080",remote="127.0.0.1",role="client"} 11"#
+                r#"tracer_tcp_sent_bytes_total{comm="a\"b\\c\nd<e>",container="",port="8080",remote="127.0.0.1",role="client"} 11"#
             ),
             "{text}"
         );
-        assert!(text.contains(r#"tracer_tcp_sockets{comm="a\"b\\c\nd<e>",state="ESTABLISHED"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"tracer_tcp_sockets{comm="a\"b\\c\nd<e>",container="",state="ESTABLISHED"} 1"#),
+            "{text}"
+        );
         // Every sample stays on one line.
         assert!(text.lines().all(|line| line.starts_with('#') || line.starts_with("tracer_")), "{text}");
     }
@@ -307,6 +316,6 @@ mod tests {
         let collected: Vec<String> = metrics.collect().iter().map(|f| f.name().to_owned()).collect();
         assert_eq!(described, collected);
         let sent = metrics.desc().into_iter().find(|d| d.fq_name == "tracer_tcp_sent_bytes_total").expect("sent");
-        assert_eq!(sent.variable_labels, ["comm", "pid", "port", "remote", "role"]);
+        assert_eq!(sent.variable_labels, ["comm", "container", "pid", "port", "remote", "role"]);
     }
 }

@@ -1,11 +1,14 @@
-//! Per-process gauges, keyed by `comm` only (the pid label is for flow
-//! counters): `tracer_tcp_sockets{comm,state}` keeps the `top_n - 1` names
-//! with the most sockets and sums the rest into `comm="other"`;
-//! `tracer_tcp_close_wait_oldest_seconds{comm}` keeps the `top_n - 1`
-//! oldest and takes the maximum of the rest. Gauges are current values, so
-//! they are not sticky; a zero count is absent.
+//! Per-process gauges, keyed by `comm` and `container` (the pid label is
+//! for flow counters): `tracer_tcp_sockets{comm,container,state}` keeps the
+//! `top_n - 1` (comm, container) pairs with the most sockets and sums the
+//! rest into `comm="other",container="other"`;
+//! `tracer_tcp_close_wait_oldest_seconds{comm,container}` keeps the
+//! `top_n - 1` oldest and takes the maximum of the rest. Gauges are current
+//! values, so they are not sticky (a gone container's series goes at once);
+//! a zero count is absent. `container` is the process's container label
+//! (`namespace/pod/container`, name or short id), `""` for host processes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prometheus::proto::MetricFamily;
 
@@ -13,20 +16,35 @@ use super::{
     family::{family, gauge, sample, Definition},
     Group, Tick, OTHER,
 };
+use crate::model::Process;
 
-const SOCKETS: Definition =
-    gauge("tracer_tcp_sockets", "TCP sockets owned by processes of this name, by state.", &["comm", "state"]);
+const SOCKETS: Definition = gauge(
+    "tracer_tcp_sockets",
+    "TCP sockets owned by processes of this name in this container, by state.",
+    &["comm", "container", "state"],
+);
 const CLOSE_WAIT_OLDEST: Definition = gauge(
     "tracer_tcp_close_wait_oldest_seconds",
-    "Age of the oldest CLOSE_WAIT socket of processes of this name (a lower bound for sockets found at start).",
-    &["comm"],
+    "Age of the oldest CLOSE_WAIT socket of processes of this name in this container (a lower bound for sockets found at start).",
+    &["comm", "container"],
 );
+
+/// A process's series: (comm, container label).
+type Name = (String, String);
+
+fn container_label(process: &Process) -> String {
+    process.identity.as_ref().and_then(|i| i.container.as_ref()).map(|c| c.label()).unwrap_or_default()
+}
+
+fn other() -> Name {
+    (OTHER.to_owned(), OTHER.to_owned())
+}
 
 pub(super) struct ProcessGroup {
     top_n: usize,
-    /// (comm, state) -> sockets.
-    sockets: BTreeMap<(String, &'static str), u64>,
-    close_wait_oldest: BTreeMap<String, f64>,
+    /// ((comm, container), state) -> sockets.
+    sockets: BTreeMap<(Name, &'static str), u64>,
+    close_wait_oldest: BTreeMap<Name, f64>,
 }
 
 impl ProcessGroup {
@@ -42,38 +60,42 @@ impl Group for ProcessGroup {
 
     fn update(&mut self, tick: &Tick<'_>) {
         let snapshot = tick.snapshot;
-        let mut sockets_by_comm: BTreeMap<&str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        let mut names: HashMap<u32, Name> = HashMap::new();
+        let mut sockets_by_name: BTreeMap<Name, BTreeMap<&'static str, u64>> = BTreeMap::new();
         for process in &snapshot.processes {
-            let entry = sockets_by_comm.entry(&process.comm).or_default();
+            let name = (process.comm.clone(), container_label(process));
+            names.insert(process.pid, name.clone());
+            let entry = sockets_by_name.entry(name).or_default();
             for (state, count) in &process.sockets {
                 *entry.entry(state).or_default() += count;
             }
         }
         let kept = top_names(
-            sockets_by_comm.iter().map(|(comm, states)| (*comm, states.values().sum::<u64>() as f64)),
+            sockets_by_name.iter().map(|(name, states)| (name, states.values().sum::<u64>() as f64)),
             self.top_n.saturating_sub(1),
         );
         self.sockets.clear();
-        for (comm, states) in sockets_by_comm {
-            let label = if kept.contains(comm) { comm } else { OTHER };
+        for (name, states) in &sockets_by_name {
+            let label = if kept.contains(name) { name.clone() } else { other() };
             for (state, count) in states {
-                if count > 0 {
-                    *self.sockets.entry((label.to_owned(), state)).or_default() += count;
+                if *count > 0 {
+                    *self.sockets.entry((label.clone(), state)).or_default() += count;
                 }
             }
         }
 
-        let mut oldest: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut oldest: BTreeMap<Name, f64> = BTreeMap::new();
         for socket in &snapshot.close_wait {
-            let age = oldest.entry(&socket.comm).or_insert(0.0);
+            let name = names.get(&socket.pid).cloned().unwrap_or_else(|| (socket.comm.clone(), String::new()));
+            let age = oldest.entry(name).or_insert(0.0);
             *age = age.max(socket.age_secs);
         }
-        let kept = top_names(oldest.iter().map(|(comm, age)| (*comm, *age)), self.top_n.saturating_sub(1));
+        let kept = top_names(oldest.iter().map(|(name, age)| (name, *age)), self.top_n.saturating_sub(1));
         self.close_wait_oldest.clear();
-        for (comm, age) in oldest {
-            let label = if kept.contains(comm) { comm } else { OTHER };
-            let entry = self.close_wait_oldest.entry(label.to_owned()).or_insert(0.0);
-            *entry = entry.max(age);
+        for (name, age) in &oldest {
+            let label = if kept.contains(name) { name.clone() } else { other() };
+            let entry = self.close_wait_oldest.entry(label).or_insert(0.0);
+            *entry = entry.max(*age);
         }
     }
 
@@ -81,21 +103,23 @@ impl Group for ProcessGroup {
         vec![
             family(
                 &SOCKETS,
-                self.sockets
-                    .iter()
-                    .map(|((comm, state), count)| sample(&[("comm", comm), ("state", state)], *count as f64)),
+                self.sockets.iter().map(|(((comm, container), state), count)| {
+                    sample(&[("comm", comm), ("container", container), ("state", state)], *count as f64)
+                }),
             ),
             family(
                 &CLOSE_WAIT_OLDEST,
-                self.close_wait_oldest.iter().map(|(comm, age)| sample(&[("comm", comm)], *age)),
+                self.close_wait_oldest
+                    .iter()
+                    .map(|((comm, container), age)| sample(&[("comm", comm), ("container", container)], *age)),
             ),
         ]
     }
 }
 
 /// The `top_n` names with the largest values (ties by name).
-fn top_names<'a>(values: impl Iterator<Item = (&'a str, f64)>, top_n: usize) -> BTreeSet<&'a str> {
-    let mut ranked: Vec<(&str, f64)> = values.collect();
+fn top_names<'a>(values: impl Iterator<Item = (&'a Name, f64)>, top_n: usize) -> BTreeSet<&'a Name> {
+    let mut ranked: Vec<(&Name, f64)> = values.collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
     ranked.into_iter().take(top_n).map(|(name, _)| name).collect()
 }
