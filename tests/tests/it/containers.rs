@@ -97,8 +97,12 @@ impl Drop for Scratch {
     }
 }
 
-/// Imports a busybox-static root filesystem as [`IMAGE`].
+/// Imports a busybox-static root filesystem as [`IMAGE`], once (later
+/// runs reuse it rather than leave dangling images behind).
 fn import_image(scratch: &Path) {
+    if Command::new("podman").args(["image", "exists", IMAGE]).status().is_ok_and(|s| s.success()) {
+        return;
+    }
     let rootfs = scratch.join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
     fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
