@@ -23,6 +23,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // The TCP health tests' delay line (NFQUEUE) and failure fixtures.
     ("iptables", "iptables"),
+    // The container tests: a real Podman container from a busybox image.
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("busybox-static", "busybox"),
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {

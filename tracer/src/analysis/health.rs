@@ -67,7 +67,10 @@ pub(super) fn health_findings(
     let mut findings = Vec::new();
     for key in flow_keys(window) {
         if let Some(rise) = rtt_rise(window, &key) {
-            if rise.ratio >= rtt_ratio && rise.end_us - rise.start_us >= MIN_RTT_RISE_US {
+            if rise.ratio >= rtt_ratio
+                && rise.end_us - rise.start_us >= MIN_RTT_RISE_US
+                && !paced_receiver(window, &key)
+            {
                 findings.push(latency_rise(&key, &rise, rtt_ratio, comm));
             }
         }
@@ -172,6 +175,31 @@ fn quantile(values: &[f64], q: f64) -> f64 {
         0 => 0.0,
         n => sorted[((n - 1) as f64 * q).round() as usize],
     }
+}
+
+/// A receiver's RTT estimate also measures the sender's own pauses: when
+/// it rises together with the data rate (a sender sending more, in bigger
+/// bursts, at its own pace), that is the sender's pacing, not the path.
+/// True when most RTT observations are the receiver's and the receive rate
+/// of the last third of the window is at least 1.5 times the first's.
+fn paced_receiver(window: &Window<'_>, key: &FlowKey) -> bool {
+    let (mut observations, mut by_receiver) = (0u64, 0u64);
+    let mut received = Vec::new();
+    for (sample, length) in window.samples.iter().zip(&window.intervals) {
+        if let Some(health) = sample.health.get(key) {
+            observations += health.rtt.count;
+            by_receiver += u64::from(health.rtt_by_receiver);
+        }
+        if let (Some(length), Some(counters)) = (length, sample.flows.get(key)) {
+            received.push(counters.rx_bytes as f64 / length);
+        }
+    }
+    if by_receiver * 2 <= observations || received.len() < 3 {
+        return false;
+    }
+    let third = received.len() / 3;
+    let mean = |part: &[f64]| part.iter().sum::<f64>() / part.len().max(1) as f64;
+    mean(&received[received.len() - third..]) >= CAUSE_RTT_RATIO * mean(&received[..third]).max(1.0)
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -417,6 +445,32 @@ mod tests {
         let mut spike = vec![100_000u64; 30];
         spike[29] = 900_000;
         assert!(run(&health_series(key, &spike, None)).is_empty());
+    }
+
+    #[test]
+    fn a_receivers_estimate_that_rises_with_its_data_rate_is_the_senders_pacing() {
+        let key = client(PID, "127.0.0.1", 40000);
+        // 8 -> 43 ms of receiver-side RTT while the data rate ramps 4x.
+        let samples: VecDeque<Sample> = (0..30)
+            .map(|i| {
+                let mut s = sample(i as f64 + 1.0, vec![(key, rx(200_000 + 20_000 * i))]);
+                let mut dist = Dist::default();
+                dist.observe(8_000 + 1_200 * i);
+                s.health.insert(key, FlowHealth { rtt: dist, rtt_by_receiver: 1, sockets: 1, ..FlowHealth::default() });
+                s
+            })
+            .collect();
+        assert!(!kinds(&run(&samples)).contains(&"latency_rise"), "{:#?}", run(&samples));
+        // The same RTT at a steady rate is a rise.
+        let steady: VecDeque<Sample> = samples
+            .iter()
+            .cloned()
+            .map(|mut s| {
+                s.flows.insert(key, rx(300_000));
+                s
+            })
+            .collect();
+        assert!(kinds(&run(&steady)).contains(&"latency_rise"));
     }
 
     #[test]

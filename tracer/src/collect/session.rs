@@ -127,6 +127,9 @@ impl Session {
             self.model.set_hz(self.hz.hz());
         }
         self.model.replace_live(self.collector.live());
+        // The interval ends when the counters were read, not after the
+        // /proc scans below (slow on a busy host): rates divide by it.
+        let read_ns = monotonic_ns();
         // Sockets destroyed while the table was read: their records were
         // submitted before their entries went, so they are in the ring now.
         self.take_closed();
@@ -157,7 +160,7 @@ impl Session {
             );
         }
         self.stats = stats;
-        self.model.sample(monotonic_ns());
+        self.model.sample(read_ns);
         release_free_memory();
     }
 

@@ -96,8 +96,13 @@ impl SocketHealth {
     /// previous sample (a receiver's `srtt_us` does not move), the smoothed
     /// RTT otherwise. `None` while the kernel has no estimate.
     pub(crate) fn rtt_us(&self, sent: u64, received: u64) -> Option<u64> {
-        let rtt = if received > sent && self.rcv_rtt_us > 0 { self.rcv_rtt_us } else { self.srtt_us };
+        let rtt = if self.receiver_estimate(sent, received) { self.rcv_rtt_us } else { self.srtt_us };
         (rtt > 0).then_some(u64::from(rtt))
+    }
+
+    /// Whether [`SocketHealth::rtt_us`] takes the receiver's estimate.
+    pub(crate) fn receiver_estimate(&self, sent: u64, received: u64) -> bool {
+        received > sent && self.rcv_rtt_us > 0
     }
 
     /// The receive backlog is at least half the receive buffer.
@@ -150,6 +155,9 @@ impl Dist {
 pub(crate) struct FlowHealth {
     /// One RTT observation per live socket sampled at the interval's end.
     pub(crate) rtt: Dist,
+    /// How many of them are the receiver's estimate (a socket that mostly
+    /// received), which also grows with a sender's own pauses.
+    pub(crate) rtt_by_receiver: u32,
     /// The smallest of the sockets' kernel minimum RTTs.
     pub(crate) min_rtt_us: Option<u64>,
     /// One observation per connection that completed in the interval.
@@ -173,6 +181,7 @@ impl FlowHealth {
     pub(crate) fn add_socket(&mut self, health: &SocketHealth, sent: u64, received: u64) {
         if let Some(rtt) = health.rtt_us(sent, received) {
             self.rtt.observe(rtt);
+            self.rtt_by_receiver += u32::from(health.receiver_estimate(sent, received));
         }
         if health.min_rtt_us > 0 {
             let min_rtt = u64::from(health.min_rtt_us);
