@@ -3,7 +3,9 @@
 //! doctor` which backends this kernel supports, then for each of them (and
 //! for `auto`) traces a loopback transfer of known size that this process
 //! makes itself, and checks the report: exact bytes both ways, the
-//! connections opened, a CLOSE_WAIT socket, and the backend named.
+//! connections opened, a CLOSE_WAIT socket, the backend named, and TCP
+//! health where the doctor says the kernel provides it: a refused connect
+//! counted by reason and an RTT for the live socket.
 //! The guest has no Python or curl; all traffic comes from here.
 
 use std::{
@@ -86,13 +88,14 @@ pub fn guest_check(tracer: &Path, expect: &[String]) -> Result<()> {
     report_line("doctor", &doctor_check);
     results.push(("doctor".into(), doctor_check));
 
+    let health = doctor["tcp_health"]["provides"].clone();
     for backend in &usable {
-        let outcome = traced_transfer(tracer, Some(backend), backend);
+        let outcome = traced_transfer(tracer, Some(backend), backend, &health);
         report_line(backend, &outcome);
         results.push(((*backend).to_owned(), outcome));
     }
     if let Some(auto) = auto {
-        let outcome = traced_transfer(tracer, None, auto);
+        let outcome = traced_transfer(tracer, None, auto, &health);
         report_line("auto", &outcome);
         results.push(("auto".into(), outcome));
     }
@@ -301,7 +304,7 @@ impl TraceRun {
 
 /// One traced transfer: attach with `backend` (`None`: auto), move the
 /// known bytes, leave a CLOSE_WAIT socket, stop, and check the report.
-fn traced_transfer(tracer: &Path, backend: Option<&str>, expected_backend: &str) -> Result<String> {
+fn traced_transfer(tracer: &Path, backend: Option<&str>, expected_backend: &str, health: &Value) -> Result<String> {
     let started = Instant::now();
     // The listener exists before the tracer, as a real server's would.
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
@@ -310,17 +313,25 @@ fn traced_transfer(tracer: &Path, backend: Option<&str>, expected_backend: &str)
     let mut run = TraceRun::start(tracer, backend, port)?;
     run.wait_attached()?;
     let close_wait_socket = transfer(&listener, server_addr)?;
+    // Nothing listens on the port any more: a connect is refused (the
+    // CLOSE_WAIT socket stays).
+    drop(listener);
+    match TcpStream::connect_timeout(&server_addr, SOCKET_TIMEOUT) {
+        Err(err) if err.kind() == ErrorKind::ConnectionRefused => {}
+        other => bail!("a connect to the closed port {port} was not refused: {other:?}"),
+    }
     thread::sleep(SETTLE);
     let report = run.stop_and_report()?;
     drop(close_wait_socket);
 
-    let problems = check_report(&report, expected_backend, port, std::process::id());
+    let mut problems = check_report(&report, expected_backend, port, std::process::id());
+    problems.extend(check_health(&report, health, port, std::process::id()));
     if !problems.is_empty() {
         bail!("{} (report: {})", problems.join("; "), brief(&report, port));
     }
     Ok(format!(
         "port {port}: client tx {CLIENT_BYTES} rx {SERVER_BYTES}, server tx {SERVER_BYTES} rx {CLIENT_BYTES}, \
-         2+2 connections, CLOSE_WAIT listed ({:.1} s)",
+         2+2 connections, CLOSE_WAIT listed, refused connect and RTT per the doctor ({:.1} s)",
         started.elapsed().as_secs_f64()
     ))
 }
@@ -470,6 +481,38 @@ fn check_report(report: &Value, expected_backend: &str, port: u16, pid: u32) -> 
         .any(|p| p["sockets"]["CLOSE_WAIT"].as_u64().unwrap_or(0) >= 1);
     if !close_wait_counted {
         problems.push(format!("process {pid} has no CLOSE_WAIT in its socket counts"));
+    }
+    problems
+}
+
+/// TCP health where the kernel provides it (`doctor`'s `tcp_health`): the
+/// refused connect counted by reason, and an RTT for the server flow,
+/// whose CLOSE_WAIT socket was live at the last sample.
+fn check_health(report: &Value, health: &Value, port: u16, pid: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    let flow = |role: &str| {
+        let port_field = if role == "client" { "remote_port" } else { "local_port" };
+        report["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["pid"] == pid && f["role"] == role && f[port_field] == port)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let client = flow("client");
+    if client["failed_connects"] != 1 {
+        problems.push(format!("client failed_connects {} != 1", client["failed_connects"]));
+    }
+    if health["failure_reasons"] == true && client["failed_connects_by_reason"]["refused"] != 1 {
+        problems.push(format!("refused connects {} != 1", client["failed_connects_by_reason"]));
+    }
+    let rtt = &flow("server")["rtt_us"]["max"];
+    match (health["rtt"] == true, rtt.as_f64()) {
+        (true, Some(us)) if us > 0.0 && us < 1_000_000.0 => {}
+        (true, _) => problems.push(format!("server flow RTT {rtt} where the kernel provides one")),
+        (false, Some(_)) => problems.push(format!("server flow RTT {rtt} where the doctor says the kernel gives none")),
+        (false, None) => {}
     }
     problems
 }
