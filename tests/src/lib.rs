@@ -384,6 +384,7 @@ pub struct Host {
 pub struct TracerStats {
     pub events_total: u64,
     pub events_dropped: u64,
+    pub events_deferred: u64,
     pub map_full_drops: u64,
     pub live_sockets: u64,
 }

@@ -292,17 +292,25 @@ fn a_full_ring_buffer_defers_final_records_and_every_byte_counts() {
         2 * CONNECTIONS
     );
     assert_eq!(report.tracer.events_dropped, 0, "no final record may be lost: {:?}", report.tracer);
+    assert!(
+        report.tracer.events_deferred >= deferred_at_start + deferred,
+        "the report's events_deferred is below the kernel's count ({} before the churn, {deferred} in it): {:?}",
+        deferred_at_start,
+        report.tracer
+    );
 
     let client = report.flow(churn_pid, "client", "127.0.0.1", port);
     assert_eq!(
         (client.tx_bytes, client.rx_bytes, client.connections_opened, client.connections_closed),
         (CONNECTIONS * SIZE, 0, CONNECTIONS, CONNECTIONS),
-        "churn client ({CONNECTIONS} connections of {SIZE} bytes): {client:#?}"
+        "churn client ({CONNECTIONS} connections of {SIZE} bytes): {client:#?}; every flow on port {port}: {:#?}",
+        report.flows
     );
     let server = report.flow(sink_pid, "server", "127.0.0.1", port);
     assert_eq!(
         (server.tx_bytes, server.rx_bytes, server.connections_opened, server.connections_closed),
         (0, CONNECTIONS * SIZE, CONNECTIONS, CONNECTIONS),
-        "sink ({CONNECTIONS} connections of {SIZE} bytes): {server:#?}"
+        "sink ({CONNECTIONS} connections of {SIZE} bytes): {server:#?}; every flow on port {port}: {:#?}",
+        report.flows
     );
 }

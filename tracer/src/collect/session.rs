@@ -93,8 +93,13 @@ impl Session {
         }
     }
 
+    /// Final records: the ring buffer's, then those that found it full and
+    /// wait in the overflow map.
     fn take_closed(&mut self) {
         for (obs, destroyed_ns) in self.collector.drain_closed() {
+            self.model.socket_closed(obs, destroyed_ns);
+        }
+        for (obs, destroyed_ns) in self.collector.drain_overflow() {
             self.model.socket_closed(obs, destroyed_ns);
         }
     }
@@ -115,11 +120,6 @@ impl Session {
 
     fn collect(&mut self, unowned_seen_by_ns: u64) {
         self.take_closed();
-        // Records that found the ring full wait in the overflow map, in
-        // the order the kernel kept them: before this tick's table read.
-        for (obs, destroyed_ns) in self.collector.drain_overflow() {
-            self.model.socket_closed(obs, destroyed_ns);
-        }
         // Fresh RTT, backlogs and chrono counters in every record, just
         // before the table is read.
         if let Some(clock) = self.collector.sample_health() {
@@ -131,7 +131,8 @@ impl Session {
         // /proc scans below (slow on a busy host): rates divide by it.
         let read_ns = monotonic_ns();
         // Sockets destroyed while the table was read: their records were
-        // submitted before their entries went, so they are in the ring now.
+        // submitted before their entries went, so they are in the ring (or,
+        // if it was full, the overflow map) now.
         self.take_closed();
         self.model.forget_vanished();
         self.resolve_owners(unowned_seen_by_ns);
