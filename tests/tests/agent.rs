@@ -3,7 +3,10 @@
 //! the dashboard, escaping of an untrusted process name, `promtool check
 //! metrics`, a real Prometheus server scraping the agent, a clean exit
 //! on SIGTERM; `kill -9` leaving no program or map behind, and a restarted
-//! agent counting exactly beside a `tracer trace` that counts the same.
+//! agent counting exactly beside a `tracer trace` that counts the same;
+//! hostile HTTP peers (1,000 idle connections, slowloris headers, a 1 MB
+//! header, pipelined garbage, clients that never read) that cannot keep a
+//! well-behaved scrape out.
 //!
 //! Needs root (the agent loads eBPF programs) and fails, never skips, when
 //! the agent cannot start. The agent runs with `--pid <this test process>`
@@ -731,6 +734,195 @@ fn a_killed_agent_leaves_nothing_loaded_and_a_restarted_one_counts_exactly_besid
     let (status, _, stderr) = agent.terminate();
     assert_eq!(status.code(), Some(0), "{stderr}");
     eprintln!("restart: the agent and a trace beside it both counted {SENT}/{ANSWERED} bytes exactly");
+}
+
+/// The bound on a scrape while hostile peers hold connections: half of
+/// Prometheus' default scrape timeout (10 s), and half of the agent's header
+/// timeout (also 10 s), which is how long a scrape waits if it needs a slot
+/// that only that timeout frees (9.5 s measured before connections were
+/// evicted at capacity). A bound, not a timing: a scrape of a flooded agent
+/// takes well under a second (figures printed by the test).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Raises this process's soft limit on open files to the hard one.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the rlimit struct, which
+    // lives across both calls.
+    let rc = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            -1
+        } else {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
+        }
+    };
+    assert_eq!(rc, 0, "cannot raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+    limit.rlim_cur
+}
+
+/// `VmRSS` of a process, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+/// `GET /metrics` as Prometheus does it, all of it (connect, request, the
+/// whole response) within [`SCRAPE_TIMEOUT`]; returns the time it took.
+/// Panics if the scrape fails or takes longer.
+fn scrape_within_timeout(addr: SocketAddr, held: &str) -> Duration {
+    let started = Instant::now();
+    let deadline = started + SCRAPE_TIMEOUT;
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let fail = |what: String| -> ! {
+        panic!("a scrape did not complete within {SCRAPE_TIMEOUT:?} ({what}; {:?}) while {held}", started.elapsed())
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, left()).unwrap_or_else(|e| fail(format!("connect: {e}")));
+    stream.set_write_timeout(Some(left())).expect("write timeout");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .unwrap_or_else(|e| fail(format!("send: {e}")));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        stream.set_read_timeout(Some(left())).expect("read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => fail(format!("read after {} bytes: {e}", raw.len())),
+        }
+        if Instant::now() >= deadline {
+            fail(format!("{} bytes so far", raw.len()));
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "scrape answered {:?} while {held}", text.lines().next());
+    assert!(text.contains("tracer_build_info"), "scrape without the metrics while {held}: {text}");
+    started.elapsed()
+}
+
+/// What a hostile connection got back: the status line, or how it ended.
+fn outcome(stream: &mut TcpStream) -> String {
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) if raw.is_empty() => "closed".to_owned(),
+        Ok(_) => String::from_utf8_lossy(&raw).lines().next().unwrap_or_default().to_owned(),
+        Err(e) => format!("{:?}", e.kind()),
+    }
+}
+
+/// 1,000 idle connections, slowloris clients trickling headers, a 1 MB
+/// header, pipelined garbage and clients that pipeline requests and never
+/// read, all held while well-behaved scrapes come: each scrape succeeds
+/// within [`SCRAPE_TIMEOUT`] (the server makes room by closing the oldest
+/// connections that have no request being handled), the agent's
+/// memory stays bounded, and it still exits cleanly on SIGTERM.
+#[test]
+fn hostile_http_peers_cannot_keep_a_scrape_out() {
+    let _serial = serial();
+    const IDLE: usize = 1_000;
+    const SLOWLORIS: usize = 50;
+    const NEVER_READ: usize = 20;
+    const SCRAPES: usize = 5;
+    raise_fd_limit();
+    let pid = std::process::id().to_string();
+    let agent = Agent::start(&["--pid", &pid]);
+    let addr = agent.addr;
+    let agent_pid = agent.child.id();
+    let quiet = scrape_within_timeout(addr, "nothing else is connected");
+    let rss_before = vm_rss_kib(agent_pid);
+
+    let idle: Vec<TcpStream> =
+        (0..IDLE).map(|i| TcpStream::connect(addr).unwrap_or_else(|e| panic!("idle connection {i}: {e}"))).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slowloris = {
+        let stop = Arc::clone(&stop);
+        let mut clients: Vec<TcpStream> = (0..SLOWLORIS)
+            .map(|i| {
+                let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("slowloris {i}: {e}"));
+                stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").expect("slowloris request line");
+                stream
+            })
+            .collect();
+        thread::spawn(move || {
+            // One more header line on each every 200 ms, for as long as the
+            // test runs (bounded: 10 minutes).
+            for line in 0..3_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for client in &mut clients {
+                    let _ = write!(client, "X-Slow-{line}: a\r\n");
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let big_header = thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect (1 MB header)");
+        let mut request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        request.resize(request.len() + (1 << 20), b'a');
+        request.extend_from_slice(b"\r\n\r\n");
+        stream.set_write_timeout(Some(Duration::from_secs(30))).expect("write timeout");
+        let sent =
+            stream.write_all(&request).map_or_else(|e| format!("write ended: {:?}", e.kind()), |()| "sent".into());
+        format!("{sent}; {}", outcome(&mut stream))
+    });
+    let garbage = thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect (garbage)");
+        let junk = b"\x16\x03\x01 NOT HTTP \x00\xff\r\n\r\n".repeat(1_000);
+        stream.set_write_timeout(Some(Duration::from_secs(30))).expect("write timeout");
+        let sent = stream.write_all(&junk).map_or_else(|e| format!("write ended: {:?}", e.kind()), |()| "sent".into());
+        format!("{sent}; {}", outcome(&mut stream))
+    });
+    // Pipelined requests, never a byte read: what fits in the socket
+    // buffers (non-blocking writes), then nothing.
+    let never_read: Vec<TcpStream> = (0..NEVER_READ)
+        .map(|i| {
+            let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("never-reader {i}: {e}"));
+            stream.set_nonblocking(true).expect("non-blocking");
+            let requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
+            let mut written = 0;
+            while written < requests.len() {
+                match stream.write(&requests[written..]) {
+                    Ok(n) => written += n,
+                    Err(_) => break,
+                }
+            }
+            stream
+        })
+        .collect();
+
+    let held = format!(
+        "{IDLE} idle connections, {SLOWLORIS} slowloris clients, a 1 MB header, pipelined garbage and \
+         {NEVER_READ} clients that never read are held"
+    );
+    let latencies: Vec<Duration> = (0..SCRAPES).map(|_| scrape_within_timeout(addr, &held)).collect();
+    let health = agent.get("/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"), "/healthz while {held}");
+    let rss_flooded = vm_rss_kib(agent_pid);
+    let big_header = big_header.join().expect("1 MB header thread");
+    let garbage = garbage.join().expect("garbage thread");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    slowloris.join().expect("slowloris thread");
+    // Bounded memory: the connections beyond capacity are closed, not
+    // buffered (a generous bound; the figures are printed).
+    assert!(
+        rss_flooded < rss_before + 64 * 1024,
+        "the agent grew from {rss_before} KiB to {rss_flooded} KiB under the flood"
+    );
+    let (status, _, stderr) = agent.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM with the flood held: {stderr}");
+    drop((idle, never_read));
+    let max = latencies.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "hostile peers: scrape {quiet:?} alone; with {held}: {latencies:?} (max {max:?}); 1 MB header: {big_header}; \
+         garbage: {garbage}; agent VmRSS {rss_before} KiB before, {rss_flooded} KiB under the flood"
+    );
 }
 
 #[test]

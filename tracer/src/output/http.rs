@@ -11,11 +11,23 @@
 //! timer, so it cannot time out slow clients): headers must arrive within
 //! [`Limits::header_read_timeout`] (this also closes idle keep-alive
 //! connections), a connection lives at most [`Limits::max_connection_age`],
-//! and at most [`Limits::max_connections`] are served at once. On shutdown
-//! the listener closes first, then in-flight requests finish within
+//! and at most [`Limits::max_connections`] are open at once. At capacity a
+//! new connection takes the place of the oldest one without a request being
+//! handled (an idle or slow client, or one that does not read its
+//! response): held or slow connections cannot keep a scrape out, since the
+//! newest connection is always the last to go. On shutdown the listener
+//! closes first, then in-flight requests finish within
 //! [`Limits::drain_timeout`].
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    future::Future,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use axum::{
     extract::{Request, State},
@@ -33,8 +45,8 @@ use hyper_util::{
 };
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{watch, OwnedSemaphorePermit, Semaphore},
-    task::JoinSet,
+    sync::watch,
+    task::{AbortHandle, JoinSet},
     time::{sleep, Instant},
 };
 
@@ -67,7 +79,8 @@ pub(crate) struct Limits {
     pub(crate) max_connection_age: Duration,
     /// Time a connection asked to close gets to finish its request.
     pub(crate) close_grace: Duration,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections open at once; at capacity a new one closes the oldest
+    /// that has no request being handled.
     pub(crate) max_connections: usize,
     /// Bytes of request line and headers (hyper answers 431 past it).
     pub(crate) max_header_bytes: usize,
@@ -190,23 +203,38 @@ async fn common_headers(mut response: Response) -> Response {
     response
 }
 
+/// One open connection, in accept order.
+struct Open {
+    task: AbortHandle,
+    /// Requests being handled on it now.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// At capacity: closes the oldest connection with no request being handled
+/// (waiting for its client to send, or for it to read), else the oldest.
+/// The newest connection, the one just accepted, is never chosen, so a
+/// client that sends its request at once is always served.
+fn make_room(open: &mut VecDeque<Open>, capacity: usize) {
+    open.retain(|connection| !connection.task.is_finished());
+    while open.len() >= capacity {
+        let victim = open.iter().position(|c| c.in_flight.load(Ordering::Acquire) == 0).unwrap_or(0);
+        let Some(connection) = open.remove(victim) else { return };
+        connection.task.abort();
+        log::debug!("HTTP: {capacity} connections open; closed the oldest idle or slow one");
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish (within
 /// [`Limits::drain_timeout`]).
 pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
     let (closing_tx, closing_rx) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let capacity = limits.max_connections.max(1);
     let mut connections = JoinSet::new();
+    let mut open = VecDeque::with_capacity(capacity);
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -219,7 +247,16 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, sh
                 }
             },
         };
-        connections.spawn(serve_connection(stream, app.clone(), limits.clone(), closing_rx.clone(), permit));
+        make_room(&mut open, capacity);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let task = connections.spawn(serve_connection(
+            stream,
+            app.clone(),
+            limits.clone(),
+            closing_rx.clone(),
+            Arc::clone(&in_flight),
+        ));
+        open.push_back(Open { task, in_flight });
     }
     // New connections are refused from here on.
     drop(listener);
@@ -232,12 +269,29 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, sh
     // Dropping the set aborts whatever is left.
 }
 
+/// Counts a request as being handled while it lives (also if the
+/// connection is dropped mid-request).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
     limits: Limits,
     mut closing: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    in_flight: Arc<AtomicUsize>,
 ) {
     let _ = stream.set_nodelay(true);
     let mut builder = http1::Builder::new();
@@ -246,7 +300,17 @@ async fn serve_connection(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUFFER))
         .max_headers(64);
-    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let app = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |request| {
+        let handling = InFlight::enter(&in_flight);
+        let response = hyper::service::Service::call(&app, request);
+        async move {
+            let response = response.await;
+            drop(handling);
+            response
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let too_old = sleep(limits.max_connection_age);
     tokio::pin!(too_old);
@@ -392,6 +456,43 @@ mod tests {
         let mut response = Vec::new();
         let ended = stream.read_to_end(&mut response);
         assert!(ended.is_ok(), "not cut off by the server: {ended:?}");
+        server.stop();
+    }
+
+    /// Reads until the server closes the connection (EOF, or a reset when
+    /// it closed with bytes unread); false if the read timed out instead.
+    fn closed_by_server(stream: &mut StdTcpStream) -> bool {
+        // A read timeout far above anything the server waits for: only a
+        // server that closes the connection ends the read first.
+        stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+        let mut sink = Vec::new();
+        match stream.read_to_end(&mut sink) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+
+    #[test]
+    fn at_capacity_a_new_client_is_served_and_the_oldest_idle_one_goes() {
+        // Header timeout far above the client's read timeout: only eviction
+        // can make room in time.
+        let limits = Limits { max_connections: 4, header_read_timeout: Duration::from_secs(120), ..Limits::default() };
+        let server = Server::start(limits);
+        // Idle, and one half-sent request (slowloris): all four slots.
+        let mut held: Vec<StdTcpStream> =
+            (0..3).map(|_| StdTcpStream::connect(server.addr).expect("connect")).collect();
+        let mut slow = StdTcpStream::connect(server.addr).expect("connect");
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost:").expect("write");
+        held.push(slow);
+        // `raw` reads with a 5 s timeout; the slots are held for 120 s.
+        let response = server.get("/healthz");
+        assert_eq!((status(&response), body(&response)), ("200", "ok"), "{response}");
+        // The oldest went to make room.
+        assert!(closed_by_server(&mut held[0]), "the oldest idle connection was not closed");
+        for _ in 0..3 {
+            let response = server.get("/metrics");
+            assert_eq!(status(&response), "200", "{response}");
+        }
         server.stop();
     }
 
