@@ -17,6 +17,9 @@
 //! - `dist [--binary PATH]`: a release build packaged as
 //!   `target/dist/tracer_<version>_<arch>.deb` (`dist`; `test` also packages
 //!   the binary under test this way for the deployment tests).
+//! - `eval`: the findings' labelled evaluation (precision and recall per
+//!   kind, tuned and held-out seeds, recorded timelines), written to
+//!   EVALUATION.md (`eval`; the unit tests run the same cases).
 //! - `soak [--duration 10m]`: the release agent under mixed load, scraped
 //!   by Prometheus; memory, drops, counters and exact totals, written to
 //!   SOAK.md (`soak`).
@@ -30,6 +33,7 @@
 
 mod bench;
 mod dist;
+mod eval;
 mod guest;
 mod setup;
 mod soak;
@@ -87,6 +91,12 @@ enum Task {
     UnitStress {
         #[arg(long, default_value = "50", value_parser = clap::value_parser!(u32).range(1..=1000))]
         runs: u32,
+    },
+    /// The findings' labelled evaluation: precision and recall per kind,
+    /// written to EVALUATION.md.
+    Eval {
+        #[command(flatten)]
+        args: eval::EvalArgs,
     },
     /// The release agent under mixed load for a long while, scraped by
     /// Prometheus; checks memory, drops, counters and exact totals; writes
@@ -236,6 +246,7 @@ fn main() -> ExitCode {
         }),
         Task::Test { no_lint, no_vm, filter } => setup::setup().and_then(|()| test(no_lint, no_vm, filter)),
         Task::UnitStress { runs } => stress::unit_stress(runs),
+        Task::Eval { args } => eval::eval(args),
         Task::Soak { args } => soak::run(args),
         Task::SoakLoad { args } => soak::load::run(args),
         Task::Bench { args } => bench::run(args),

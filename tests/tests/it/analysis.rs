@@ -1,6 +1,8 @@
 //! Findings on real traffic (issue 4): a send rate ramping 200 -> 800 KB/s
 //! over 60 s is `traffic_growth` (ratio 3-5), its mirror is
 //! `throughput_decay`, a constant-rate client next to them is not reported;
+//! a ramp that stops well before the trace does is still `traffic_growth`
+//! over its active span (issue 19);
 //! a CLOSE_WAIT pile-up older than `--close-wait-age` is `close_wait_leak`
 //! with the exact count; a leaking client is `connection_leak` while a
 //! polite one has no finding at all; dozens of short connections a second
@@ -28,6 +30,11 @@ const STEADY_RATE: u64 = 400_000;
 /// from `from` to `to` over [`RAMP_SECS`], then staying at `to`; returns
 /// it with its pid once connected.
 fn paced_client(name: &str, port: u16, from: u64, to: u64) -> (Proc, u32) {
+    paced_client_over(name, port, from, to, RAMP_SECS)
+}
+
+/// [`paced_client`] with a ramp of `secs`.
+fn paced_client_over(name: &str, port: u16, from: u64, to: u64, secs: u64) -> (Proc, u32) {
     let mut client = traffic(
         name,
         &[
@@ -39,11 +46,11 @@ fn paced_client(name: &str, port: u16, from: u64, to: u64) -> (Proc, u32) {
             "--to-rate",
             &to.to_string(),
             "--secs",
-            &RAMP_SECS.to_string(),
+            &secs.to_string(),
             "--step-ms",
             "10",
             "--max-secs",
-            &(RAMP_SECS + 90).to_string(),
+            &(secs + 90).to_string(),
         ],
     );
     let pid = client.expect("connected", LINE_TIMEOUT).num("pid");
@@ -51,10 +58,14 @@ fn paced_client(name: &str, port: u16, from: u64, to: u64) -> (Proc, u32) {
 }
 
 /// What the report knows about `pid`, for failure messages: its findings
-/// and its bytes per timeline sample.
+/// and its bytes per timeline sample, with the sample's end (the interval
+/// lengths matter to the rates).
 fn describe(report: &Report, pid: u32) -> String {
-    let tx: Vec<u64> =
-        report.timeline.iter().map(|s| s.process(pid).map(|p| p.tx_bytes.max(p.rx_bytes)).unwrap_or(0)).collect();
+    let tx: Vec<String> = report
+        .timeline
+        .iter()
+        .map(|s| format!("{}s: {}", s.t_secs, s.process(pid).map(|p| p.tx_bytes.max(p.rx_bytes)).unwrap_or(0)))
+        .collect();
     format!("pid {pid}: findings {:#?}\nbytes per sample (max of tx, rx): {tx:?}", report.findings_of(pid))
 }
 
@@ -154,6 +165,52 @@ fn a_ramping_send_rate_is_traffic_growth_its_mirror_throughput_decay_and_a_stead
         "the steady client sent {} bytes, expected about {expected}: {steady_flow:#?}",
         steady_flow.tx_bytes
     );
+}
+
+/// Issue 19: users rarely stop a trace the moment a flow ends. A paced ramp
+/// (200 -> 800 KB/s over 30 s) that stops several seconds before the trace
+/// does is `traffic_growth` with the ratio of its active span (about 4.0),
+/// and the evidence says which span that is.
+#[test]
+fn a_ramp_that_stops_before_the_trace_ends_is_traffic_growth_over_its_active_span() {
+    let _serial = serial();
+    const SECS: u64 = 30;
+    /// Samples taken after the client closed.
+    const SILENT_SAMPLES: usize = 6;
+    let (_server, port, server_pid) = server(&["--conns", "1"]);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    tracer.wait_samples(1);
+    let (mut client, pid) = paced_client_over("stopping client", port, LOW_RATE, HIGH_RATE, SECS);
+    client.expect("ramped", Duration::from_secs(SECS + 30));
+    client.say("stop");
+    client.expect("closed", LINE_TIMEOUT);
+    let closed_at = tracer.elapsed().as_secs_f64();
+    tracer.wait_samples(SILENT_SAMPLES);
+    let report = tracer.stop();
+
+    let context = describe(&report, pid);
+    let findings = report.findings_of(pid);
+    for finding in &findings {
+        eprintln!("stopping client (pid {pid}): {}\n  evidence {}", finding.summary, finding.evidence);
+    }
+    let growth: Vec<&Finding> = findings.iter().filter(|f| f.kind == "traffic_growth").collect();
+    let [growth] = growth.as_slice() else { panic!("expected one traffic_growth for the client\n{context}") };
+    assert_trend(growth, "traffic_growth", "tx", (3.0, 5.0), port, &context);
+    let (first, last) = (growth.number("first_active_secs"), growth.number("last_active_secs"));
+    assert!(
+        first >= 0.0 && last > first + SECS as f64 * 0.7 && last <= closed_at + 1.0,
+        "span {first}-{last} s of a {SECS} s ramp that ended by {closed_at:.1} s: {growth:#?}\n{context}"
+    );
+    assert!(
+        report.duration_secs - last >= (SILENT_SAMPLES - 2) as f64,
+        "the span ends {last} s, the trace {} s: the silent tail is not in it: {growth:#?}\n{context}",
+        report.duration_secs
+    );
+    // Its sink server saw the same ramp, if anything.
+    let mirror = describe(&report, server_pid);
+    for finding in report.findings_of(server_pid) {
+        assert_trend(&finding, "traffic_growth", "rx", (3.0, 5.0), port, &mirror);
+    }
 }
 
 /// Connections piled up in CLOSE_WAIT.

@@ -52,6 +52,41 @@ pub(super) fn fit(points: &[Point]) -> Option<Line> {
     [line.slope, line.intercept, line.r_squared].iter().all(|v| v.is_finite()).then_some(line)
 }
 
+/// A point this many robust standard deviations (1.4826 x the median
+/// absolute residual) off the first line is an outlier...
+const OUTLIER_SIGMAS: f64 = 5.0;
+/// ...and at most this share of the points are.
+const MAX_OUTLIER_SHARE: f64 = 0.1;
+
+/// [`fit`], then again without the points far off the first line (a lone
+/// burst, a stalled second): the line and the points kept.
+pub(super) fn fit_without_outliers(points: &[Point]) -> Option<(Line, Vec<Point>)> {
+    let line = fit(points)?;
+    let residual = |p: &Point| (p.y - line.at(p.x)).abs();
+    let mut residuals: Vec<f64> = points.iter().map(residual).collect();
+    residuals.sort_by(f64::total_cmp);
+    let Some(&median) = residuals.get(residuals.len() / 2) else { return Some((line, points.to_vec())) };
+    let limit = OUTLIER_SIGMAS * 1.4826 * median;
+    let most = (points.len() as f64 * MAX_OUTLIER_SHARE) as usize;
+    let outliers = residuals.iter().rev().take(most).filter(|&&r| r > limit).count();
+    if outliers == 0 || limit <= 0.0 {
+        return Some((line, points.to_vec()));
+    }
+    // The `outliers` largest residuals go (ties past the limit keep order).
+    let cut = residuals[residuals.len() - outliers];
+    let mut dropped = 0;
+    let kept: Vec<Point> = points
+        .iter()
+        .filter(|p| {
+            let out = dropped < outliers && residual(p) >= cut;
+            dropped += usize::from(out);
+            !out
+        })
+        .copied()
+        .collect();
+    Some((fit(&kept)?, kept))
+}
+
 /// A socket count that rose steadily.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Rise {

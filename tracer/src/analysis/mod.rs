@@ -9,15 +9,18 @@
 //! - Rates are interval averages, so a rate series is fitted at interval
 //!   midpoints, weighted by interval length, and the fitted start/end rates
 //!   are read at the first and last points (a 200 -> 800 KiB/s ramp reads 4.0).
-//!   A series starts at its key's first active interval; if that is not the
-//!   window's first interval the key started somewhere inside it, so that
-//!   partial interval is left out (it would look like growth).
+//! - A series covers its key's active span, from its first active interval
+//!   to its last. Either end is partial when it is not the window's own end
+//!   (the key started, or stopped, inside it) and is left out: a ramp that
+//!   ended before the trace did still grew (silent intervals after it would
+//!   look like a collapse and spoil the fit), and a flow that starts
+//!   mid-window at a constant rate did not. A download that finished is
+//!   judged on the part where it ran. The evidence says which part that is
+//!   (`first_active_secs`, `last_active_secs`).
 //! - A trend needs >= 5 points, a mean of >= 1 KiB/s and R² >= 0.6: a lone
 //!   burst (R² <= 0.5 even at the end of a 5-point series), a sawtooth or
 //!   noise does not pass. Fitted rates below 1 KiB/s count as 1 KiB/s in the
 //!   ratio, so a ramp from nothing gives a finite ratio.
-//! - A key whose trailing intervals are silent has stopped (a download that
-//!   finished), which is not a decay and is not reported.
 //! - A process-level trend is dropped when exactly one of its flows carries
 //!   the same finding (same kind and direction): the flow says it with the
 //!   remote. Aggregate trends no single flow shows stay process-level.
@@ -35,6 +38,8 @@
 mod churn;
 mod close_wait;
 mod connections;
+#[cfg(test)]
+mod eval;
 mod fit;
 mod health;
 mod retransmits;

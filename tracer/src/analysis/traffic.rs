@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{
     finding,
-    fit::{fit, Point, MIN_TREND_POINTS},
+    fit::{fit, fit_without_outliers, Point, MIN_TREND_POINTS},
     flow_label, human_duration, process_label, round,
     window::Window,
     Finding, Severity,
@@ -17,15 +17,23 @@ use crate::{
     units,
 };
 
-/// How well a line must explain a rate series to call it a trend.
+/// How well a line must explain a rate series (smoothed into at most
+/// [`FIT_BINS`] bins) to call it a trend.
 const MIN_TREND_R_SQUARED: f64 = 0.6;
+/// The goodness of fit is judged on the series averaged into at most this
+/// many consecutive bins: bursty traffic (100 ms bursts, +-30% per second)
+/// hides a 4x ramp in 1-s noise, not in 5-s averages, while a lone burst
+/// stays one bin of at least a dozen (R² <= 3/13) and a sawtooth stays a
+/// sawtooth.
+const FIT_BINS: usize = 12;
+/// How many standard errors the fitted slope must be from flat (the raw
+/// series): noise that happens to line up (bursty traffic over 30 one-second
+/// intervals) is no trend.
+const MIN_SLOPE_T: f64 = 4.0;
 /// Below this mean rate (bytes/s) a trend is noise, whatever its ratio.
 const MIN_MEAN_RATE: f64 = 1024.0;
 /// Fitted rates below this (bytes/s) count as this in ratios.
 const RATE_FLOOR: f64 = 1024.0;
-/// Trailing silent intervals (at least this many, and a fifth of the series)
-/// mean the key stopped rather than decayed.
-const MIN_STOPPED_INTERVALS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) enum Direction {
@@ -91,9 +99,18 @@ pub(super) struct Trend {
     pub(super) end_rate: f64,
     pub(super) slope: f64,
     pub(super) r_squared: f64,
+    /// Of the series averaged into bins of `bin_secs`.
+    pub(super) r_squared_binned: f64,
+    pub(super) bin_secs: f64,
     pub(super) mean_rate: f64,
     pub(super) span_secs: f64,
     pub(super) samples: usize,
+    /// Points left out of the fit, far off the line (lone bursts).
+    pub(super) outliers: usize,
+    /// The part of the window the fit covers: from the start of its first
+    /// interval to the end of its last, seconds since the start.
+    pub(super) first_active_secs: f64,
+    pub(super) last_active_secs: f64,
 }
 
 /// `traffic_growth` and `throughput_decay`, per process and per flow, for
@@ -181,7 +198,14 @@ fn biggest_flow(
         .map(|(_, key)| key)
 }
 
-/// Fits one key's rate series; `Some` when it is a trend worth reporting.
+/// Fits one key's rate series over its active span; `Some` when it is a
+/// trend worth reporting.
+///
+/// The span runs from the key's first active interval to its last. Either
+/// end is partial when it is not the window's own end (the key started, or
+/// stopped, somewhere inside that interval), so it is left out: a ramp that
+/// ended before the trace did still grew, and a flow that starts mid-window
+/// at a constant rate did not. Silent intervals inside the span stay in.
 pub(super) fn rate_trend(
     window: &Window<'_>,
     active: &[(usize, u64)],
@@ -190,44 +214,56 @@ pub(super) fn rate_trend(
     direction: Direction,
 ) -> Option<Trend> {
     let &(first_active, _) = active.first()?;
+    let &(last_active, _) = active.last()?;
     let start = if first_active > 0 { first_active + 1 } else { 0 };
+    let end = if last_active + 1 < window.samples.len() { last_active } else { window.samples.len() };
+    if end < start + MIN_TREND_POINTS {
+        return None;
+    }
     // A cheap first test, so most small flows never get a dense series.
-    let total = active.iter().filter(|&&(i, _)| i >= start).fold(0u64, |sum, &(_, b)| sum.saturating_add(b));
-    let covered_secs: f64 = window.intervals.iter().skip(start).flatten().sum();
+    let total =
+        active.iter().filter(|&&(i, _)| (start..end).contains(&i)).fold(0u64, |sum, &(_, b)| sum.saturating_add(b));
+    let covered_secs: f64 = window.intervals.get(start..end).unwrap_or_default().iter().flatten().sum();
     let busy_enough = total as f64 >= MIN_MEAN_RATE * covered_secs;
     if !busy_enough {
         return None;
     }
-    let mut bytes = vec![0u64; window.samples.len()];
+    let mut bytes = vec![0u64; end - start];
     for &(i, b) in active {
-        if let Some(slot) = bytes.get_mut(i) {
+        if let Some(slot) = i.checked_sub(start).and_then(|j| bytes.get_mut(j)) {
             *slot = b;
         }
     }
-    let points: Vec<Point> = (start..bytes.len())
-        .filter_map(|i| {
+    let points: Vec<Point> = (start..end)
+        .zip(&bytes)
+        .filter_map(|(i, &moved)| {
             let sample = window.samples.get(i)?;
             let length = (*window.intervals.get(i)?)?;
-            let moved = *bytes.get(i)? as f64;
-            Some(Point { x: sample.t_secs - length / 2.0, y: moved / length, weight: length })
+            Some(Point { x: sample.t_secs - length / 2.0, y: moved as f64 / length, weight: length })
         })
         .collect();
     if points.len() < MIN_TREND_POINTS {
         return None;
     }
-    let line = fit(&points)?;
     let span_secs: f64 = points.iter().map(|p| p.weight).sum();
     let mean_rate = points.iter().map(|p| p.y * p.weight).sum::<f64>() / span_secs;
-    let well_fitted = line.r_squared >= MIN_TREND_R_SQUARED && mean_rate >= MIN_MEAN_RATE;
+    let (first, last) = (*points.first()?, *points.last()?);
+    let (line, kept) = fit_without_outliers(&points)?;
+    let bins = binned(&kept, FIT_BINS);
+    let binned_line = fit(&bins)?;
+    let well_fitted = binned_line.r_squared >= MIN_TREND_R_SQUARED
+        && slope_t(line.r_squared, kept.len()) >= MIN_SLOPE_T
+        && mean_rate >= MIN_MEAN_RATE;
     if !well_fitted {
         return None;
     }
-    let start_rate = line.at(points.first()?.x).max(0.0);
-    let end_rate = line.at(points.last()?.x).max(0.0);
+    // Read at the span's ends, whether or not those points were kept.
+    let start_rate = line.at(first.x).max(0.0);
+    let end_rate = line.at(last.x).max(0.0);
     let ratio = end_rate / start_rate.max(RATE_FLOOR);
     let growth = ratio >= growth_ratio;
     let decay = ratio <= 1.0 / growth_ratio;
-    if !(growth || decay) || (decay && stopped(&points)) {
+    if !(growth || decay) {
         return None;
     }
     Some(Trend {
@@ -239,16 +275,40 @@ pub(super) fn rate_trend(
         end_rate,
         slope: line.slope,
         r_squared: line.r_squared,
+        r_squared_binned: binned_line.r_squared,
+        bin_secs: span_secs / bins.len() as f64,
         mean_rate,
         span_secs,
         samples: points.len(),
+        outliers: points.len() - kept.len(),
+        first_active_secs: first.x - first.weight / 2.0,
+        last_active_secs: last.x + last.weight / 2.0,
     })
 }
 
-/// Whether the series ends with a silent stretch: the key stopped.
-pub(super) fn stopped(points: &[Point]) -> bool {
-    let silent = points.iter().rev().take_while(|p| p.y <= 0.0).count();
-    silent >= MIN_STOPPED_INTERVALS.max(points.len() / 5)
+/// The t statistic of a fitted slope, from the fit's R² over `n` points.
+fn slope_t(r_squared: f64, n: usize) -> f64 {
+    if r_squared >= 1.0 {
+        return f64::INFINITY;
+    }
+    (r_squared * n.saturating_sub(2) as f64 / (1.0 - r_squared)).sqrt()
+}
+
+/// `points` averaged (weighted) over runs of consecutive points, into at
+/// most `bins` points.
+fn binned(points: &[Point], bins: usize) -> Vec<Point> {
+    let per_bin = points.len().div_ceil(bins.max(1)).max(1);
+    points
+        .chunks(per_bin)
+        .filter_map(|chunk| {
+            let weight: f64 = chunk.iter().map(|p| p.weight).sum();
+            (weight > 0.0).then(|| Point {
+                x: chunk.iter().map(|p| p.x * p.weight).sum::<f64>() / weight,
+                y: chunk.iter().map(|p| p.y * p.weight).sum::<f64>() / weight,
+                weight,
+            })
+        })
+        .collect()
 }
 
 pub(super) fn trend_finding(trend: &Trend, growth_ratio: f64, comm: &dyn Fn(u32) -> String) -> Finding {
@@ -288,9 +348,14 @@ pub(super) fn trend_finding(trend: &Trend, growth_ratio: f64, comm: &dyn Fn(u32)
             "ratio": round(trend.ratio, 3),
             "slope_bytes_per_sec2": round(trend.slope, 3),
             "r_squared": round(trend.r_squared, 3),
+            "r_squared_binned": round(trend.r_squared_binned, 3),
+            "bin_secs": round(trend.bin_secs, 3),
             "mean_rate": round(trend.mean_rate, 1),
             "window_secs": round(trend.span_secs, 3),
             "samples": trend.samples,
+            "outliers": trend.outliers,
+            "first_active_secs": round(trend.first_active_secs, 3),
+            "last_active_secs": round(trend.last_active_secs, 3),
         }),
     )
 }
