@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{
     finding,
-    fit::{fit, fit_without_outliers, Point, MIN_TREND_POINTS},
+    fit::{fit_without_outliers, Point, MIN_TREND_POINTS},
     flow_label, human_duration, process_label, round,
     window::Window,
     Finding, Severity,
@@ -17,18 +17,19 @@ use crate::{
     units,
 };
 
-/// How well a line must explain a rate series (smoothed into at most
-/// [`FIT_BINS`] bins) to call it a trend.
-const MIN_TREND_R_SQUARED: f64 = 0.6;
-/// The goodness of fit is judged on the series averaged into at most this
-/// many consecutive bins: bursty traffic (100 ms bursts, +-30% per second)
-/// hides a 4x ramp in 1-s noise, not in 5-s averages, while a lone burst
-/// stays one bin of at least a dozen (R² <= 3/13) and a sawtooth stays a
-/// sawtooth.
+/// A rate series is judged on its averages over at most this many runs of
+/// consecutive intervals (bins: bytes over seconds). Bursty traffic (100 ms
+/// bursts, +-30% per second) hides a 4x ramp in 1-s noise, not in 3-5 s
+/// averages; an interval stamped late next to one stamped early (the
+/// collector's stamp follows its /proc reads: 1.6 s and 0.4 s holding a
+/// second of bytes each) cancels out inside a bin; a lone burst stays one
+/// bin of a dozen (R² <= 3/13) and a sawtooth stays a sawtooth.
 const FIT_BINS: usize = 12;
-/// How many standard errors the fitted slope must be from flat (the raw
-/// series): noise that happens to line up (bursty traffic over 30 one-second
-/// intervals) is no trend.
+/// How well a line must explain the binned series to call it a trend.
+const MIN_TREND_R_SQUARED: f64 = 0.6;
+/// How many standard errors the fitted slope must be from flat: noise that
+/// happens to line up (bursty traffic over 30 one-second intervals) is no
+/// trend.
 const MIN_SLOPE_T: f64 = 4.0;
 /// Below this mean rate (bytes/s) a trend is noise, whatever its ratio.
 const MIN_MEAN_RATE: f64 = 1024.0;
@@ -98,15 +99,16 @@ pub(super) struct Trend {
     pub(super) start_rate: f64,
     pub(super) end_rate: f64,
     pub(super) slope: f64,
+    /// Of the line through the bins.
     pub(super) r_squared: f64,
-    /// Of the series averaged into bins of `bin_secs`.
-    pub(super) r_squared_binned: f64,
+    /// The series averaged into this many bins of about `bin_secs`.
+    pub(super) bins: usize,
     pub(super) bin_secs: f64,
     pub(super) mean_rate: f64,
     pub(super) span_secs: f64,
     pub(super) samples: usize,
-    /// Points left out of the fit, far off the line (lone bursts).
-    pub(super) outliers: usize,
+    /// Bins left out of the fit, far off the line (a lone burst).
+    pub(super) outlier_bins: usize,
     /// The part of the window the fit covers: from the start of its first
     /// interval to the end of its last, seconds since the start.
     pub(super) first_active_secs: f64,
@@ -237,9 +239,9 @@ pub(super) fn rate_trend(
     let points: Vec<Point> = (start..end)
         .zip(&bytes)
         .filter_map(|(i, &moved)| {
-            let sample = window.samples.get(i)?;
+            let end = *window.ends.get(i)?;
             let length = (*window.intervals.get(i)?)?;
-            Some(Point { x: sample.t_secs - length / 2.0, y: moved as f64 / length, weight: length })
+            Some(Point { x: end - length / 2.0, y: moved as f64 / length, weight: length })
         })
         .collect();
     if points.len() < MIN_TREND_POINTS {
@@ -248,10 +250,9 @@ pub(super) fn rate_trend(
     let span_secs: f64 = points.iter().map(|p| p.weight).sum();
     let mean_rate = points.iter().map(|p| p.y * p.weight).sum::<f64>() / span_secs;
     let (first, last) = (*points.first()?, *points.last()?);
-    let (line, kept) = fit_without_outliers(&points)?;
-    let bins = binned(&kept, FIT_BINS);
-    let binned_line = fit(&bins)?;
-    let well_fitted = binned_line.r_squared >= MIN_TREND_R_SQUARED
+    let bins = binned(&points, FIT_BINS);
+    let (line, kept) = fit_without_outliers(&bins)?;
+    let well_fitted = line.r_squared >= MIN_TREND_R_SQUARED
         && slope_t(line.r_squared, kept.len()) >= MIN_SLOPE_T
         && mean_rate >= MIN_MEAN_RATE;
     if !well_fitted {
@@ -275,12 +276,12 @@ pub(super) fn rate_trend(
         end_rate,
         slope: line.slope,
         r_squared: line.r_squared,
-        r_squared_binned: binned_line.r_squared,
+        bins: bins.len(),
         bin_secs: span_secs / bins.len() as f64,
         mean_rate,
         span_secs,
         samples: points.len(),
-        outliers: points.len() - kept.len(),
+        outlier_bins: bins.len() - kept.len(),
         first_active_secs: first.x - first.weight / 2.0,
         last_active_secs: last.x + last.weight / 2.0,
     })
@@ -348,12 +349,12 @@ pub(super) fn trend_finding(trend: &Trend, growth_ratio: f64, comm: &dyn Fn(u32)
             "ratio": round(trend.ratio, 3),
             "slope_bytes_per_sec2": round(trend.slope, 3),
             "r_squared": round(trend.r_squared, 3),
-            "r_squared_binned": round(trend.r_squared_binned, 3),
+            "bins": trend.bins,
             "bin_secs": round(trend.bin_secs, 3),
             "mean_rate": round(trend.mean_rate, 1),
             "window_secs": round(trend.span_secs, 3),
             "samples": trend.samples,
-            "outliers": trend.outliers,
+            "outlier_bins": trend.outlier_bins,
             "first_active_secs": round(trend.first_active_secs, 3),
             "last_active_secs": round(trend.last_active_secs, 3),
         }),

@@ -584,7 +584,8 @@ fn health_shapes() -> Vec<Shape> {
         }),
         shape("health", "RTT with short bufferbloat episodes", &[], ALL_SCALES, |tl, rng| {
             let n = tl.len();
-            let episodes: Vec<usize> = (0..3).map(|_| rng.below(0, n.saturating_sub(2))).collect();
+            // One in each third of the window: spread, not a late level.
+            let episodes: Vec<usize> = (0..3).map(|k| rng.below(k * n / 3, (k + 1) * n / 3 - 2)).collect();
             with_health(tl, rng, |i, rng| {
                 let bloated = episodes.iter().any(|&e| (e..e + 2).contains(&i));
                 let rtt = if bloated { 100e3 } else { 20e3 } * rng.factor(0.15);
@@ -629,6 +630,7 @@ pub(super) fn generated(seed: u64) -> Vec<Case> {
             let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add((s * 16 + k) as u64));
             let mut timeline = Timeline::new(scale, &mut rng);
             let extra = (shape.build)(&mut timeline, &mut rng);
+            timeline.stamp_late(&mut rng);
             cases.push(Case {
                 family: shape.family,
                 name: shape.name.to_owned(),

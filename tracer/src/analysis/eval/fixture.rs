@@ -245,10 +245,12 @@ impl Recording {
 
     /// The model's samples again.
     pub(super) fn samples(&self) -> VecDeque<Sample> {
+        let mut previous = 0.0;
         self.samples
             .iter()
             .map(|s| Sample {
                 t_secs: s.t_secs,
+                interval_secs: s.t_secs - std::mem::replace(&mut previous, s.t_secs),
                 flows: s.flows.iter().map(|f| (f.key.into(), f.counters.into())).collect(),
                 sockets: s
                     .sockets

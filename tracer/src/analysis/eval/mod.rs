@@ -42,14 +42,17 @@ pub(super) const KINDS: [&str; 10] = [
 /// Seeds the rules were tuned on.
 pub(super) const TUNED_SEEDS: [u64; 4] = [1, 2, 3, 4];
 /// Seeds looked at only to measure, never to tune.
-pub(super) const HELD_OUT_SEEDS: [u64; 8] = [2001, 2002, 2003, 2004, 2005, 2006, 2007, 2008];
+pub(super) const HELD_OUT_SEEDS: [u64; 8] = [3001, 3002, 3003, 3004, 3005, 3006, 3007, 3008];
 /// Cases known to fail (shape, scale, seed): measured and reported, not
 /// hidden; the unit test fails on any other failing case, and on a known
 /// one that passes again (so the list stays true).
 const KNOWN_MISSES: &[(&str, &str, u64)] = &[
-    ("ramp under bursty traffic (100 ms bursts)", "1 s x 30 s", 2003),
-    ("ramp under bursty traffic (100 ms bursts)", "1 s x 30 s", 2004),
-    ("RTT with short bufferbloat episodes", "1 s x 30 s", 2007),
+    // Bursty traffic (+-30% a second) over 30 one-second intervals, with
+    // late stamps: the trend does not clear the noise.
+    ("ramp under bursty traffic (100 ms bursts)", "1 s x 30 s", 3002),
+    ("decay under bursty traffic", "1 s x 30 s", 3001),
+    // Fires, reading 3.19 for a 4.0 ramp (the check wants 3.2-4.8).
+    ("linear ramp 200 -> 800 KB/s", "1 s x 30 s", 3001),
 ];
 
 /// `--growth-ratio` values of the sweep.
@@ -265,7 +268,8 @@ fn quality_table(outcomes: &[Outcome], set: Set) -> String {
     let mut text = format!("### {} ({} cases, {passed} passed)\n\n", set.name(), mine.len());
     text.push_str("| kind | should fire | must not fire | TP | FN | FP | precision | recall |\n");
     text.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
-    for (kind, c) in counts(mine.iter().copied()) {
+    let table = counts(mine.iter().copied());
+    for (kind, c) in KINDS.iter().map(|k| (*k, table[k])) {
         let _ = writeln!(
             text,
             "| `{kind}` | {} | {} | {} | {} | {} | {} | {} |",
@@ -284,8 +288,6 @@ fn quality_table(outcomes: &[Outcome], set: Set) -> String {
 /// Recall and false alarms of the rate trends under other `--growth-ratio`s
 /// (the labels are those of the default, 1.5).
 fn growth_sweep(cases: &[(Set, Case)]) -> String {
-    let traffic: Vec<(Set, Case)> = Vec::new();
-    let _ = traffic;
     let mut text = String::from(
         "| `--growth-ratio` | trends found (recall) | false trend alarms | missed cases (shape: count) |\n|---:|---:|---:|---|\n",
     );
