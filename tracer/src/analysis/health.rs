@@ -49,6 +49,9 @@ const RWND_MIN_BUSY_MS: u64 = 5_000;
 const MIN_FAILED_CONNECTS: u64 = 3;
 /// ...and their share of the attempts.
 const MIN_FAILED_SHARE: f64 = 0.1;
+/// How much a receiver's rate must fall for its own RTT estimate's rise
+/// to count.
+const RECEIVER_RATE_FALL: f64 = 1.25;
 /// A trend's cause: an RTT this many times higher at the end...
 const CAUSE_RTT_RATIO: f64 = 1.5;
 /// ...or limited by one side for this share of the busy time...
@@ -177,11 +180,13 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     }
 }
 
-/// A receiver's RTT estimate also measures the sender's own pauses: when
-/// it rises together with the data rate (a sender sending more, in bigger
-/// bursts, at its own pace), that is the sender's pacing, not the path.
-/// True when most RTT observations are the receiver's and the receive rate
-/// of the last third of the window is at least 1.5 times the first's.
+/// A receiver's RTT estimate also measures the sender's own pauses (the
+/// kernel times it from the timestamp the sender echoes, which is old when
+/// the sender was idle), so it rises when a pacing sender sends more at
+/// once. A rise of the path's RTT slows a download: a receiver's estimate
+/// counts as a rise only when the receive rate fell with it (the last
+/// third of the window 1.25 times below the first). True (no rise) when
+/// most RTT observations are the receiver's and the rate did not fall.
 fn paced_receiver(window: &Window<'_>, key: &FlowKey) -> bool {
     let (mut observations, mut by_receiver) = (0u64, 0u64);
     let mut received = Vec::new();
@@ -199,7 +204,7 @@ fn paced_receiver(window: &Window<'_>, key: &FlowKey) -> bool {
     }
     let third = received.len() / 3;
     let mean = |part: &[f64]| part.iter().sum::<f64>() / part.len().max(1) as f64;
-    mean(&received[received.len() - third..]) >= CAUSE_RTT_RATIO * mean(&received[..third]).max(1.0)
+    mean(&received[received.len() - third..]) * RECEIVER_RATE_FALL > mean(&received[..third])
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -448,7 +453,7 @@ mod tests {
     }
 
     #[test]
-    fn a_receivers_estimate_that_rises_with_its_data_rate_is_the_senders_pacing() {
+    fn a_receivers_estimate_counts_only_when_the_download_slows() {
         let key = client(PID, "127.0.0.1", 40000);
         // 8 -> 43 ms of receiver-side RTT while the data rate ramps 4x.
         let samples: VecDeque<Sample> = (0..30)
@@ -461,7 +466,7 @@ mod tests {
             })
             .collect();
         assert!(!kinds(&run(&samples)).contains(&"latency_rise"), "{:#?}", run(&samples));
-        // The same RTT at a steady rate is a rise.
+        // The same estimate at a steady rate is still the sender's pacing...
         let steady: VecDeque<Sample> = samples
             .iter()
             .cloned()
@@ -470,7 +475,18 @@ mod tests {
                 s
             })
             .collect();
-        assert!(kinds(&run(&steady)).contains(&"latency_rise"));
+        assert!(!kinds(&run(&steady)).contains(&"latency_rise"));
+        // ...but a download that slows down as it rises is a rise.
+        let slowing: VecDeque<Sample> = samples
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, mut s)| {
+                s.flows.insert(key, rx(800_000 - 20_000 * i as u64));
+                s
+            })
+            .collect();
+        assert!(kinds(&run(&slowing)).contains(&"latency_rise"), "{:#?}", run(&slowing));
     }
 
     #[test]

@@ -115,8 +115,12 @@ pub(crate) fn failed_connect_reason(health: &TcpHealth) -> Option<FailReason> {
 
 /// The delivery rate as `tcp_get_info` computes it, bytes per second.
 pub(crate) fn delivery_rate(health: &TcpHealth) -> Option<u64> {
-    (health.rate_interval_us > 0)
-        .then(|| health.rate_delivered as u64 * health.mss_cache as u64 * 1_000_000 / health.rate_interval_us as u64)
+    // u128: the product of two u32 and 10^6 overflows u64 for large values.
+    (health.rate_interval_us > 0).then(|| {
+        let rate = u128::from(health.rate_delivered) * u128::from(health.mss_cache) * 1_000_000
+            / u128::from(health.rate_interval_us);
+        u64::try_from(rate).unwrap_or(u64::MAX)
+    })
 }
 
 #[cfg(test)]
