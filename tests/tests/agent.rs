@@ -20,7 +20,7 @@
 //! this test's directory: build it first (`cargo build -p tracer`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -250,6 +250,20 @@ fn value(samples: &[PromSample], name: &str, labels: &[(&str, &str)]) -> Option<
         .collect();
     assert!(found.len() <= 1, "more than one {name}{labels:?}: {found:?}");
     found.first().map(|s| s.value)
+}
+
+/// `name`'s histogram series with `labels`: cumulative buckets ending in
+/// `le="+Inf"` at `_count`, and a `_sum`.
+fn assert_histogram_consistent(samples: &[PromSample], name: &str, labels: &[(&str, &str)]) {
+    let matches = |s: &&PromSample| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v));
+    let buckets: Vec<&PromSample> =
+        samples.iter().filter(|s| s.name == format!("{name}_bucket")).filter(matches).collect();
+    let count = value(samples, &format!("{name}_count"), labels).unwrap_or_else(|| panic!("no {name}_count"));
+    assert!(value(samples, &format!("{name}_sum"), labels).is_some_and(|sum| sum >= 0.0), "{name}_sum");
+    assert_eq!(buckets.len(), 19, "{name}: 18 bounds and +Inf: {buckets:?}");
+    assert!(buckets.windows(2).all(|pair| pair[0].value <= pair[1].value), "{name}: not cumulative: {buckets:?}");
+    let last = buckets.last().expect("buckets");
+    assert_eq!((last.labels.get("le").map(String::as_str), last.value), (Some("+Inf"), count), "{name}");
 }
 
 /// Counters must never decrease between two scrapes.
@@ -484,7 +498,7 @@ fn chromium_renders(agent: &Agent, comm_fragment_escaped: &str) {
     let _ = run(&[format!("--screenshot={}", screenshot.display()), "--window-size=1400,2400".to_owned()]);
     let _ = std::fs::remove_dir_all(&profile);
     assert!(dom.contains("data-loaded=\"true\""), "the dashboard never loaded a report:\n{dom}");
-    for chart in ["chart-tx", "chart-rx", "chart-sockets", "chart-ports"] {
+    for chart in ["chart-tx", "chart-rx", "chart-sockets", "chart-ports", "chart-rtt"] {
         let tag = dom.split(&format!("id=\"{chart}\"")).nth(1).and_then(|rest| rest.split('>').next()).unwrap_or("");
         let points =
             tag.split("data-points=\"").nth(1).and_then(|v| v.split('"').next()).and_then(|v| v.parse::<u64>().ok());
@@ -545,6 +559,44 @@ fn agent_exports_exact_counters_api_and_dashboard() {
     assert_monotonic(&first_scrape, &open);
     eprintln!("open: client sent {SENT} / received {ANSWERED} on port {port}, exact");
 
+    // TCP health: the live client's RTT is observed every tick, its connect
+    // once; the histograms are consistent.
+    let health = scrape_until(&agent, "tracer_tcp_rtt_seconds_count", &client_labels, 2.0);
+    assert_histogram_consistent(&health, "tracer_tcp_rtt_seconds", &client_labels);
+    assert_histogram_consistent(&health, "tracer_tcp_connect_duration_seconds", &client_labels);
+    assert_eq!(value(&health, "tracer_tcp_connect_duration_seconds_count", &client_labels), Some(1.0), "one connect");
+    assert!(
+        value(&health, "tracer_tcp_receive_queue_bytes", &[("comm", comm.as_str())]).is_some(),
+        "the backlog of this process"
+    );
+    for name in ["tracer_untracked_sockets_total", "tracer_events_deferred_total"] {
+        assert!(value(&health, name, &[]).is_some(), "{name}");
+    }
+    // A refused connect: counted under its reason, the reasons sum to it.
+    let closed_port = free_port();
+    let refused = TcpStream::connect(("127.0.0.1", closed_port)).expect_err("nothing listens");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let closed_label = closed_port.to_string();
+    let refused_labels =
+        [("comm", comm.as_str()), ("role", "client"), ("remote", "127.0.0.1"), ("port", closed_label.as_str())];
+    let with_reason = |reason: &'static str| {
+        let mut labels = refused_labels.to_vec();
+        labels.push(("reason", reason));
+        labels
+    };
+    let failed = scrape_until(&agent, "tracer_tcp_failed_connects_total", &with_reason("refused"), 1.0);
+    assert_eq!(value(&failed, "tracer_tcp_failed_connects_total", &with_reason("refused")), Some(1.0), "refused");
+    let all_reasons: f64 = failed
+        .iter()
+        .filter(|s| {
+            s.name == "tracer_tcp_failed_connects_total"
+                && refused_labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(all_reasons, 1.0, "the reasons sum to the failed connects");
+    eprintln!("health: RTT and connect histograms consistent, a refused connect counted under reason=\"refused\"");
+
     // Closed: the counts stay (the final counts are folded in). Wait until
     // the agent has seen both ends close (the report counts the closes).
     drop(client);
@@ -556,6 +608,8 @@ fn agent_exports_exact_counters_api_and_dashboard() {
     assert_eq!(value(&closed, "tracer_tcp_sent_bytes_total", &server_labels), Some(ANSWERED as f64), "after close");
     assert_eq!(value(&closed, "tracer_tcp_received_bytes_total", &server_labels), Some(SENT as f64), "after close");
     assert_monotonic(&open, &closed);
+    // A live socket's segments are read at retransmits and at its end.
+    assert!(value(&closed, "tracer_tcp_sent_segments_total", &client_labels).is_some_and(|n| n > 0.0), "segments");
     let raw_scrape = agent.get("/metrics");
     assert!(
         raw_scrape.headers.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"),
@@ -1029,18 +1083,26 @@ fn cardinality_stays_bounded() {
     assert_eq!(sum(&samples, "tracer_tcp_sent_bytes_total"), total as f64, "sent bytes across all series");
     assert_eq!(sum(&samples, "tracer_tcp_received_bytes_total"), total as f64, "received bytes across all series");
     let mut counts = BTreeMap::new();
+    // Flows are label sets of comm, role, remote and port: `reason` and
+    // `le` multiply a flow's series, never the number of flows.
     for name in [
         "tracer_tcp_sent_bytes_total",
         "tracer_tcp_received_bytes_total",
         "tracer_tcp_retransmits_total",
+        "tracer_tcp_sent_segments_total",
         "tracer_tcp_connections_opened_total",
         "tracer_tcp_failed_connects_total",
         "tracer_tcp_resets_total",
+        "tracer_tcp_rtt_seconds_bucket",
+        "tracer_tcp_connect_duration_seconds_bucket",
+        "tracer_tcp_connect_duration_seconds_count",
     ] {
         let series: Vec<&PromSample> = samples.iter().filter(|s| s.name == name).collect();
-        assert!(series.len() <= TOP_N, "{name} has {} series: {series:?}", series.len());
+        let flows: BTreeSet<Vec<(&String, &String)>> =
+            series.iter().map(|s| s.labels.iter().filter(|(k, _)| *k != "reason" && *k != "le").collect()).collect();
+        assert!(flows.len() <= TOP_N, "{name} has {} flows: {flows:?}", flows.len());
         assert!(series.iter().all(|s| s.labels.get("port").is_some_and(|p| p == &port_label || p == "other")));
-        counts.insert(name, series.len());
+        counts.insert(name, flows.len());
     }
     let overflow = value(&samples, "tracer_tcp_sent_bytes_total", &[("comm", "other"), ("role", "client")]);
     assert!(overflow.is_some_and(|v| v > 0.0), "the processes past the top-n are summed into comm=\"other\"");

@@ -17,6 +17,8 @@ pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 const TOP_PROCESSES: usize = 6;
 /// Service ports in the port chart.
 const TOP_PORTS: usize = 10;
+/// Flows in the RTT chart.
+const TOP_RTT: usize = 10;
 /// Shorter intervals (or windows) carry no usable rate.
 const MIN_SECS: f64 = 1e-3;
 
@@ -35,6 +37,25 @@ pub(crate) struct Rates {
     /// Each flow's average rate (both ways) over the window, in the report's
     /// flow order.
     flows: Vec<f64>,
+    /// The flows with the highest RTT now (latest first, then largest),
+    /// among those with an RTT observed in the window.
+    rtt: Vec<FlowRtt>,
+}
+
+/// One flow's RTT over the window, microseconds.
+#[derive(Debug, Clone, Serialize)]
+struct FlowRtt {
+    pid: u32,
+    comm: String,
+    role: &'static str,
+    remote: String,
+    /// The service port.
+    port: u16,
+    /// The mean over the flow's sockets in the last interval that had one.
+    last_us: f64,
+    max_us: u64,
+    min_us: u64,
+    mean_us: f64,
 }
 
 /// One process's (or the others') rate per interval: `[t_secs, bytes/s]`.
@@ -86,8 +107,38 @@ impl Rates {
                 .map(|(port, (tx, rx))| PortRate { port, tx: tx as f64 / window, rx: rx as f64 / window })
                 .collect(),
             flows: snapshot.flows.iter().map(|flow| flow.counters.bytes() as f64 / window).collect(),
+            rtt: flow_rtts(snapshot),
         }
     }
+}
+
+/// The flows with the highest latest RTT, then the highest largest.
+fn flow_rtts(snapshot: &Snapshot) -> Vec<FlowRtt> {
+    if !snapshot.health_support.rtt {
+        return Vec::new();
+    }
+    let mut rtts: Vec<FlowRtt> = snapshot
+        .flows
+        .iter()
+        .filter_map(|flow| {
+            let rtt = &flow.health.rtt;
+            Some(FlowRtt {
+                pid: flow.key.pid,
+                comm: flow.comm.clone(),
+                role: flow.key.role.as_str(),
+                remote: flow.key.remote.to_string(),
+                port: flow.key.port,
+                last_us: flow.health.rtt_last_us?,
+                max_us: rtt.max,
+                min_us: rtt.min,
+                mean_us: rtt.mean()?,
+            })
+        })
+        .collect();
+    // The report's flow order (biggest first) breaks ties.
+    rtts.sort_by(|a, b| b.last_us.total_cmp(&a.last_us).then(b.max_us.cmp(&a.max_us)));
+    rtts.truncate(TOP_RTT);
+    rtts
 }
 
 /// The busiest processes' rate series in `direction` (busiest first), and

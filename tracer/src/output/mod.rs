@@ -60,12 +60,10 @@ pub(crate) struct Snapshot {
     pub(crate) hz: Option<u32>,
     /// Which TCP health values this kernel provides (the rest are null).
     pub(crate) health_support: HealthSupport,
-    #[expect(dead_code, reason = "the histograms of the metrics read it (in progress)")]
     /// Each flow's TCP health in the last interval only: the observations
     /// (RTT per live socket, connect latency per connection) that the
     /// metrics' histograms take in once per tick.
     pub(crate) last_interval_health: HashMap<FlowKey, FlowHealth>,
-    #[expect(dead_code, reason = "the histograms of the metrics read it (in progress)")]
     /// End of the last interval, seconds since the start (tells ticks apart).
     pub(crate) last_sample_secs: f64,
 }

@@ -31,15 +31,14 @@ pub(super) const fn gauge(name: &'static str, help: &'static str, labels: &'stat
     Definition { name, help, kind: MetricType::GAUGE, labels }
 }
 
-#[cfg_attr(not(test), expect(dead_code, reason = "the RTT and connect-duration histograms are the first users"))]
 pub(super) const fn histogram(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Definition {
     Definition { name, help, kind: MetricType::HISTOGRAM, labels }
 }
 
 /// Latency buckets in seconds: 100 µs doubling up to 13.1 s, so 10 s
 /// falls in a bucket of its own (for `tracer_tcp_rtt_seconds` and
-/// `tracer_tcp_connect_duration_seconds`).
-#[cfg_attr(not(test), expect(dead_code, reason = "the RTT and connect-duration histograms are the first users"))]
+/// `tracer_tcp_connect_duration_seconds`): the model's latency buckets
+/// (those of [`Dist`](crate::model::Dist)) in seconds.
 pub(super) const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048, 0.4096, 0.8192,
     1.6384, 3.2768, 6.5536, 13.1072,
@@ -56,28 +55,13 @@ pub(super) struct Histogram {
     sum: f64,
 }
 
-#[cfg_attr(not(test), expect(dead_code, reason = "the RTT and connect-duration histograms are the first users"))]
 impl Histogram {
-    pub(super) fn new(bounds: &'static [f64]) -> Self {
-        Histogram { bounds, buckets: vec![0; bounds.len()], count: 0, sum: 0.0 }
-    }
-
-    pub(super) fn observe(&mut self, value: f64) {
-        if let Some(bucket) = self.bounds.iter().position(|&bound| value <= bound) {
-            self.buckets[bucket] += 1;
-        }
-        self.count += 1;
-        self.sum += value;
-    }
-
-    /// Adds `other`'s observations (same buckets): a series summing others.
-    pub(super) fn merge(&mut self, other: &Histogram) {
-        debug_assert_eq!(self.bounds, other.bounds);
-        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
-            *mine += theirs;
-        }
-        self.count += other.count;
-        self.sum += other.sum;
+    /// A histogram from its parts: `buckets` holds one (non-cumulative)
+    /// count per bound; `count` includes what lies above the last bound.
+    pub(super) fn from_counts(bounds: &'static [f64], buckets: Vec<u64>, count: u64, sum: f64) -> Self {
+        debug_assert_eq!(bounds.len(), buckets.len());
+        debug_assert!(buckets.iter().sum::<u64>() <= count);
+        Histogram { bounds, buckets, count, sum }
     }
 
     fn encode(&self) -> HistogramValue {
@@ -132,7 +116,6 @@ pub(super) fn sample(labels: &[(&str, &str)], value: f64) -> Sample<'static> {
 }
 
 /// A histogram sample.
-#[cfg_attr(not(test), expect(dead_code, reason = "the RTT and connect-duration histograms are the first users"))]
 pub(super) fn histogram_sample<'a>(labels: &[(&str, &str)], value: &'a Histogram) -> Sample<'a> {
     Sample { labels: label_pairs(labels), value: Value::Histogram(value) }
 }
@@ -201,14 +184,25 @@ mod tests {
     }
 
     #[test]
-    fn histograms_count_cumulatively_and_merge() {
-        let mut a = Histogram::new(&[0.125, 0.25, 1.0]);
-        for value in [0.0625, 0.125, 0.5, 4.0] {
-            a.observe(value);
+    fn latency_buckets_are_the_models_in_seconds() {
+        let dist = crate::model::Dist::default();
+        assert_eq!(dist.buckets.len(), LATENCY_BUCKETS.len() + 1, "one more in the model: past the top");
+        for (i, &bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let micros = (bound * 1e6).round() as u64;
+            assert_eq!(micros as f64 / 1e6, bound);
+            // The bound itself falls in bucket i, one microsecond more in the next.
+            let mut at = crate::model::Dist::default();
+            at.observe(micros);
+            at.observe(micros + 1);
+            assert_eq!((at.buckets[i], at.buckets[i + 1]), (1, 1), "bucket {i}");
         }
-        let mut b = Histogram::new(&[0.125, 0.25, 1.0]);
-        b.observe(0.25);
-        a.merge(&b);
+    }
+
+    #[test]
+    fn histograms_count_cumulatively() {
+        // 0.0625 and 0.125 in the first bucket, 0.25 in the second, 0.5
+        // in the third, 4.0 above the top.
+        let a = Histogram::from_counts(&[0.125, 0.25, 1.0], vec![2, 1, 1], 5, 4.9375);
         let families = [family(&RTT, [histogram_sample(&[("comm", "curl")], &a)])];
         let text = TextEncoder::new().encode_to_string(&families).expect("encodes");
         assert_eq!(

@@ -1,5 +1,9 @@
-//! `tracer_findings{comm,kind,severity}`: 1 for each active finding; names
-//! past the first `top_n - 1` (most severe first) fold into `comm="other"`.
+//! `tracer_findings{comm,kind,remote,severity}`: 1 for each active finding;
+//! `remote` is the finding's remote address, `""` when it has none. The
+//! first `top_n - 1` (name, remote) pairs, most severe first, keep their
+//! labels; the rest fold into `comm="other"` with `remote="other"` (or
+//! `""` for findings without a remote), so the series stay bounded however
+//! many remotes a finding kind names.
 
 use std::collections::BTreeSet;
 
@@ -10,13 +14,16 @@ use super::{
     Group, Tick, OTHER,
 };
 
-const FINDINGS: Definition =
-    gauge("tracer_findings", "Active findings of the analysis (1 while active).", &["comm", "kind", "severity"]);
+const FINDINGS: Definition = gauge(
+    "tracer_findings",
+    "Active findings of the analysis (1 while active); remote is empty when the finding names none.",
+    &["comm", "kind", "remote", "severity"],
+);
 
 pub(super) struct FindingGroup {
     top_n: usize,
-    /// (comm, kind, severity).
-    active: BTreeSet<(String, &'static str, &'static str)>,
+    /// (comm, kind, remote, severity).
+    active: BTreeSet<(String, &'static str, String, &'static str)>,
 }
 
 impl FindingGroup {
@@ -33,23 +40,26 @@ impl Group for FindingGroup {
     fn update(&mut self, tick: &Tick<'_>) {
         let mut by_severity: Vec<_> = tick.snapshot.findings.iter().collect();
         by_severity.sort_by_key(|finding| std::cmp::Reverse(finding.severity));
-        let mut kept: BTreeSet<&str> = BTreeSet::new();
+        let mut kept: BTreeSet<(&str, &str)> = BTreeSet::new();
         self.active.clear();
         for finding in by_severity {
+            let remote = finding.remote_addr.as_deref().unwrap_or("");
+            let labels = (finding.comm.as_str(), remote);
             if kept.len() < self.top_n.saturating_sub(1) {
-                kept.insert(&finding.comm);
+                kept.insert(labels);
             }
-            let comm = if kept.contains(finding.comm.as_str()) { finding.comm.as_str() } else { OTHER };
-            self.active.insert((comm.to_owned(), finding.kind, finding.severity.as_str()));
+            let (comm, remote) =
+                if kept.contains(&labels) { labels } else { (OTHER, if remote.is_empty() { "" } else { OTHER }) };
+            self.active.insert((comm.to_owned(), finding.kind, remote.to_owned(), finding.severity.as_str()));
         }
     }
 
     fn families(&self) -> Vec<MetricFamily> {
         vec![family(
             &FINDINGS,
-            self.active
-                .iter()
-                .map(|(comm, kind, severity)| sample(&[("comm", comm), ("kind", kind), ("severity", severity)], 1.0)),
+            self.active.iter().map(|(comm, kind, remote, severity)| {
+                sample(&[("comm", comm), ("kind", kind), ("remote", remote), ("severity", severity)], 1.0)
+            }),
         )]
     }
 }

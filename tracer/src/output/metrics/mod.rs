@@ -6,49 +6,72 @@
 //! values).
 //!
 //! One file per family group, each a [`Group`]: [`flows`] (the flow
-//! counters), [`processes`] (sockets by state, oldest CLOSE_WAIT),
-//! [`findings`], [`own`] (the tracer's own); [`family`] builds families of
-//! counters, gauges and histograms. A new metric is a definition and its
-//! samples in its group; a new flow counter is one row of `flows`' table.
+//! counters and latency histograms), [`processes`] (sockets by state, oldest
+//! CLOSE_WAIT, backlogs), [`findings`], [`own`] (the tracer's own);
+//! [`family`] builds families of counters, gauges and histograms. A new
+//! metric is a definition and its samples in its group; a new flow counter
+//! is one row of `flows`' table.
 //!
 //! # Cardinality
-//! Flow counters (`tracer_tcp_*_total{comm,container,port,remote,role}`):
-//! - A series is one label set: `comm` (the process name at the tick),
+//! Flow metrics (`tracer_tcp_*{comm,container,port,remote,role}`: the byte, segment,
+//! retransmit, connection, reset and failed-connect counters,
+//! `tracer_tcp_rwnd_limited_seconds_total`, and the histograms
+//! `tracer_tcp_rtt_seconds` and `tracer_tcp_connect_duration_seconds`):
+//! - A flow series is one label set: `comm` (the process name at the tick),
 //!   `container` (its process's container: `namespace/pod/container`, else
 //!   the name, else the 12-character id; `""` for host processes), `role`,
 //!   `remote` (IP) and `port` (the flow's service port, so ephemeral ports
-//!   never become labels), plus `pid` with `--metrics-pid-label`. Flows of
-//!   several processes with the same name share a series.
-//! - The six flow counters share one membership: a label set is a series in
-//!   all of them or in none, so they can be divided by each other.
-//! - At most `--metrics-top-n` named series. A label set is considered when
-//!   it first moves something; those first seen in the same tick are admitted
+//!   never become labels), plus `pid` with `--metrics-pid-label`. Flows of several processes with the same name
+//!   share a series.
+//! - All flow metrics share one membership: a label set is a series in all
+//!   of them or in none, so they can be divided by each other. `reason`
+//!   (failed connects) and `le` (histograms) multiply a flow's series, never
+//!   the number of flows.
+//! - At most `--metrics-top-n` named flows. A label set is considered when
+//!   it first moves something (a counter grows, or an RTT or connect
+//!   latency is observed); those first seen in the same tick are admitted
 //!   biggest first (bytes sent + received in that tick) while there is room.
-//! - Membership is sticky: a named series keeps its own counts for as long as
-//!   it lives; a bigger newcomer never displaces it. Label sets that never got
-//!   a series are summed into one overflow series per role,
-//!   `{comm="other", remote="other", port="other", role=...}` (and
-//!   `pid="other"`): the role is kept because it has two values, the port is
-//!   not because ports are unbounded. Two of the `top_n` series are kept
-//!   for these, so a flow metric has at most `top_n` series.
-//! - A named series that has not moved for `--metrics-expiry` is dropped and
-//!   frees its slot; if its label set moves again it is a newcomer, counting
-//!   from then on (a new series to Prometheus). The overflow series never
-//!   expire.
+//! - Membership is sticky: a named series keeps its own counts and
+//!   observations for as long as it lives; a bigger newcomer never
+//!   displaces it. Label sets that never got a series are summed into one
+//!   overflow series per role, `{comm="other", container="other",
+//!   remote="other", port="other", role=...}` (and `pid="other"`), histograms included (a
+//!   folded flow's RTT and connect observations go to `other`'s buckets):
+//!   the role is kept because it has two values, the port is not because
+//!   ports are unbounded. Two of the `top_n` slots are kept for these, so a
+//!   flow metric has at most `top_n` flows.
+//! - A named series that has not moved for `--metrics-expiry` is dropped,
+//!   all its metrics at once, and frees its slot; if its label set moves
+//!   again it is a newcomer, counting from then on (a new series to
+//!   Prometheus). The overflow series never expire.
 //! - Every series value is a sum of per-tick growth of the model's
-//!   cumulative per-flow counters, so no counter goes backwards: not when
-//!   sockets close (the model folds their final counts in), not when a
-//!   process renames itself (its later traffic goes to the new name's
-//!   series), not when flows change series.
+//!   cumulative per-flow counters and of each tick's observations (the
+//!   snapshot's `last_interval_health`), taken in once per model sample, so
+//!   no counter goes backwards: not when sockets close (the model folds
+//!   their final counts in), not when a process renames itself (its later
+//!   traffic goes to the new name's series), not when flows change series.
+//! - `tracer_tcp_failed_connects_total` has a `reason` label (`refused`,
+//!   `timeout`, `unreachable`, `other`) whose values sum to the failed
+//!   connects. Without the kernel's reasons (no `sk_err` offset;
+//!   `tracer doctor` says so) every failure is `other` and the three named
+//!   reasons have no series: unknown is not zero.
+//! - `tracer_tcp_rwnd_limited_seconds_total` appears once the kernel's HZ is
+//!   measured (the chrono counters count jiffies), and not on kernels
+//!   without the chrono counters; `tracer_tcp_rtt_seconds` not on kernels
+//!   without an RTT.
 //!
 //! Per-process gauges are keyed by `comm` and `container` (the pid label is
-//! for flow counters): `tracer_tcp_sockets{comm,container,state}` keeps the `top_n - 1` names
-//! with the most sockets and sums the rest into `comm="other"`;
-//! `tracer_tcp_close_wait_oldest_seconds{comm}` keeps the `top_n - 1` oldest
-//! and takes the maximum of the rest. Gauges are current values, so they are not
-//! sticky; a zero count is absent. `tracer_findings{kind,severity,comm}` is 1
-//! for each active finding; names past the first `top_n - 1` (most severe first)
-//! are folded into `comm="other"`.
+//! for flow metrics): `tracer_tcp_sockets{comm,container,state}` keeps the
+//! `top_n - 1` names with the most sockets and sums the rest into
+//! `comm="other"`; `tracer_tcp_close_wait_oldest_seconds{comm,container}`
+//! keeps the `top_n - 1` oldest and takes the maximum of the rest;
+//! `tracer_tcp_receive_queue_bytes{comm,container}` and
+//! `tracer_tcp_send_queue_bytes{comm,container}` (the last interval's
+//! backlogs) keep the `top_n - 1` largest and sum the rest. Gauges are current
+//! values, so they are not sticky. `tracer_findings{kind,severity,comm,remote}`
+//! is 1 for each active finding (`remote=""` when it names none); pairs of
+//! name and remote past the first `top_n - 1` (most severe first) are folded
+//! into `comm="other"`, `remote="other"`.
 
 mod family;
 mod findings;
@@ -174,7 +197,7 @@ mod tests {
     use super::*;
     use crate::{
         analysis::{Finding, Severity},
-        model::{CloseWait, KernelStats, Process, Role, StateCounts},
+        model::{CloseWait, Dist, FlowHealth, HealthSupport, KernelStats, Process, Role, StateCounts},
         output::golden,
     };
 
@@ -188,6 +211,10 @@ mod tests {
 
     fn bytes(tx: u64, rx: u64) -> Counters {
         Counters { tx_bytes: tx, rx_bytes: rx, ..Counters::default() }
+    }
+
+    fn no_container(_pid: u32) -> String {
+        String::new()
     }
 
     fn comm_of(pid: u32) -> String {
@@ -205,10 +232,10 @@ mod tests {
             timeline: Vec::new(),
             findings,
             host_sockets: StateCounts::new(),
-            stats: KernelStats { events_total: 42, events_dropped: 1, map_full_drops: 2, ..KernelStats::default() },
+            stats: KernelStats { events_total: 42, events_dropped: 1, events_deferred: 4, map_full_drops: 2 },
             live_sockets: 3,
             hz: None,
-            health_support: Default::default(),
+            health_support: HealthSupport::default(),
             last_interval_health: Default::default(),
             last_sample_secs: 1.0,
         }
@@ -218,11 +245,11 @@ mod tests {
         Process {
             pid,
             comm: comm.into(),
-            identity: None,
             counters: Counters::default(),
             sockets: sockets.iter().copied().collect(),
             recv_queue: None,
             send_queue: None,
+            identity: None,
         }
     }
 
@@ -237,37 +264,101 @@ mod tests {
         }
     }
 
-    #[test]
-    fn exposition_is_exactly_this() {
-        let mut metrics = Metrics::new(config(3), "tracepoint").expect("metrics");
-        let cumulative = HashMap::from([
+    const ALL_HEALTH: HealthSupport = HealthSupport {
+        sampling: true,
+        rtt: true,
+        min_rtt: true,
+        queues: true,
+        chrono: true,
+        delivery_rate: true,
+        failure_reasons: true,
+    };
+
+    fn dist(values: &[u64]) -> Dist {
+        let mut dist = Dist::default();
+        for &value in values {
+            dist.observe(value);
+        }
+        dist
+    }
+
+    /// One tick of a small host: a client (RTT, a measured connect, a
+    /// backlog, refused and timed-out connects, rwnd-limited time) and a
+    /// server past the top-n (folded into `other`, histograms included).
+    fn golden_tick() -> (HashMap<FlowKey, Counters>, Snapshot) {
+        let client = key(1, Role::Client, "10.0.0.1", 443);
+        let server = key(2, Role::Server, "192.168.1.9", 80);
+        let growth = HashMap::from([
             (
-                key(1, Role::Client, "10.0.0.1", 443),
-                Counters { tx_bytes: 100, rx_bytes: 2000, opened: 1, ..Counters::default() },
+                client,
+                Counters {
+                    tx_bytes: 100,
+                    rx_bytes: 2000,
+                    segments_out: 12,
+                    retransmits: 1,
+                    opened: 1,
+                    failed_connects: 3,
+                    failed_refused: 2,
+                    failed_timeout: 1,
+                    connects_timed: 1,
+                    busy_jiffies: 250,
+                    rwnd_jiffies: 125,
+                    ..Counters::default()
+                },
             ),
-            (key(2, Role::Server, "192.168.1.9", 80), Counters { tx_bytes: 5, resets_sent: 1, ..Counters::default() }),
+            (server, Counters { tx_bytes: 5, resets_sent: 1, segments_out: 1, ..Counters::default() }),
         ]);
-        let snapshot = snapshot(
+        let mut snapshot = snapshot(
             vec![
                 process(1, "curl", &[("ESTABLISHED", 1)]),
                 process(2, "nginx", &[("CLOSE_WAIT", 2), ("LISTEN", 1)]),
                 process(3, "nginx", &[("ESTABLISHED", 4)]),
             ],
             vec![close_wait(2, "nginx", 31.5), close_wait(1, "curl", 2.0)],
-            vec![Finding {
-                kind: "close_wait_leak",
-                severity: Severity::Warning,
-                pid: 2,
-                comm: "nginx".into(),
-                remote_addr: None,
-                port: None,
-                summary: "s".into(),
-                evidence: serde_json::Value::Null,
-            }],
+            vec![
+                finding("close_wait_leak", Severity::Warning, 2, "nginx", None),
+                finding("latency_rise", Severity::Warning, 1, "curl", Some("10.0.0.1")),
+            ],
         );
+        snapshot.hz = Some(250);
+        snapshot.health_support = ALL_HEALTH;
+        snapshot.last_interval_health = HashMap::from([
+            (
+                client,
+                FlowHealth {
+                    rtt: dist(&[150, 20_000]),
+                    connect: dist(&[21_000]),
+                    recv_queue: 4096,
+                    send_queue: 10,
+                    sockets: 2,
+                    ..FlowHealth::default()
+                },
+            ),
+            (server, FlowHealth { rtt: dist(&[90]), recv_queue: 0, sockets: 1, ..FlowHealth::default() }),
+        ]);
+        (growth, snapshot)
+    }
+
+    fn finding(kind: &'static str, severity: Severity, pid: u32, comm: &str, remote: Option<&str>) -> Finding {
+        Finding {
+            kind,
+            severity,
+            pid,
+            comm: comm.into(),
+            remote_addr: remote.map(str::to_owned),
+            port: None,
+            summary: "s".into(),
+            evidence: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn exposition_is_exactly_this() {
+        let mut metrics = Metrics::new(config(3), "tracepoint").expect("metrics");
+        let (growth, snapshot) = golden_tick();
         metrics.update(&Tick {
             now_secs: 1.0,
-            flow_growth: &cumulative,
+            flow_growth: &growth,
             comm: &comm_of,
             container: &|pid| if pid == 1 { "shop/web-7d9f/web".to_owned() } else { String::new() },
             snapshot: &snapshot,
@@ -275,6 +366,123 @@ mod tests {
         });
         let text = metrics.render().expect("renders");
         golden::check("metrics.prom", &text);
+    }
+
+    /// The samples of `name` (a histogram's `_bucket`, `_sum`, `_count`)
+    /// for the series whose labels contain `labels`, as (le, value).
+    fn histogram_lines<'a>(text: &'a str, name: &str, labels: &str) -> Vec<(Option<&'a str>, f64)> {
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(labels))
+            .map(|line| {
+                let le = line.split(",le=\"").nth(1).and_then(|rest| rest.split('"').next());
+                let value = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+                (le, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn histogram_buckets_add_up_to_the_count_and_the_sum_matches() {
+        let mut metrics = Metrics::new(config(3), "tracepoint").expect("metrics");
+        let (growth, snapshot) = golden_tick();
+        let tick = |snapshot: &Snapshot, metrics: &mut Metrics| {
+            metrics.update(&Tick {
+                now_secs: snapshot.last_sample_secs,
+                flow_growth: &growth,
+                comm: &comm_of,
+                container: &no_container,
+                snapshot,
+                collect_duration_secs: 0.0,
+            })
+        };
+        tick(&snapshot, &mut metrics);
+        // The same sample handed in again adds nothing.
+        tick(&snapshot, &mut metrics);
+        let second = Snapshot { last_sample_secs: 2.0, ..snapshot.clone() };
+        tick(&second, &mut metrics);
+        let text = metrics.render().expect("renders");
+
+        // Two ticks of the client's RTTs (150 us, 20 ms) and connect (21 ms),
+        // and the server's 90 us folded into other's.
+        let cases = [
+            ("tracer_tcp_rtt_seconds", "comm=\"p1\"", vec![150, 20_000, 150, 20_000]),
+            ("tracer_tcp_rtt_seconds", "comm=\"other\"", vec![90, 90]),
+            ("tracer_tcp_connect_duration_seconds", "comm=\"p1\"", vec![21_000, 21_000]),
+        ];
+        for (name, labels, observed_us) in cases {
+            let buckets = histogram_lines(&text, &format!("{name}_bucket"), labels);
+            let count = histogram_lines(&text, &format!("{name}_count"), labels);
+            let sum = histogram_lines(&text, &format!("{name}_sum"), labels);
+            assert_eq!(buckets.len(), family::LATENCY_BUCKETS.len() + 1, "{name}{{{labels}}}: every le and +Inf");
+            assert_eq!(count, [(None, observed_us.len() as f64)], "{name}{{{labels}}}_count");
+            // Cumulative, ending at the count.
+            assert!(buckets.windows(2).all(|pair| pair[0].1 <= pair[1].1), "{name}: cumulative");
+            assert_eq!(buckets.last(), Some(&(Some("+Inf"), observed_us.len() as f64)), "{name}{{{labels}}}");
+            // Each bucket counts the observations at or below its bound.
+            for (le, value) in &buckets[..buckets.len() - 1] {
+                let bound: f64 = le.expect("le").parse().expect("bound");
+                let below = observed_us.iter().filter(|&&us| us as f64 / 1e6 <= bound).count();
+                assert_eq!(*value, below as f64, "{name}{{{labels}}} le={bound}");
+            }
+            let expected_sum = observed_us.iter().sum::<u64>() as f64 / 1e6;
+            assert_eq!(sum.len(), 1);
+            assert!((sum[0].1 - expected_sum).abs() < 1e-12, "{name}{{{labels}}}_sum {} != {expected_sum}", sum[0].1);
+        }
+        // Counters took the growth once per sample.
+        assert!(text.contains(
+            "tracer_tcp_sent_bytes_total{comm=\"p1\",container=\"\",port=\"443\",remote=\"10.0.0.1\",role=\"client\"} 200\n"
+        ));
+        // Failed connects by reason sum to the total; rwnd in seconds at HZ 250.
+        let failed: f64 =
+            histogram_lines(&text, "tracer_tcp_failed_connects_total", "comm=\"p1\"").iter().map(|l| l.1).sum();
+        assert_eq!(failed, 6.0);
+        assert!(text.contains("tracer_tcp_rwnd_limited_seconds_total{comm=\"p1\",container=\"\",port=\"443\",remote=\"10.0.0.1\",role=\"client\"} 1\n"), "{text}");
+        crate::output::golden::promtool_check(&text);
+    }
+
+    #[test]
+    fn without_the_kernels_reasons_or_hz_nothing_is_made_up() {
+        let mut metrics = Metrics::new(config(5), "tracepoint").expect("metrics");
+        let (growth, mut snapshot) = golden_tick();
+        snapshot.health_support = HealthSupport { failure_reasons: false, chrono: true, ..ALL_HEALTH };
+        snapshot.hz = None;
+        metrics.update(&Tick {
+            now_secs: 1.0,
+            flow_growth: &growth,
+            comm: &comm_of,
+            container: &no_container,
+            snapshot: &snapshot,
+            collect_duration_secs: 0.0,
+        });
+        let text = metrics.render().expect("renders");
+        let failed = histogram_lines(&text, "tracer_tcp_failed_connects_total", "comm=\"p1\"");
+        assert_eq!(failed, [(None, 3.0)], "{text}");
+        assert!(text.contains("reason=\"other\"") && !text.contains("reason=\"refused\""), "{text}");
+        assert!(!text.contains("tracer_tcp_rwnd_limited_seconds_total"), "no HZ yet: {text}");
+    }
+
+    #[test]
+    fn backlogs_are_the_last_intervals_per_name() {
+        let mut metrics = Metrics::new(config(2), "tracepoint").expect("metrics");
+        let (growth, mut snapshot) = golden_tick();
+        // pid 3 with the largest backlog; top_n 2 keeps one name.
+        snapshot.last_interval_health.insert(
+            key(3, Role::Client, "10.0.0.3", 5432),
+            FlowHealth { recv_queue: 9000, sockets: 1, ..FlowHealth::default() },
+        );
+        metrics.update(&Tick {
+            now_secs: 1.0,
+            flow_growth: &growth,
+            comm: &comm_of,
+            container: &no_container,
+            snapshot: &snapshot,
+            collect_duration_secs: 0.0,
+        });
+        let text = metrics.render().expect("renders");
+        // pids 2 and 3 are both nginx: 0 + 9000 bytes.
+        assert!(text.contains("tracer_tcp_receive_queue_bytes{comm=\"nginx\",container=\"\"} 9000\n"), "{text}");
+        assert!(text.contains("tracer_tcp_receive_queue_bytes{comm=\"other\",container=\"other\"} 4096\n"), "{text}");
+        assert!(text.contains("tracer_tcp_send_queue_bytes{comm=\"curl\",container=\"\"} 10\n"), "{text}");
     }
 
     #[test]
@@ -288,7 +496,7 @@ mod tests {
             now_secs: 1.0,
             flow_growth: &cumulative,
             comm: &name,
-            container: &|_| String::new(),
+            container: &no_container,
             snapshot: &snapshot,
             collect_duration_secs: 0.0,
         });

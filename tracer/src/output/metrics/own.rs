@@ -1,5 +1,6 @@
-//! The tracer's own metrics: events handled and lost by the eBPF programs,
-//! sockets tracked, how long a collection took, the backend and version.
+//! The tracer's own metrics: events handled, lost and deferred by the eBPF
+//! programs, sockets tracked and those the socket table could not hold, how
+//! long a collection took, the backend and version.
 
 use prometheus::proto::MetricFamily;
 
@@ -9,8 +10,21 @@ use super::{
 };
 
 const EVENTS: Definition = counter("tracer_events_total", "Events the eBPF programs handled.", &[]);
-const EVENTS_DROPPED: Definition =
-    counter("tracer_events_dropped_total", "Events the eBPF programs lost (ring buffer or socket table full).", &[]);
+const EVENTS_DROPPED: Definition = counter(
+    "tracer_events_dropped_total",
+    "Final records of destroyed sockets the eBPF programs lost (ring buffer and overflow map full).",
+    &[],
+);
+const EVENTS_DEFERRED: Definition = counter(
+    "tracer_events_deferred_total",
+    "Final records that found the ring buffer full and were handed over later (not lost).",
+    &[],
+);
+const UNTRACKED_SOCKETS: Definition = counter(
+    "tracer_untracked_sockets_total",
+    "Sockets the tracer's socket table could not hold (raise --max-sockets), each counted once.",
+    &[],
+);
 const TRACKED_SOCKETS: Definition = gauge("tracer_tracked_sockets", "Sockets the tracer tracks now.", &[]);
 const COLLECT_DURATION: Definition =
     gauge("tracer_collect_duration_seconds", "Time the last collection (read, sample, report) took.", &[]);
@@ -22,6 +36,8 @@ pub(super) struct OwnGroup {
     version: &'static str,
     events_total: u64,
     events_dropped: u64,
+    events_deferred: u64,
+    untracked_sockets: u64,
     tracked_sockets: u64,
     collect_duration_secs: f64,
 }
@@ -33,6 +49,8 @@ impl OwnGroup {
             version: env!("CARGO_PKG_VERSION"),
             events_total: 0,
             events_dropped: 0,
+            events_deferred: 0,
+            untracked_sockets: 0,
             tracked_sockets: 0,
             collect_duration_secs: 0.0,
         }
@@ -41,7 +59,16 @@ impl OwnGroup {
 
 impl Group for OwnGroup {
     fn definitions(&self) -> Vec<Definition> {
-        vec![EVENTS, EVENTS_DROPPED, TRACKED_SOCKETS, COLLECT_DURATION, BACKEND_INFO, BUILD_INFO]
+        vec![
+            EVENTS,
+            EVENTS_DROPPED,
+            EVENTS_DEFERRED,
+            UNTRACKED_SOCKETS,
+            TRACKED_SOCKETS,
+            COLLECT_DURATION,
+            BACKEND_INFO,
+            BUILD_INFO,
+        ]
     }
 
     fn update(&mut self, tick: &Tick<'_>) {
@@ -49,7 +76,10 @@ impl Group for OwnGroup {
         // The kernel's counters only grow; max() keeps that true for the
         // exported counters even if a read came back short.
         self.events_total = self.events_total.max(snapshot.stats.events_total);
-        self.events_dropped = self.events_dropped.max(snapshot.stats.events_dropped + snapshot.stats.map_full_drops);
+        let stats = &snapshot.stats;
+        self.events_dropped = self.events_dropped.max(stats.events_dropped);
+        self.events_deferred = self.events_deferred.max(stats.events_deferred);
+        self.untracked_sockets = self.untracked_sockets.max(stats.map_full_drops);
         self.tracked_sockets = snapshot.live_sockets;
         self.collect_duration_secs = tick.collect_duration_secs;
     }
@@ -58,6 +88,8 @@ impl Group for OwnGroup {
         vec![
             family(&EVENTS, [sample(&[], self.events_total as f64)]),
             family(&EVENTS_DROPPED, [sample(&[], self.events_dropped as f64)]),
+            family(&EVENTS_DEFERRED, [sample(&[], self.events_deferred as f64)]),
+            family(&UNTRACKED_SOCKETS, [sample(&[], self.untracked_sockets as f64)]),
             family(&TRACKED_SOCKETS, [sample(&[], self.tracked_sockets as f64)]),
             family(&COLLECT_DURATION, [sample(&[], self.collect_duration_secs)]),
             family(&BACKEND_INFO, [sample(&[("backend", &self.backend)], 1.0)]),
