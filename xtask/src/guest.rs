@@ -161,7 +161,9 @@ fn report_line(what: &str, outcome: &Result<String>) {
 fn doctor(tracer: &Path) -> Result<Value> {
     let mut cmd = Command::new(tracer);
     cmd.args(["doctor", "--format", "json"]);
-    let out = output_within(&mut cmd, Duration::from_secs(60))?;
+    // The doctor loads and attaches every backend and the TCP health pass
+    // for real: under emulation (TCG) the verifier alone takes a minute.
+    let out = output_within(&mut cmd, 2 * ATTACH_TIMEOUT)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("guest-check: tracer doctor --format json:\n{}", stdout.trim_end());
     if !out.status.success() {
