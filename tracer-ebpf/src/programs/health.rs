@@ -23,7 +23,7 @@ use aya_ebpf::{
 use tracer_common::{flags, health_flags, role, tcp_state, SockRecord, TcpHealth};
 
 use super::{
-    kernel::{read, segs_out},
+    kernel::{read, segs_out, total_retrans},
     maps::{HEALTH_CLOCK, SOCKETS},
 };
 
@@ -175,6 +175,10 @@ extern "C" fn sample_one(_map: *mut c_void, key: *const u64, value: *mut SockRec
         return 0;
     }
     sample(sk, &mut record.health);
+    // Segments and retransmits move between the events that read them:
+    // fresh each tick, so live sockets' ratios are current.
+    record.segs_out = segs_out(sk);
+    record.retrans_total = total_retrans(sk);
     if let Some(clock) = HEALTH_CLOCK.get_ptr_mut(0) {
         // SAFETY: one pass runs at a time (user space runs them in turn).
         unsafe { (*clock).sampled += 1 };
