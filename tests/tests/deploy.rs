@@ -45,20 +45,12 @@ use serde_json::Value;
 use tracer_tests::{receive_exactly, send_exactly, serial, tracer_bin, wait_bounded, NetNs, Proc};
 
 /// Panels of deploy/grafana/tracer.json whose metric (or label) the agent
-/// does not export yet: they are pinned in DESIGN.md and being added. These
-/// panels are queried and their state printed, but not required to return
-/// data. Remove an entry once `main` exports what it names: the test then
-/// fails if the panel returns nothing.
-const PENDING: &[(&str, &str)] = &[
-    ("Retransmit ratio by remote", "tracer_tcp_sent_segments_total"),
-    ("Failed connects by reason", "the reason label of tracer_tcp_failed_connects_total"),
-    ("RTT by process (p50, p99)", "tracer_tcp_rtt_seconds"),
-    ("Connect latency by remote (p99)", "tracer_tcp_connect_duration_seconds"),
-    ("Receive queue by process", "tracer_tcp_receive_queue_bytes"),
-    ("Send queue by process", "tracer_tcp_send_queue_bytes"),
-    ("Receiver-window limited time", "tracer_tcp_rwnd_limited_seconds_total"),
-    ("Untracked sockets", "tracer_untracked_sockets_total"),
-];
+/// does not export yet (title, what is missing), for a panel added ahead of
+/// its metric: such panels are queried and their state printed, but not
+/// required to return data. Remove the entry once `main` exports what it
+/// names: the test then fails if the panel returns nothing. Empty since the
+/// TCP health metrics landed: every panel must return data.
+const PENDING: &[(&str, &str)] = &[];
 
 /// Panels whose healthy value is 0: data is required, a positive value not.
 const ZERO_IS_HEALTHY: &[&str] = &["Events dropped", "Untracked sockets"];
