@@ -265,6 +265,25 @@ fn scraped(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// A directory of this test run under the temporary directory, removed
+/// when dropped (also on a panic).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tracer-deploy-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 // ---------------------------------------------------------------- processes
 
 /// A child whose stderr is collected; killed by its pid when dropped.
@@ -644,9 +663,8 @@ fn unit_exec_start_counts_exactly(unit_text: &str, defaults: &str) {
     let argv: Vec<String> =
         exec_start.replace("$TRACER_ARGS", &test_args).split_whitespace().map(str::to_owned).collect();
     let exe = PathBuf::from(&argv[0]);
-    let dir = std::env::temp_dir().join(format!("tracer-deploy-strace-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let strace_log = dir.join("strace.log");
+    let dir = TempDir::new("strace");
+    let strace_log = dir.0.join("strace.log");
     let mut cmd = Command::new("strace");
     // The environment systemd gives a service with User= (no LD_LIBRARY_PATH
     // or HOME from `cargo test`), plus its EnvironmentFile's variables.
@@ -743,7 +761,7 @@ fn unit_exec_start_counts_exactly(unit_text: &str, defaults: &str) {
     agent.terminate(agent_pid);
 
     let log = read(&strace_log);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let (calls, families) = strace_calls(&log, &exe);
     let violations = sandbox_violations(&log, &exe);
     assert!(violations.is_empty(), "the agent opened files the unit's sandbox refuses: {violations:#?}");
