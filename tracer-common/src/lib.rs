@@ -64,7 +64,8 @@ pub mod flags {
 
 /// Per-socket record, kept in the `SOCKETS` map keyed by the kernel's
 /// `struct sock` address, from the first event that names the socket until
-/// `tcp:tcp_destroy_sock`.
+/// `tcp:tcp_destroy_sock`, or until a new socket is born at that address
+/// (the kernel may free a socket without that tracepoint).
 ///
 /// Addresses are in network byte order; an IPv4 address fills the first four
 /// bytes of its 16-byte field. Ports are in host byte order.
@@ -261,7 +262,9 @@ pub mod byte_table {
 }
 
 /// What `tcp:tcp_destroy_sock` hands to user space through the `CLOSED` ring
-/// buffer: the socket's final record.
+/// buffer: the socket's final record. Also handed over for a record still
+/// held when a new socket is born at its address, ended just before the
+/// new socket's `first_seen_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClosedSock {

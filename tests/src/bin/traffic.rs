@@ -27,7 +27,11 @@
 //! traffic fast-sender   --connect ADDR --bytes N [--sndbuf B] [--report-ms 500]
 //! traffic rtt-probe     --connect ADDR [--size 100] [--every-ms 50] [--secs S]
 //! traffic echo-server   [--bind ADDR] [--conns 1]
+//! traffic reconnect     --fd FD --connect ADDR [--send N]
 //! ```
+//! `reconnect` connects the socket it inherited as `--fd` (one its parent
+//! left unconnected with a disconnect, `connect(AF_UNSPEC)`), sends
+//! `--send` bytes and closes it (`connected pid= port=`, then `closed`).
 //! A paced client sends at a rate (bytes/s) moving linearly from
 //! `--from-rate` to `--to-rate` over `--secs` (paced by the wall clock, so
 //! the ramp holds under CPU contention), prints `ramped`, then keeps
@@ -281,6 +285,26 @@ fn client(options: &Options, control: &Control) {
     if options.flag("wait-close") {
         control.wait_for("close");
     }
+    drop(stream);
+    println!("closed pid={}", pid());
+    control.hold();
+}
+
+fn reconnect(options: &Options, control: &Control) {
+    let fd =
+        options.text("fd").and_then(|text| text.parse::<RawFd>().ok()).unwrap_or_else(|| fail("--fd FD is required"));
+    let target = options.addr("connect", None);
+    let (address, length) = sockaddr(target);
+    // SAFETY: the sockaddr buffer lives across the call and `length` is its
+    // size; `fd` is the socket this process inherited, owned from here on.
+    if unsafe { libc::connect(fd, address.as_ptr().cast(), length) } != 0 {
+        fail(&format!("connect of fd {fd} to {target}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: as above; the stream closes it.
+    let mut stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let local = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("connected pid={} port={local}", pid());
+    send_exactly(&mut stream, options.num("send", 0));
     drop(stream);
     println!("closed pid={}", pid());
     control.hold();
@@ -562,6 +586,7 @@ fn main() {
         "fast-sender" => fast_sender(&options, &control, deadline),
         "rtt-probe" => rtt_probe(&options, &control, deadline),
         "echo-server" => echo_server(&options, &control, deadline),
+        "reconnect" => reconnect(&options, &control),
         other => fail(&format!("unknown command {other:?}")),
     }
 }

@@ -6,6 +6,7 @@
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     thread,
 };
 
@@ -159,6 +160,64 @@ fn half_closed_connection_counts_every_byte() {
     assert_eq!(served.num::<u64>("rx"), N, "the server read {served:?}");
     let report = tracer.stop();
     assert_exact_pair(&report, client_pid, server_pid, "127.0.0.1", port);
+}
+
+/// A connection born at the address of a socket the tracer still holds a
+/// record for gets a record of its own: the earlier one's bytes stay with
+/// the process that moved them. (In the soak, the kernel freed client
+/// sockets in FIN_WAIT1 without `tcp:tcp_destroy_sock`, and the next
+/// socket at the address, another process's, took over their bytes. Here
+/// the address is reused deterministically: one socket, disconnected with
+/// `connect(AF_UNSPEC)`, then connected again by another process that
+/// inherited it.) The interval is long so that no sample falls between the
+/// two connections: both are counted from their final records.
+#[test]
+fn a_connection_born_at_an_earlier_sockets_address_does_not_take_its_bytes() {
+    let _serial = serial();
+    let me = std::process::id();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    let tracer = Tracer::start_with_interval("60s", &[]);
+    let (first_read, read) = std::sync::mpsc::channel();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        receive_exactly(&mut stream, N);
+        first_read.send(()).expect("the test waits");
+        // The disconnect resets the first connection.
+        let mut buf = [0u8; 16];
+        let _ = std::io::Read::read(&mut stream, &mut buf);
+        let (mut stream, _) = listener.accept().expect("accept the second connection");
+        receive_to_end(&mut stream)
+    });
+    let mut first = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    send_exactly(&mut first, N);
+    read.recv().expect("the server read the first connection");
+    let fd = first.as_raw_fd();
+    let unspec = libc::sockaddr { sa_family: libc::AF_UNSPEC as libc::sa_family_t, sa_data: [0; 14] };
+    // SAFETY: connect(2) on our own socket with a valid AF_UNSPEC sockaddr
+    // (a disconnect); fcntl(2) clearing FD_CLOEXEC so the child inherits it.
+    unsafe {
+        assert_eq!(
+            libc::connect(fd, &unspec, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t),
+            0,
+            "disconnect: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::fcntl(fd, libc::F_SETFD, 0), 0, "fcntl: {}", std::io::Error::last_os_error());
+    }
+    let target = format!("127.0.0.1:{port}");
+    let mut second =
+        traffic("reconnect", &["reconnect", "--fd", &fd.to_string(), "--connect", &target, "--send", &m()]);
+    let second_pid = second.expect("connected", LINE_TIMEOUT).num("pid");
+    second.expect("closed", LINE_TIMEOUT);
+    drop(first);
+    assert_eq!(server.join().expect("server thread"), M);
+    let report = tracer.stop();
+
+    let flow = report.flow(me, "client", "127.0.0.1", port);
+    assert_eq!((flow.tx_bytes, flow.connections_opened, flow.connections_closed), (N, 1, 1), "{flow:#?}");
+    let flow = report.flow(second_pid, "client", "127.0.0.1", port);
+    assert_eq!((flow.tx_bytes, flow.connections_opened, flow.connections_closed), (M, 1, 1), "{flow:#?}");
 }
 
 #[test]

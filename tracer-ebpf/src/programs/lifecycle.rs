@@ -39,9 +39,17 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) | (tcp_state::LISTEN, tcp_state::SYN_RECV)
     );
     // `record_of` checks the protocol of sockets it does not know yet.
-    let Some((record, created)) = record_of(sk, now, born) else {
+    let Some((mut record, mut created)) = record_of(sk, now, born) else {
         return 0;
     };
+    if born && !created {
+        // A record older than the socket: see `retire`.
+        retire(sk as u64, now, record);
+        let Some(fresh) = record_of(sk, now, born) else {
+            return 0;
+        };
+        (record, created) = fresh;
+    }
     // SAFETY: `record` points into a live map value. State changes of one
     // socket are serialised by the socket lock.
     let record = unsafe { &mut *record };
@@ -186,13 +194,44 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         let _ = UNTRACKED.remove(key);
         return 0;
     };
-    let now = bpf_now();
+    // The record is read from the socket one last time: nothing writes to
+    // either any more (the socket is being destroyed).
+    hand_over(Some(sk), key, bpf_now(), record);
+    let _ = SOCKETS.remove(key);
+    count(stat::EVENTS, 1);
+    0
+}
+
+/// A socket is born at `key` (connect, or a child of a listener) at `now`,
+/// and the tracer still holds a `record` there: that of an earlier socket at
+/// this address, whose memory the kernel freed without
+/// `tcp:tcp_destroy_sock` reaching the tracer (seen on 6.18 for orphans
+/// in FIN_WAIT1: no later state change, no destroy), or of this same socket
+/// before a disconnect or a failed connect. That record is handed over as
+/// closed, ended just before `now`, and removed, so its counts stay with
+/// its owner and the new socket starts from zero (taken over, its bytes
+/// and byte slots would be charged to the new socket's owner). The socket
+/// itself is not read for it: it is the new one.
+#[inline(always)]
+fn retire(key: u64, now: u64, record: *const SockRecord) {
+    // Nothing else writes to the record: the address is the new socket's,
+    // whose events are serialised by its lock and have not started.
+    hand_over(None, key, now.saturating_sub(1), record);
+    let _ = SOCKETS.remove(key);
+}
+
+/// Hands the final record of `key` to user space through `CLOSED` (or
+/// `OVERFLOW` if the ring is full), ended at `ended_ns`; `sk` is the socket
+/// it describes when that is still the one at `key` (its last counters are
+/// read then).
+#[inline(always)]
+fn hand_over(sk: Option<*const u8>, key: u64, ended_ns: u64, record: *const SockRecord) {
     match CLOSED.reserve::<ClosedSock>(0) {
         Some(mut entry) => {
             // SAFETY: `entry` is this program's reserved ring-buffer space;
-            // `record` points into a live map value that nothing writes to
-            // any more (the socket is being destroyed).
-            unsafe { finish(sk, key, now, record, entry.as_mut_ptr()) };
+            // `record` points into a live map value that nothing else
+            // writes to (the caller's promise).
+            unsafe { finish(sk, key, ended_ns, record, entry.as_mut_ptr()) };
             // User space drains the ring at every tick; waking it for every
             // closed socket would cost more than the socket itself under
             // connection churn. Wake it only when the ring fills up.
@@ -203,23 +242,20 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
             };
             entry.submit(wakeup);
         }
-        None => defer(sk, key, now, record),
+        None => defer(sk, key, ended_ns, record),
     }
-    let _ = SOCKETS.remove(key);
-    count(stat::EVENTS, 1);
-    0
 }
 
 /// Writes the final record of `key` to `closed`: the record as it is, plus
-/// its byte slots (given back now), its retransmit and segment totals and
-/// its last chrono counters. The record is copied there directly: the BPF
-/// stack cannot hold a copy.
+/// its byte slots (given back now), and, read from `sk` if given, its
+/// retransmit and segment totals and its last chrono counters. The record
+/// is copied there directly: the BPF stack cannot hold a copy.
 ///
 /// # Safety
 /// `record` points at the socket's live map value, which nothing else
 /// writes any more; `closed` at writable space for a `ClosedSock`.
 #[inline(always)]
-unsafe fn finish(sk: *const u8, key: u64, now: u64, record: *const SockRecord, closed: *mut ClosedSock) {
+unsafe fn finish(sk: Option<*const u8>, key: u64, now: u64, record: *const SockRecord, closed: *mut ClosedSock) {
     // SAFETY: as the caller promises.
     unsafe {
         (*closed).sock = key;
@@ -227,9 +263,11 @@ unsafe fn finish(sk: *const u8, key: u64, now: u64, record: *const SockRecord, c
         core::ptr::copy_nonoverlapping(record, &raw mut (*closed).record, 1);
         let final_record = &mut (*closed).record;
         release_byte_slots(key, final_record);
-        final_record.retrans_total = total_retrans(sk);
-        final_record.segs_out = segs_out(sk);
-        health::on_destroy(sk, final_record);
+        if let Some(sk) = sk {
+            final_record.retrans_total = total_retrans(sk);
+            final_record.segs_out = segs_out(sk);
+            health::on_destroy(sk, final_record);
+        }
     }
 }
 
@@ -237,7 +275,7 @@ unsafe fn finish(sk: *const u8, key: u64, now: u64, record: *const SockRecord, c
 /// user space drains at its next tick. Only if that is full too are the
 /// counts lost (and counted as dropped).
 #[inline(always)]
-fn defer(sk: *const u8, key: u64, now: u64, record: *const SockRecord) {
+fn defer(sk: Option<*const u8>, key: u64, now: u64, record: *const SockRecord) {
     let Some(scratch) = SCRATCH_CLOSED.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's scratch entry; `record` as in `finish`.
     unsafe { finish(sk, key, now, record, scratch) };
