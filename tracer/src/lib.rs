@@ -55,20 +55,11 @@ pub fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("tracer: error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+    let result = match cli.command {
+        Command::Trace(args) => cmd::trace::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Trace(args) => cmd::trace::run(args).await,
-            Command::Agent(args) => cmd::agent::run(args).await,
-            Command::Doctor(args) => cmd::doctor::run(args),
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

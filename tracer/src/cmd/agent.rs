@@ -18,9 +18,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::driver::{Driver, DriverConfig};
+use super::driver::{self, Driver, DriverConfig};
 use crate::{
     cli::AgentArgs,
+    load::Attached,
     output::{
         dashboard::Rates,
         http::{self, Limits, Published},
@@ -41,25 +42,34 @@ enum Stop {
     ServerEnded(Result<(), JoinError>),
 }
 
-pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
+/// Binds, attaches (and drops the capabilities no longer needed) on this
+/// thread, then collects and serves on the async runtime.
+pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Cheap failures first: a taken port should not cost an attach.
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {} (choose another address with --listen)", args.listen))?;
+    listener.set_nonblocking(true).context("making the listening socket non-blocking")?;
+    let attached = driver::attach(args.backend.map(Into::into), args.max_sockets)?;
+    super::runtime()?.block_on(serve(args, listener, attached))
+}
+
+async fn serve(args: AgentArgs, listener: std::net::TcpListener, attached: Attached) -> anyhow::Result<()> {
+    let listener = TcpListener::from_std(listener).context("registering the listening socket")?;
     let address = listener.local_addr().context("reading the listening address")?;
     // Installed before anything is announced, so a signal sent as soon as
     // the agent says it listens is handled, not fatal.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
-    let mut driver = Driver::start(DriverConfig {
-        backend: args.backend.map(Into::into),
-        filter: args.filters.filter(),
-        thresholds: args.analysis.thresholds(),
-        interval: args.interval,
-        window: args.window,
-        max_sockets: args.max_sockets,
-    })?;
+    let mut driver = Driver::start(
+        attached,
+        DriverConfig {
+            filter: args.filters.filter(),
+            thresholds: args.analysis.thresholds(),
+            interval: args.interval,
+            window: args.window,
+        },
+    )?;
     let backend = driver.backend().as_str();
     let config = MetricsConfig {
         top_n: usize::try_from(args.metrics_top_n).unwrap_or(usize::MAX),

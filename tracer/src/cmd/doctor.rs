@@ -13,7 +13,7 @@ use crate::{
         self,
         btf::Btf,
         health,
-        kernel::{self, Capabilities, KERNEL_BTF},
+        kernel::{self, Capabilities, KEPT_AFTER_ATTACH, KERNEL_BTF},
         probes::{self, Backend, BACKEND_ORDER},
     },
 };
@@ -54,7 +54,15 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let btf_path = Path::new(KERNEL_BTF);
     let btf = if btf_path.exists() { Btf::from_file(btf_path).ok() } else { None };
     let kernel_release = kernel::release().unwrap_or_else(|| "unknown".into());
-    let capabilities = Capabilities::current().map_or_else(|| "unknown".to_owned(), |caps| caps.text);
+    let current = Capabilities::current();
+    let capabilities = current.as_ref().map_or_else(|| "unknown".to_owned(), |caps| caps.text.clone());
+    let uses = current
+        .as_ref()
+        .map(|caps| caps.assess(kernel::version(&kernel_release), kernel::memlock_unlimited()))
+        .unwrap_or_default();
+    let held = current.as_ref().map(|caps| kernel::names(caps.bits)).unwrap_or_default();
+    let missing: Vec<&str> = uses.iter().filter(|u| u.needed && !u.held).map(|u| u.cap.name()).collect();
+    let kept: Vec<&str> = KEPT_AFTER_ATTACH.iter().map(|c| c.name()).collect();
     let lockdown = kernel::lockdown();
     let hooks: Vec<HookStatus> = probes::shown_probes(btf.as_ref())
         .map(|p| HookStatus {
@@ -103,6 +111,18 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
         "byte_table": probes::byte_table_status().1,
         "lockdown": lockdown,
         "capabilities_effective": capabilities,
+        "capabilities": {
+            "held": held,
+            "missing": missing,
+            "uses": uses.iter().map(|u| json!({
+                "capability": u.cap.name(),
+                "held": u.held,
+                "needed": u.needed,
+                "role": u.role,
+                "cost_if_missing": (u.needed && !u.held).then_some(u.cost),
+            })).collect::<Vec<_>>(),
+            "kept_after_attach": kept,
+        },
         "hooks": hooks,
         "backends": backends,
         "auto_backend": chosen,
@@ -123,6 +143,20 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
             writeln!(text, "byte table:    {}", probes::byte_table_status().1)?;
             writeln!(text, "lockdown:      {lockdown}")?;
             writeln!(text, "capabilities:  CapEff={capabilities}")?;
+            writeln!(text, "  has:     {}", if held.is_empty() { "none".to_owned() } else { held.join(", ") })?;
+            writeln!(text, "  missing: {}", if missing.is_empty() { "none".to_owned() } else { missing.join(", ") })?;
+            for used in &uses {
+                let status = match (used.held, used.needed) {
+                    (true, _) => "yes",
+                    (false, true) => "MISSING",
+                    (false, false) => "not needed",
+                };
+                writeln!(text, "  {:<20} {:<10} {}", used.cap.name(), status, used.role)?;
+                if used.needed && !used.held {
+                    writeln!(text, "  {:<20} {:<10} without it: {}", "", "", used.cost)?;
+                }
+            }
+            writeln!(text, "  after attach, trace and agent keep only {}", kept.join(" and "))?;
             writeln!(text, "hooks:")?;
             for hook in &hooks {
                 writeln!(

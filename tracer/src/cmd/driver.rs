@@ -5,31 +5,43 @@
 //! analysis' findings) that every output reads. A command only says what to
 //! do after each tick and when to stop.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, path::Path, time::Duration};
 
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::{
     analysis::Thresholds,
     collect::session::Session,
-    load::{probes::Backend, LoadError},
+    load::{
+        self,
+        kernel::{self, KERNEL_BTF},
+        probes::Backend,
+        Attached, LoadError,
+    },
     model::filter::Filter,
     output::{Snapshot, SnapshotContext},
     sys::monotonic_ns,
 };
 
+/// Loads and attaches (the backend asked for, `None` for the cheapest that
+/// works, with a socket table of `max_sockets`), then gives up every
+/// capability the ticks no longer need. Call it on the main thread before
+/// any other thread exists: capabilities are per thread, and threads
+/// started later inherit the reduced set.
+pub(crate) fn attach(backend: Option<Backend>, max_sockets: u32) -> Result<Attached, LoadError> {
+    let attached = load::attach(backend, Path::new(KERNEL_BTF), max_sockets)?;
+    kernel::drop_capabilities();
+    Ok(attached)
+}
+
 /// What a driver traces and how.
 pub(crate) struct DriverConfig {
-    /// The backend asked for (`--backend`); `None` for the cheapest that works.
-    pub(crate) backend: Option<Backend>,
     pub(crate) filter: Filter,
     pub(crate) thresholds: Thresholds,
     /// Between ticks.
     pub(crate) interval: Duration,
     /// History kept (the model drops older samples).
     pub(crate) window: Duration,
-    /// Capacity of the kernel side's socket table.
-    pub(crate) max_sockets: u32,
 }
 
 pub(crate) struct Driver {
@@ -40,10 +52,10 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    /// Attaches and loads the sockets that already exist.
-    pub(crate) fn start(config: DriverConfig) -> Result<Self, LoadError> {
-        let session =
-            Session::start(config.backend, config.filter, config.interval, config.window, config.max_sockets)?;
+    /// Takes over what [`attach`] attached and loads the sockets that
+    /// already exist.
+    pub(crate) fn start(attached: Attached, config: DriverConfig) -> Result<Self, LoadError> {
+        let session = Session::start(attached, config.filter, config.interval, config.window)?;
         Ok(Driver { session, thresholds: config.thresholds, interval: config.interval, started: Instant::now() })
     }
 

@@ -7,14 +7,17 @@ use std::io::{IsTerminal, Write};
 use anyhow::Context as _;
 use tokio::time::sleep_until;
 
-use super::driver::{Driver, DriverConfig};
+use super::driver::{self, Driver, DriverConfig};
 use crate::{
     cli::{Format, TraceArgs},
+    load::Attached,
     output::{report::Report, table},
     units,
 };
 
-pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<()> {
+/// Attaches (and drops the capabilities no longer needed) on this thread,
+/// then traces on the async runtime.
+pub(crate) fn run(args: TraceArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.output {
         // Fail before tracing, not after.
         std::fs::OpenOptions::new()
@@ -23,14 +26,20 @@ pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<()> {
             .open(path)
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
-    let mut driver = Driver::start(DriverConfig {
-        backend: args.backend.map(Into::into),
-        filter: args.filters.filter(),
-        thresholds: args.analysis.thresholds(),
-        interval: args.interval,
-        window: args.duration,
-        max_sockets: args.max_sockets,
-    })?;
+    let attached = driver::attach(args.backend.map(Into::into), args.max_sockets)?;
+    super::runtime()?.block_on(trace(args, attached))
+}
+
+async fn trace(args: TraceArgs, attached: Attached) -> anyhow::Result<()> {
+    let mut driver = Driver::start(
+        attached,
+        DriverConfig {
+            filter: args.filters.filter(),
+            thresholds: args.analysis.thresholds(),
+            interval: args.interval,
+            window: args.duration,
+        },
+    )?;
     eprintln!(
         "tracer: attached ({} backend); tracing for {}; Ctrl-C stops early",
         driver.backend().as_str(),

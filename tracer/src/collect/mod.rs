@@ -17,7 +17,6 @@ pub(crate) mod session;
 use std::{
     io,
     os::fd::{AsFd, AsRawFd},
-    path::Path,
 };
 
 use aya::{
@@ -51,11 +50,10 @@ pub(crate) struct Collector {
 }
 
 impl Collector {
-    /// Loads and attaches ([`load::attach`]), then opens the maps. Needs a
-    /// tokio runtime (ring buffers are polled).
-    pub(crate) fn start(requested: Option<Backend>, btf_path: &Path, max_sockets: u32) -> Result<Self, LoadError> {
-        let load::Attached { mut ebpf, backend, byte_table, byte_slots, sampler, health } =
-            load::attach(requested, btf_path, max_sockets)?;
+    /// Takes over what [`load::attach`] attached and opens the maps. Needs
+    /// a tokio runtime (ring buffers are polled); needs no capability.
+    pub(crate) fn start(attached: load::Attached) -> Result<Self, LoadError> {
+        let load::Attached { mut ebpf, backend, byte_table, byte_slots, sampler, health } = attached;
         let sampler = sampler.map(Sampler::new);
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             // SAFETY: the logger owns its ring buffer fd and keeps it open

@@ -5,14 +5,14 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use super::{cgroup::Identities, health::HzMeter, procfs, runtime::Runtimes, Collector};
 use crate::{
-    load::{kernel::KERNEL_BTF, probes::Backend, LoadError},
+    load::{probes::Backend, Attached, LoadError},
     model::{
         container::{Container, Identity},
         filter::Filter,
@@ -38,15 +38,15 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Attaches, then loads the sockets that already exist.
+    /// Takes over the attached programs, then loads the sockets that
+    /// already exist.
     pub(crate) fn start(
-        backend: Option<Backend>,
+        attached: Attached,
         filter: Filter,
         interval: Duration,
         window: Duration,
-        max_sockets: u32,
     ) -> Result<Self, LoadError> {
-        let collector = Collector::start(backend, Path::new(KERNEL_BTF), max_sockets)?;
+        let collector = Collector::start(attached)?;
         let started_at = SystemTime::now();
         let start_ns = monotonic_ns();
         let max_samples = (window.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 2;

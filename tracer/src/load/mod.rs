@@ -36,8 +36,8 @@ static EBPF_OBJECT_LEGACY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 
 #[derive(Debug, Error)]
 pub(crate) enum LoadError {
-    #[error("tracer needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) to load eBPF programs: run it with sudo")]
-    NotPrivileged,
+    #[error("cannot load eBPF programs: {0}")]
+    NotPrivileged(String),
     #[error("this kernel has no BTF ({0} is missing): tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf(String),
     #[error("cannot use the kernel's BTF: {0}")]
@@ -225,7 +225,10 @@ fn load_object(btf_path: &Path, plan: &Plan) -> Result<(Ebpf, aya::Btf), LoadErr
         .map_err(|e| {
             let text = format!("{e:#}");
             if is_permission_error(&text) {
-                LoadError::NotPrivileged
+                LoadError::NotPrivileged(format!(
+                    "the kernel refused ({text}); loading needs CAP_BPF and CAP_PERFMON (kernel 5.8+) or \
+                     CAP_SYS_ADMIN, and CAP_SYS_RESOURCE or an unlimited RLIMIT_MEMLOCK before 5.11"
+                ))
             } else {
                 LoadError::Load(text)
             }
@@ -281,8 +284,8 @@ pub(crate) struct Trials {
 /// Tries every backend for real (load and attach, then detach), and the
 /// TCP health pass: what `doctor` reports. Needs privileges.
 pub(crate) fn trial_backends(btf_path: &Path) -> Result<Trials, LoadError> {
-    if !kernel::privileged() {
-        return Err(LoadError::NotPrivileged);
+    if let Some(blocker) = kernel::load_blocker() {
+        return Err(LoadError::NotPrivileged(blocker));
     }
     let plan = Plan::read(btf_path, BACKEND_ORDER, tracer_common::MAX_SOCKETS)?;
     let (mut ebpf, aya_btf) = load_object(btf_path, &plan)?;
@@ -295,8 +298,8 @@ pub(crate) fn trial_backends(btf_path: &Path) -> Result<Trials, LoadError> {
 /// falling back when the kernel refuses one; then the lifecycle programs
 /// every backend shares.
 pub(crate) fn attach(requested: Option<Backend>, btf_path: &Path, max_sockets: u32) -> Result<Attached, LoadError> {
-    if !kernel::privileged() {
-        return Err(LoadError::NotPrivileged);
+    if let Some(blocker) = kernel::load_blocker() {
+        return Err(LoadError::NotPrivileged(blocker));
     }
     let candidates: Vec<Backend> = match requested {
         Some(backend) => vec![backend],

@@ -1,10 +1,12 @@
 //! Every raw system call of the tracer, each behind a safe function: the
-//! batched map lookup aya does not expose (`bpf(2)`), shared mappings of
+//! batched map lookup aya does not expose (`bpf(2)`), this thread's
+//! capabilities (`capget(2)`, `capset(2)`, `prctl(2)`), shared mappings of
 //! BPF arrays (`mmap(2)`), the monotonic clock the eBPF programs stamp
 //! events with, and giving freed heap back to the kernel. Nothing else in
 //! the crate calls `libc`.
 
 pub(crate) mod bpf;
+pub(crate) mod caps;
 pub(crate) mod mmap;
 
 /// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns()`.
