@@ -1,5 +1,5 @@
 //! Command-line surface (DESIGN.md): `tracer trace`, `tracer agent`,
-//! `tracer doctor`, shared filters and analysis thresholds. Values are
+//! `tracer top`, `tracer doctor`, shared filters and analysis thresholds. Values are
 //! validated here; a bad one is a usage error (exit code 2). The only
 //! module that knows clap: flags become the plain types of the layers
 //! below (`Filter`, `Thresholds`, `Backend`) here.
@@ -29,6 +29,8 @@ pub(crate) enum Command {
     Agent(AgentArgs),
     /// Show what this kernel supports and which attach backend would run.
     Doctor(DoctorArgs),
+    /// A live full-screen view of processes, flows, ports, sockets and findings (until `q`).
+    Top(TopArgs),
 }
 
 /// Parses a duration such as `30s`, `500ms`, `10m`, `1h`; zero is refused.
@@ -261,6 +263,26 @@ pub(crate) struct AgentArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub(crate) struct TopArgs {
+    /// Refresh interval (rates are per second over it).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) interval: Duration,
+    /// History the analysis (findings) looks at.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub(crate) window: Duration,
+    /// Attach backend (default: the cheapest one this kernel supports).
+    #[arg(long, value_enum)]
+    pub(crate) backend: Option<BackendArg>,
+    /// Sockets the kernel side can track at once (see `trace --help`).
+    #[arg(long, value_name = "N", default_value = "131072", value_parser = parse_max_sockets)]
+    pub(crate) max_sockets: u32,
+    #[command(flatten)]
+    pub(crate) filters: FilterArgs,
+    #[command(flatten)]
+    pub(crate) analysis: AnalysisArgs,
+}
+
+#[derive(Debug, Clone, Args)]
 pub(crate) struct DoctorArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
@@ -308,6 +330,12 @@ mod tests {
         assert_eq!(args.filters.filter().containers, ["web", "4e1b1dfc"]);
         let cli = parse(&["agent", "--listen", "127.0.0.1:0", "--metrics-top-n", "5"]).expect("parses");
         assert!(matches!(cli.command, Command::Agent(_)));
+        let cli = parse(&["top", "--interval", "2s", "--port", "443", "--max-sockets", "2048"]).expect("parses");
+        let Command::Top(args) = cli.command else { panic!("not top") };
+        assert_eq!(
+            (args.interval, args.filters.ports.clone(), args.max_sockets),
+            (Duration::from_secs(2), vec![443], 2048)
+        );
     }
 
     #[test]
@@ -338,6 +366,8 @@ mod tests {
             &["agent", "--listen", "nowhere"],
             &["trace", "--max-sockets", "1000"],
             &["agent", "--max-sockets", "lots"],
+            &["top", "--interval", "0s"],
+            &["top", "--max-sockets", "10"],
         ] {
             let err = parse(bad).expect_err("must fail");
             assert_ne!(err.exit_code(), 0, "{bad:?}");

@@ -53,12 +53,19 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let (Command::Top(_), Err(line)) = (&cli.command, cmd::top::check_terminal()) {
+        eprintln!("tracer: {line}");
+        return ExitCode::from(2);
+    }
+    // Log lines would tear `top`'s screen: there only RUST_LOG turns them on.
+    let log_level = if matches!(cli.command, Command::Top(_)) { "off" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(log_level)).init();
 
     let result = match cli.command {
         Command::Trace(args) => cmd::trace::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Top(args) => cmd::top::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

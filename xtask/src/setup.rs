@@ -27,6 +27,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("runc", "runc"),
     ("busybox-static", "busybox"),
+    // `tracer top` driven in a terminal.
+    ("tmux", "tmux"),
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -15,7 +15,8 @@
 //!   backlogs, window-limited senders) against the kernel's own numbers
 //!   (issue 12);
 //! - `reliability`: past the socket table's limit and a full ring buffer,
-//!   counts stay exact and losses are counted (issue 13).
+//!   counts stay exact and losses are counted (issue 13);
+//! - `top`: `tracer top` driven in tmux, the pane checked (issue 17).
 
 mod analysis;
 mod bytes;
@@ -25,6 +26,7 @@ mod health;
 mod lifecycle;
 mod race;
 mod reliability;
+mod top;
 
 use std::{process::Command, time::Duration};
 

@@ -1,9 +1,9 @@
-//! The subcommands: [`trace`] (one-shot), [`agent`] (long-running, HTTP)
-//! and [`doctor`] (what this kernel supports). `trace` and `agent` run on
-//! the one tick driver in [`driver`]; each only says what to do after a
+//! The subcommands: [`trace`] (one-shot), [`agent`] (long-running, HTTP),
+//! [`top`] (live terminal view) and [`doctor`] (what this kernel supports).
+//! `trace`, `agent` and `top` run on the one tick driver in [`driver`]; each only says what to do after a
 //! tick and when to stop.
 //!
-//! `trace` and `agent` attach on the main thread and drop the capabilities
+//! `trace`, `agent` and `top` attach on the main thread and drop the capabilities
 //! they no longer need *before* they build the async runtime
 //! ([`runtime`]): capabilities are per thread, and the runtime's threads
 //! inherit the main thread's reduced set.
@@ -11,11 +11,12 @@
 pub(crate) mod agent;
 pub(crate) mod doctor;
 mod driver;
+pub(crate) mod top;
 pub(crate) mod trace;
 
 use anyhow::Context as _;
 
-/// The async runtime `trace` and `agent` run on, built after the attach.
+/// The async runtime `trace`, `agent` and `top` run on, built after the attach.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
