@@ -326,3 +326,283 @@ fn without_perfmon_the_agent_refuses_with_one_line() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("tracer: error: cannot load eBPF programs: no CAP_PERFMON"), "{stderr}");
 }
+
+// ---- --web.config.file: TLS and basic auth ----------------------------
+
+/// A scratch directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tracer-privs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        std::fs::write(self.0.join(name), text).expect("write scratch file");
+        self.path(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn openssl(dir: &Scratch, args: &[&str]) {
+    let output =
+        Command::new("openssl").args(args).current_dir(&dir.0).output().expect("openssl runs (Debian package openssl)");
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A CA `NAME-ca.{crt,key}` and a certificate `NAME.{crt,key}` it signs
+/// for `subject` (a server: localhost and 127.0.0.1).
+fn make_certificates(dir: &Scratch, name: &str) {
+    let ca = format!("{name}-ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    dir.write(
+        &format!("{name}.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+/// Cost 4: a real bcrypt hash, fast to check.
+fn bcrypt_hash(password: &str) -> String {
+    bcrypt::hash(password, 4).expect("bcrypt hashes")
+}
+
+fn root_agent(args: &[&str]) -> Command {
+    let mut command = Command::new(tracer_bin());
+    command.args(["agent", "--listen", "127.0.0.1:0", "--interval", "500ms"]).args(args);
+    command
+}
+
+fn signal(agent: &Agent, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(agent.pid() as libc::pid_t, signal) };
+}
+
+#[test]
+fn tls_and_basic_auth_from_the_web_config_file_reloaded_on_sighup() {
+    let _serial = serial();
+    let me = std::process::id();
+    let dir = Scratch::new("tls");
+    make_certificates(&dir, "server");
+    let config = |cert: &str, user: &str, password: &str| {
+        format!(
+            "tls_server_config:\n  cert_file: {cert}.crt\n  key_file: {cert}.key\n  min_version: TLS12\n\
+             http_server_config:\n  headers:\n    X-Frame-Options: deny\n\
+             basic_auth_users:\n  {user}: '{}'\n",
+            bcrypt_hash(password)
+        )
+    };
+    let web = dir.write("web.yml", &config("server", "prometheus", "s3cret"));
+    let traffic = Traffic::before_start();
+    let mut command = root_agent(&["--web.config.file", &web]);
+    command.args(traffic.agent_args());
+    let agent = Agent::start(command);
+    assert!(agent.url.starts_with("https://"), "{}", agent.url);
+    let url = |path: &str| format!("https://localhost:{}{path}", agent.addr.port());
+    let ca = dir.path("server-ca.crt");
+
+    // /healthz needs no credentials; everything else does.
+    assert_eq!(curl(&["--cacert", &ca, &url("/healthz")]), (200, "ok".to_owned()));
+    let (status, text) = curl(&["--cacert", &ca, "-i", &url("/metrics")]);
+    assert_eq!(status, 401, "{text}");
+    assert!(text.to_ascii_lowercase().contains("www-authenticate: basic"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("x-frame-options: deny"), "{text}");
+    assert_eq!(curl(&["--cacert", &ca, "-u", "prometheus:wrong", &url("/metrics")]).0, 401);
+    assert_eq!(curl(&["--cacert", &ca, "-u", "nobody:s3cret", &url("/")]).0, 401);
+    assert_eq!(curl(&["--cacert", &ca, "-u", "prometheus:s3cret", &url("/nope")]).0, 404);
+    // Plain HTTP to the TLS port is refused with a reason.
+    let (status, text) = curl(&[&format!("http://127.0.0.1:{}/metrics", agent.addr.port())]);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Client sent an HTTP request to an HTTPS server."), "{text}");
+    // Not trusted without the CA.
+    assert_eq!(curl(&[&url("/healthz")]).0, 0);
+
+    // An exact transfer, scraped over TLS with credentials.
+    traffic.transfer();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sent_line = loop {
+        let (status, metrics) = curl(&["--cacert", &ca, "-u", "prometheus:s3cret", &url("/metrics")]);
+        assert_eq!(status, 200, "{metrics}");
+        let line = metrics.lines().find(|l| {
+            l.starts_with("tracer_tcp_sent_bytes_total{")
+                && l.contains("role=\"client\"")
+                && l.contains(&format!("port=\"{}\"", traffic.transfer_port))
+        });
+        if let Some(line) = line.filter(|l| l.ends_with(&format!(" {SENT}"))) {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no exact client counter over TLS: {line:?}\n{metrics}");
+        thread::sleep(Duration::from_millis(300));
+    };
+    assert!(sent_line.ends_with(&format!(" {SENT}")), "{sent_line}");
+    let (status, body) = curl(&["--cacert", &ca, "-u", "prometheus:s3cret", &url("/api/v1/report")]);
+    assert_eq!(status, 200);
+    let report = Report::parse(&body).expect("report parses");
+    assert_eq!(report.flow(me, "client", "127.0.0.1", traffic.transfer_port).tx_bytes, SENT);
+
+    // SIGHUP with a bad file: logged with its line, the old config kept.
+    std::fs::write(&web, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_versoin: TLS12\n")
+        .expect("write");
+    signal(&agent, libc::SIGHUP);
+    wait_until("the bad reload is logged", Duration::from_secs(10), || {
+        agent.stderr().contains("keeping the previous web config")
+    });
+    let stderr = agent.stderr();
+    assert!(stderr.contains("line 4: tls_server_config: unknown field `min_versoin`"), "{stderr}");
+    assert_eq!(curl(&["--cacert", &ca, "-u", "prometheus:s3cret", &url("/metrics")]).0, 200, "old config kept");
+
+    // SIGHUP with a good file: a new certificate (another CA) and user.
+    make_certificates(&dir, "renewed");
+    std::fs::write(&web, config("renewed", "scraper", "n3w")).expect("write");
+    signal(&agent, libc::SIGHUP);
+    wait_until("the reload", Duration::from_secs(10), || agent.stderr().contains("web config reloaded"));
+    let renewed_ca = dir.path("renewed-ca.crt");
+    assert_eq!(
+        curl(&["--cacert", &renewed_ca, "-u", "scraper:n3w", &url("/metrics")]).0,
+        200,
+        "renewed certificate and user"
+    );
+    assert_eq!(curl(&["--cacert", &ca, "-u", "scraper:n3w", &url("/metrics")]).0, 0, "the old certificate is gone");
+    assert_eq!(
+        curl(&["--cacert", &renewed_ca, "-u", "prometheus:s3cret", &url("/metrics")]).0,
+        401,
+        "the old user is gone"
+    );
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn client_certificates_are_required_and_verified_when_asked() {
+    let _serial = serial();
+    let dir = Scratch::new("mtls");
+    make_certificates(&dir, "server");
+    make_certificates(&dir, "client");
+    make_certificates(&dir, "stranger");
+    let web = dir.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client-ca.crt\n",
+    );
+    let agent = Agent::start(root_agent(&["--web.config.file", &web, "--port", "1"]));
+    let url = format!("https://localhost:{}/healthz", agent.addr.port());
+    let ca = dir.path("server-ca.crt");
+    assert_eq!(curl(&["--cacert", &ca, &url]).0, 0, "no client certificate");
+    let stranger =
+        curl(&["--cacert", &ca, "--cert", &dir.path("stranger.crt"), "--key", &dir.path("stranger.key"), &url]);
+    assert_eq!(stranger.0, 0, "a certificate of another CA: {stranger:?}");
+    let client = curl(&["--cacert", &ca, "--cert", &dir.path("client.crt"), "--key", &dir.path("client.key"), &url]);
+    assert_eq!(client, (200, "ok".to_owned()));
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn a_bad_web_config_at_start_exits_2_naming_the_line() {
+    let _serial = serial();
+    let dir = Scratch::new("bad");
+    make_certificates(&dir, "server");
+    let cases = [
+        (
+            "basic_auth_users:\n  prometheus: '$2y$10$x'\n",
+            "line 2: basic_auth_users: the password of \"prometheus\" is not a bcrypt hash",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_versoin: TLS12\n",
+            "line 4: tls_server_config: unknown field `min_versoin`",
+        ),
+        (
+            "tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n",
+            "line 2: tls_server_config.cert_file: cannot read",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS10\n",
+            "line 4: tls_server_config.min_version: TLS10 is not supported",
+        ),
+        ("basic_auth_users: [a\n", "line "),
+    ];
+    for (text, expected) in cases {
+        let web = dir.write("web.yml", text);
+        let output = root_agent(&["--web.config.file", &web]).stdin(Stdio::null()).output().expect("agent runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with(&format!("tracer: web config {web} ")), "{stderr}");
+        assert!(stderr.contains(expected), "{text}: expected {expected:?} in {stderr}");
+    }
+    let output = root_agent(&["--web.config.file", &dir.path("absent.yml")]).output().expect("agent runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read it"));
+
+    // Off loopback without a web config: a warning at start.
+    let mut command = Command::new(tracer_bin());
+    command.args(["agent", "--listen", "0.0.0.0:0", "--interval", "500ms", "--port", "1"]);
+    let agent = Agent::start(command);
+    assert!(agent.stderr().contains("serving plain HTTP without authentication on 0.0.0.0:0"), "{}", agent.stderr());
+    assert!(agent.terminate().success());
+}

@@ -256,6 +256,11 @@ pub(crate) struct AgentArgs {
     /// Sockets the kernel side can track at once (see `trace --help`).
     #[arg(long, value_name = "N", default_value = "131072", value_parser = parse_max_sockets)]
     pub(crate) max_sockets: u32,
+    /// TLS and basic auth, in the web configuration format of Prometheus'
+    /// exporter-toolkit (`tls_server_config`, `basic_auth_users` with bcrypt
+    /// hashes, `http_server_config.headers`); re-read on SIGHUP.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub(crate) web_config_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) filters: FilterArgs,
     #[command(flatten)]

@@ -75,6 +75,10 @@ pub fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
+            if let Some(usage) = err.downcast_ref::<cmd::UsageError>() {
+                eprintln!("tracer: {usage}");
+                return ExitCode::from(2);
+            }
             let line = format!("{err:#}").replace('\n', " ");
             eprintln!("tracer: error: {line}");
             ExitCode::from(1)

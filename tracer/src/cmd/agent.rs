@@ -5,7 +5,9 @@
 //!
 //! This task owns the tick driver and the metrics state; after each tick it
 //! publishes one immutable [`Published`] snapshot through a `watch` channel,
-//! which is all the HTTP side ever reads.
+//! which is all the HTTP side ever reads. The web config
+//! (`--web.config.file`: TLS, basic auth) goes the same way: SIGHUP re-reads
+//! it and publishes it whole, or logs why not and keeps the one in force.
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,7 +20,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::driver::{self, Driver, DriverConfig};
+use super::{
+    driver::{self, Driver, DriverConfig},
+    UsageError,
+};
 use crate::{
     cli::AgentArgs,
     load::Attached,
@@ -27,6 +32,7 @@ use crate::{
         http::{self, Limits, Published},
         metrics::{Metrics, MetricsConfig, Tick},
         report::Report,
+        webconfig::WebConfig,
     },
 };
 
@@ -45,21 +51,54 @@ enum Stop {
 /// Binds, attaches (and drops the capabilities no longer needed) on this
 /// thread, then collects and serves on the async runtime.
 pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
-    // Cheap failures first: a taken port should not cost an attach.
+    // Cheap failures first: a bad web config or a taken port should not
+    // cost an attach.
+    let web_config = match &args.web_config_file {
+        Some(path) => WebConfig::load(path).map_err(|err| UsageError(err.to_string()))?,
+        None => WebConfig::default(),
+    };
+    if args.web_config_file.is_none() && !args.listen.ip().is_loopback() {
+        log::warn!(
+            "serving plain HTTP without authentication on {}: anyone who reaches it sees process names, remote \
+             addresses and ports; use --web.config.file for TLS and basic auth, or listen on loopback",
+            args.listen
+        );
+    }
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {} (choose another address with --listen)", args.listen))?;
     listener.set_nonblocking(true).context("making the listening socket non-blocking")?;
     let attached = driver::attach(args.backend.map(Into::into), args.max_sockets)?;
-    super::runtime()?.block_on(serve(args, listener, attached))
+    super::runtime()?.block_on(serve(args, listener, web_config, attached))
 }
 
-async fn serve(args: AgentArgs, listener: std::net::TcpListener, attached: Attached) -> anyhow::Result<()> {
+async fn serve(
+    args: AgentArgs,
+    listener: std::net::TcpListener,
+    web_config: WebConfig,
+    attached: Attached,
+) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener).context("registering the listening socket")?;
     let address = listener.local_addr().context("reading the listening address")?;
     // Installed before anything is announced, so a signal sent as soon as
     // the agent says it listens is handled, not fatal.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let scheme = if web_config.tls.is_some() { "https" } else { "http" };
+    let (reload, security) = watch::channel(Arc::new(web_config));
+    if let Some(path) = args.web_config_file.clone() {
+        let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                match WebConfig::load(&path) {
+                    Ok(config) => {
+                        reload.send_replace(Arc::new(config));
+                        eprintln!("tracer: web config reloaded from {}", path.display());
+                    }
+                    Err(err) => log::error!("{err}; keeping the previous web config"),
+                }
+            }
+        });
+    }
 
     let mut driver = Driver::start(
         attached,
@@ -84,10 +123,11 @@ async fn serve(args: AgentArgs, listener: std::net::TcpListener, attached: Attac
     let first = publish(&driver, &mut metrics, began).context("the first collection")?;
     let (feed, feed_rx) = watch::channel(Arc::new(first));
     let (stop, stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(http::serve(listener, http::router(feed_rx), Limits::default(), async move {
+    let app = http::router(feed_rx, security.clone());
+    let mut server = tokio::spawn(http::serve(listener, app, Limits::default(), security, async move {
         let _ = stopped.await;
     }));
-    eprintln!("tracer: agent listening on http://{address} ({backend} backend)");
+    eprintln!("tracer: agent listening on {scheme}://{address} ({backend} backend)");
 
     let until = async {
         tokio::select! {

@@ -16,6 +16,12 @@ pub(crate) mod trace;
 
 use anyhow::Context as _;
 
+/// A mistake in what the user asked for, found after the flags parsed (a
+/// bad `--web.config.file`): exit code 2, as for a bad flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
 /// The async runtime `trace`, `agent` and `top` run on, built after the attach.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

@@ -18,6 +18,14 @@
 //! newest connection is always the last to go. On shutdown the listener
 //! closes first, then in-flight requests finish within
 //! [`Limits::drain_timeout`].
+//!
+//! The [`WebConfig`] in force (`--web.config.file`, replaced whole on
+//! SIGHUP through a `watch` channel) decides per connection whether it
+//! speaks TLS (a plaintext request to a TLS port gets a 400 saying so, as
+//! Go's servers answer) and per request whether credentials are needed:
+//! with `basic_auth_users` set, every route but `/healthz` answers 401 with
+//! `WWW-Authenticate` unless the request's basic credentials match a
+//! bcrypt hash (checked off the async workers).
 
 use std::{
     collections::VecDeque,
@@ -50,7 +58,10 @@ use tokio::{
     time::{sleep, Instant},
 };
 
-use super::{dashboard::DASHBOARD_HTML, metrics};
+use super::{dashboard::DASHBOARD_HTML, metrics, webconfig::WebConfig};
+
+/// The web configuration in force (TLS, users, headers).
+pub(crate) type Security = watch::Receiver<Arc<WebConfig>>;
 
 /// What the endpoints serve, as of the last tick.
 #[derive(Debug, Clone, Default)]
@@ -105,8 +116,8 @@ impl Default for Limits {
 /// hyper refuses buffers smaller than this.
 const MIN_HEADER_BUFFER: usize = 8192;
 
-/// The agent's routes.
-pub(crate) fn router(feed: Feed) -> Router {
+/// The agent's routes, behind the authentication `security` asks for.
+pub(crate) fn router(feed: Feed, security: Security) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics_text))
@@ -117,8 +128,49 @@ pub(crate) fn router(feed: Feed) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(no_request_bodies))
+        .layer(middleware::from_fn_with_state(security, authorize))
         .layer(middleware::map_response(common_headers))
         .with_state(feed)
+}
+
+/// Basic auth where the web config asks for it (never on `/healthz`),
+/// and the web config's extra headers on every response.
+async fn authorize(State(security): State<Security>, request: Request, next: Next) -> Response {
+    let config = Arc::clone(&security.borrow());
+    let allowed = request.uri().path() == "/healthz"
+        || config.users.is_empty()
+        || match basic_credentials(request.headers()) {
+            Some((user, password)) => {
+                let config = Arc::clone(&config);
+                // bcrypt is slow by design: not on the async workers.
+                tokio::task::spawn_blocking(move || config.authenticate(&user, &password)).await.unwrap_or(false)
+            }
+            None => false,
+        };
+    let mut response = if allowed {
+        next.run(request).await
+    } else {
+        let mut response = error(StatusCode::UNAUTHORIZED, "authentication required");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tracer\""));
+        response
+    };
+    for (name, value) in &config.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// The user and password of an `Authorization: Basic` header.
+fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
 }
 
 fn current(feed: &Feed) -> Arc<Published> {
@@ -227,7 +279,13 @@ fn make_room(open: &mut VecDeque<Open>, capacity: usize) {
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish (within
 /// [`Limits::drain_timeout`]).
-pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    security: Security,
+    shutdown: impl Future<Output = ()>,
+) {
     let (closing_tx, closing_rx) = watch::channel(false);
     let capacity = limits.max_connections.max(1);
     let mut connections = JoinSet::new();
@@ -249,8 +307,10 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, sh
         };
         make_room(&mut open, capacity);
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let task = connections.spawn(serve_connection(
+        let tls = security.borrow().tls.clone();
+        let task = connections.spawn(serve_stream(
             stream,
+            tls,
             app.clone(),
             limits.clone(),
             closing_rx.clone(),
@@ -286,14 +346,57 @@ impl Drop for InFlight {
     }
 }
 
-async fn serve_connection(
+/// What a client that speaks plain HTTP to the TLS port is told.
+const PLAINTEXT_TO_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// Serves one accepted connection, over TLS when `tls` is set.
+async fn serve_stream(
     stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    limits: Limits,
+    closing: watch::Receiver<bool>,
+    in_flight: Arc<AtomicUsize>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return serve_connection(stream, app, limits, closing, in_flight).await;
+    };
+    // The handshake counts against the header deadline.
+    let handshake = async {
+        let mut first = [0u8; 1];
+        // A TLS connection starts with a handshake record (0x16); plain
+        // HTTP with a method name.
+        if matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_alphabetic()) {
+            let mut unsent = PLAINTEXT_TO_TLS;
+            while !unsent.is_empty() && stream.writable().await.is_ok() {
+                match stream.try_write(unsent) {
+                    Ok(sent) => unsent = &unsent[sent..],
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => break,
+                }
+            }
+            return Err("plain HTTP sent to the TLS port".to_owned());
+        }
+        tokio_rustls::TlsAcceptor::from(tls).accept(stream).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+        Ok(Ok(stream)) => serve_connection(stream, app, limits, closing, in_flight).await,
+        Ok(Err(err)) => log::debug!("TLS handshake failed: {err}"),
+        Err(_) => log::debug!("TLS handshake timed out"),
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
     app: Router,
     limits: Limits,
     mut closing: watch::Receiver<bool>,
     in_flight: Arc<AtomicUsize>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -371,7 +474,8 @@ mod tests {
             let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
             let addr = listener.local_addr().expect("addr");
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let done = runtime.spawn(serve(listener, router(feed), limits, async move {
+            let (_, security) = watch::channel(Arc::new(WebConfig::default()));
+            let done = runtime.spawn(serve(listener, router(feed, security.clone()), limits, security, async move {
                 let _ = stopped.await;
             }));
             Server { runtime, addr, stop: Some(stop), done: Some(done) }

@@ -1,7 +1,8 @@
 //! Outputs, each reading one [`Snapshot`] of the model and the analysis:
 //! the JSON report ([`report`], `tracer.report/v1`), the text tables
 //! ([`table`]), the Prometheus metrics ([`metrics`]), and the agent's HTTP
-//! side ([`http`]) with its dashboard ([`dashboard`]).
+//! side ([`http`]) with its dashboard ([`dashboard`]) and its TLS and basic
+//! auth ([`webconfig`], `--web.config.file`).
 
 pub(crate) mod dashboard;
 #[cfg(test)]
@@ -10,6 +11,7 @@ pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod report;
 pub(crate) mod table;
+pub(crate) mod webconfig;
 
 use std::{
     collections::HashMap,
