@@ -606,3 +606,134 @@ fn a_bad_web_config_at_start_exits_2_naming_the_line() {
     assert!(agent.stderr().contains("serving plain HTTP without authentication on 0.0.0.0:0"), "{}", agent.stderr());
     assert!(agent.terminate().success());
 }
+
+/// A Prometheus server (Debian's) with its own config and storage in
+/// `dir`, listening on loopback; stopped by its pid.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &Scratch, config: &str) -> Prometheus {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let config_path = dir.write("prometheus.yml", config);
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={config_path}"))
+            .arg(format!("--storage.tsdb.path={}", dir.path("tsdb")))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting prometheus (Debian package `prometheus`): {e}"));
+        Prometheus { child, port }
+    }
+
+    /// The `data` of an answer of Prometheus' HTTP API, if it gave one.
+    fn api(&self, path_and_query: &str) -> Option<serde_json::Value> {
+        let (status, body) = curl(&["-G", &format!("http://127.0.0.1:{}{path_and_query}", self.port)]);
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200 && json["status"] == "success").then(|| json["data"].clone())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        if wait_bounded(&mut self.child, Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A real Prometheus scrapes the agent over TLS (a CA the test made) with
+/// basic auth: the exact byte counter comes back through PromQL; the same
+/// scrape with a wrong password shows the target down with 401; with
+/// `RequireAndVerifyClientCert`, a job with the client certificate is up
+/// and one without is down.
+#[test]
+fn a_real_prometheus_scrapes_over_https_with_basic_auth() {
+    let _serial = serial();
+    let dir = Scratch::new("prometheus");
+    make_certificates(&dir, "server");
+    make_certificates(&dir, "client");
+    let web = dir.write(
+        "web.yml",
+        &format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+             client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client-ca.crt\n\
+             basic_auth_users:\n  prometheus: '{}'\n",
+            bcrypt_hash("s3cret")
+        ),
+    );
+    let traffic = Traffic::before_start();
+    let mut command = root_agent(&["--web.config.file", &web]);
+    command.args(traffic.agent_args());
+    let agent = Agent::start(command);
+    traffic.transfer();
+
+    let target = format!("localhost:{}", agent.addr.port());
+    let job = |name: &str, password: &str, client_cert: bool| {
+        let cert = if client_cert {
+            format!("\n      cert_file: {}\n      key_file: {}", dir.path("client.crt"), dir.path("client.key"))
+        } else {
+            String::new()
+        };
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {}{cert}\n    \
+             basic_auth:\n      username: prometheus\n      password: {password}\n    \
+             static_configs:\n      - targets: ['{target}']\n",
+            dir.path("server-ca.crt")
+        )
+    };
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}{}",
+        job("good", "s3cret", true),
+        job("wrong_password", "nope", true),
+        job("no_client_cert", "s3cret", false)
+    );
+    let prometheus = Prometheus::start(&dir, &config);
+
+    let query = format!(
+        "/api/v1/query?query=tracer_tcp_sent_bytes_total%7Bjob%3D%22good%22%2Crole%3D%22client%22%2Cport%3D%22{}%22%7D",
+        traffic.transfer_port
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let value = loop {
+        let value = prometheus
+            .api(&query)
+            .and_then(|data| data["result"].get(0).and_then(|r| r["value"][1].as_str().map(str::to_owned)));
+        if value.as_deref() == Some(&SENT.to_string()) {
+            break value;
+        }
+        assert!(Instant::now() < deadline, "Prometheus never read {SENT} through TLS and basic auth: {value:?}");
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(value, Some(SENT.to_string()));
+
+    // The other two jobs: down, and why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let targets = prometheus.api("/api/v1/targets").unwrap_or_default();
+        let of = |job: &str| {
+            targets["activeTargets"].as_array().into_iter().flatten().find(|t| t["labels"]["job"] == job).map(|t| {
+                (t["health"].as_str().unwrap_or("").to_owned(), t["lastError"].as_str().unwrap_or("").to_owned())
+            })
+        };
+        let (wrong, no_cert) = (of("wrong_password"), of("no_client_cert"));
+        let wrong_down = wrong.as_ref().is_some_and(|(health, error)| health == "down" && error.contains("401"));
+        let no_cert_down = no_cert.as_ref().is_some_and(|(health, error)| health == "down" && !error.is_empty());
+        if wrong_down && no_cert_down {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "targets not down as expected: wrong password {wrong:?}, no client cert {no_cert:?}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    drop(prometheus);
+    assert!(agent.terminate().success());
+}
