@@ -19,14 +19,17 @@ use crate::BYTE_TABLE;
 /// bits of the address, which are the ones that differ between sockets.
 /// The slots themselves hold the whole address, which user space knows the
 /// socket by.
+/// Returns the home slot and the table's mask (its size is read once per
+/// call: the global is read volatile, so it is not hoisted for us).
 #[inline(always)]
-pub(super) fn home_of(key: u64) -> u32 {
+pub(super) fn home_of(key: u64) -> (u32, u32) {
     let low: u64;
     // SAFETY: one register move, no memory access.
     unsafe {
         core::arch::asm!("w0 = w1", in("r1") key, lateout("r0") low, options(pure, nomem, nostack, preserves_flags));
     }
-    byte_table::home_in(low, slots_log2())
+    let log2 = slots_log2();
+    (byte_table::home_in(low, log2), (1u32 << log2) - 1)
 }
 
 /// log2 of the table's slots, as user space sized it at load.
@@ -38,12 +41,6 @@ fn slots_log2() -> u32 {
     }
 }
 
-/// The `i`-th slot of the probe sequence from `home`.
-#[inline(always)]
-fn probe(home: u32, i: u32) -> u32 {
-    byte_table::probe_in(home, i, (1u32 << slots_log2()) - 1)
-}
-
 /// The `BYTES` slot holding `key`'s counters, if it has one. Array lookups
 /// are inlined by the verifier: no function call.
 #[inline(always)]
@@ -51,9 +48,9 @@ pub(super) fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
     if !BYTE_TABLE {
         return None;
     }
-    let home = home_of(key);
+    let (home, mask) = home_of(key);
     for i in 0..byte_table::PROBES {
-        let slot = BYTES.get_ptr_mut(probe(home, i))?;
+        let slot = BYTES.get_ptr_mut(byte_table::probe_in(home, i, mask))?;
         // SAFETY: a live array value; `sock` only changes atomically.
         let sock = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
         if sock == key {
@@ -75,9 +72,9 @@ pub(super) fn claim_byte_slot(key: u64, born: u64) {
     if !BYTE_TABLE {
         return;
     }
-    let home = home_of(key);
+    let (home, mask) = home_of(key);
     for i in 0..byte_table::PROBES {
-        let Some(slot) = BYTES.get_ptr_mut(probe(home, i)) else { return };
+        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe_in(home, i, mask)) else { return };
         // SAFETY: a live array value; `sock` only changes atomically.
         let mut seen = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
         // Twice: user space may turn the tombstone seen into an empty slot
@@ -117,9 +114,9 @@ pub(super) fn release_byte_slots(key: u64, record: &mut SockRecord) {
     if !BYTE_TABLE {
         return;
     }
-    let home = home_of(key);
+    let (home, mask) = home_of(key);
     for i in 0..byte_table::PROBES {
-        let Some(slot) = BYTES.get_ptr_mut(probe(home, i)) else { return };
+        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe_in(home, i, mask)) else { return };
         // SAFETY: a live array value.
         unsafe {
             // All the probes, not only up to an empty slot: a slot cut off

@@ -142,10 +142,24 @@ pub fn load_average() -> Option<f64> {
 /// holds (`run_time_ns` / `run_cnt` of their fdinfo; counted only while
 /// `kernel.bpf_stats_enabled` is 1).
 pub fn program_runs(pid: u32) -> (u64, u64) {
+    program_runs_of(pid, &TRACING_PROGRAM_TYPES)
+}
+
+/// The tracer's programs that run on hooks: its TCP health pass (the one
+/// raw tracepoint program, run by `BPF_PROG_TEST_RUN` once per collection
+/// over every tracked socket) is collection work, not a cost per syscall,
+/// and is left out.
+pub const HOOKED_PROGRAM_TYPES: [u32; 3] = [2, 5, 26];
+
+/// [`program_runs`] over the programs of these types only.
+pub fn program_runs_of(pid: u32, types: &[u32]) -> (u64, u64) {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return (0, 0) };
     let mut total = (0, 0);
     for fd in fds.flatten() {
         let Ok(info) = fs::read_to_string(fd.path()) else { continue };
+        if !parse_fdinfo_program_type(&info).is_some_and(|t| types.contains(&t)) {
+            continue;
+        }
         if let Some((time, count)) = parse_fdinfo_runs(&info) {
             total.0 += time;
             total.1 += count;

@@ -31,9 +31,9 @@ pub fn program_costs(binaries: &Binaries, mode: &Mode, plan: &Plan) -> Result<Ve
     }
     let tracer = TracerProcess::start(&binaries.tracer, mode, plan.interval)?;
     std::thread::sleep(plan.settle);
-    let before = proc::program_runs(tracer.pid());
+    let before = proc::program_runs_of(tracer.pid(), &proc::HOOKED_PROGRAM_TYPES);
     run_workload(&binaries.loadgen, Workload::PingPong, &plan.load)?;
-    let after = proc::program_runs(tracer.pid());
+    let after = proc::program_runs_of(tracer.pid(), &proc::HOOKED_PROGRAM_TYPES);
     tracer.stop()?;
     costs.push(ProgramCost::new(TRACER_PROGRAMS, before, after));
     for cost in &costs {
