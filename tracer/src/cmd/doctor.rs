@@ -13,7 +13,7 @@ use crate::{
         self,
         btf::Btf,
         health,
-        kernel::{self, Capabilities, KEPT_AFTER_ATTACH, KERNEL_BTF},
+        kernel::{self, Capabilities, KERNEL_BTF},
         probes::{self, Backend, BACKEND_ORDER},
     },
 };
@@ -62,7 +62,7 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     let held = current.as_ref().map(|caps| kernel::names(caps.bits)).unwrap_or_default();
     let missing: Vec<&str> = uses.iter().filter(|u| u.needed && !u.held).map(|u| u.cap.name()).collect();
-    let kept: Vec<&str> = KEPT_AFTER_ATTACH.iter().map(|c| c.name()).collect();
+    let kept = kernel::names(kernel::kept_after_attach(kernel::version(&kernel_release)));
     let lockdown = kernel::lockdown();
     let hooks: Vec<HookStatus> = probes::shown_probes(btf.as_ref())
         .map(|p| HookStatus {

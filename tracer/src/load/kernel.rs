@@ -49,12 +49,27 @@ impl Cap {
 /// descriptors already held and need no capability.
 pub(crate) const KEPT_AFTER_ATTACH: [Cap; 2] = [Cap::SysPtrace, Cap::DacReadSearch];
 
-/// Gives up every capability but [`KEPT_AFTER_ATTACH`] for good (effective,
+/// Before 6.5 the kernel checks CAP_BPF (or CAP_SYS_ADMIN) on every
+/// `bpf(2)` command while unprivileged BPF is disabled (the default), map
+/// reads on held descriptors included: on those kernels the one of them
+/// the process has is kept too.
+pub(crate) const BPF_CHECKS_EVERY_COMMAND_BEFORE: (u32, u32) = (6, 5);
+
+/// The capabilities kept after attach on a kernel of `version`.
+pub(crate) fn kept_after_attach(version: Option<(u32, u32)>) -> u64 {
+    let mut keep: u64 = KEPT_AFTER_ATTACH.iter().map(|c| c.bit()).sum();
+    if version.is_none_or(|v| v < BPF_CHECKS_EVERY_COMMAND_BEFORE) {
+        keep |= Cap::Bpf.bit() | Cap::SysAdmin.bit();
+    }
+    keep
+}
+
+/// Gives up every capability but [`kept_after_attach`] for good (effective,
 /// permitted, inheritable, ambient and, where allowed, bounding sets), on
 /// the calling thread: call it while it is the only thread. A failure is
 /// logged and tracing goes on with what the process has.
 pub(crate) fn drop_capabilities() {
-    let keep = KEPT_AFTER_ATTACH.iter().map(|c| c.bit()).sum();
+    let keep = kept_after_attach(release().as_deref().and_then(version));
     match crate::sys::caps::restrict_to(keep) {
         Ok(sets) => log::debug!("capabilities after attach: {}", names(sets.effective).join(", ")),
         Err(err) => log::warn!("could not drop the capabilities no longer needed after attach: {err}"),
@@ -236,6 +251,16 @@ pub(crate) fn kallsyms_has(function: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_kernels_keep_the_bpf_capability_for_map_reads() {
+        let base = Cap::SysPtrace.bit() | Cap::DacReadSearch.bit();
+        assert_eq!(kept_after_attach(Some((6, 18))), base);
+        assert_eq!(kept_after_attach(Some((6, 5))), base);
+        assert_eq!(kept_after_attach(Some((6, 1))), base | Cap::Bpf.bit() | Cap::SysAdmin.bit());
+        assert_eq!(kept_after_attach(Some((5, 10))), base | Cap::Bpf.bit() | Cap::SysAdmin.bit());
+        assert_eq!(kept_after_attach(None), base | Cap::Bpf.bit() | Cap::SysAdmin.bit());
+    }
 
     #[test]
     fn effective_capabilities() {
