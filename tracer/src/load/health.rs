@@ -5,7 +5,6 @@
 use tracer_common::KernelOffsets;
 
 use super::btf::{Btf, BtfError};
-use crate::model::HealthSupport;
 
 /// Resolves the offsets of the fields TCP health reads into `offsets`, and
 /// returns the fields the running kernel lacks (left at 0: never read,
@@ -54,6 +53,21 @@ pub(crate) fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'s
         _ => missing.push("tcp_sock.chrono_stat"),
     }
     missing
+}
+
+/// Which TCP health values this kernel provides (a value it lacks is
+/// reported as null, never as a made-up zero).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HealthSupport {
+    /// The sampling pass runs (RTT, backlogs, delivery rate each tick).
+    pub(crate) sampling: bool,
+    pub(crate) rtt: bool,
+    pub(crate) min_rtt: bool,
+    pub(crate) queues: bool,
+    /// The chrono counters (`limited_ms`).
+    pub(crate) chrono: bool,
+    pub(crate) delivery_rate: bool,
+    pub(crate) failure_reasons: bool,
 }
 
 /// What the report can say with the fields this kernel has, and whether

@@ -21,7 +21,8 @@ use aya::{
 use log::{debug, warn};
 use thiserror::Error;
 
-use crate::{model::HealthSupport, sys};
+use self::health::HealthSupport;
+use crate::sys;
 
 use self::{
     btf::{Btf, BtfError},

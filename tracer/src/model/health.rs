@@ -8,21 +8,6 @@
 //! counters) live with the other counters in [`super::Counters`]; what is
 //! sampled (RTT, backlogs) is kept per interval here.
 
-/// Which TCP health values this kernel provides (a value it lacks is
-/// reported as null, never as a made-up zero).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct HealthSupport {
-    /// The sampling pass runs (RTT, backlogs, delivery rate each tick).
-    pub(crate) sampling: bool,
-    pub(crate) rtt: bool,
-    pub(crate) min_rtt: bool,
-    pub(crate) queues: bool,
-    /// The chrono counters (`limited_ms`).
-    pub(crate) chrono: bool,
-    pub(crate) delivery_rate: bool,
-    pub(crate) failure_reasons: bool,
-}
-
 /// Latency buckets of the histograms: 100 us to ~13 s in x2 steps (upper
 /// bounds, microseconds).
 pub(crate) const LATENCY_BUCKETS_US: [u64; 18] = {

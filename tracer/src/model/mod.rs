@@ -31,9 +31,12 @@ use self::{
 pub(crate) use self::{
     counters::Counters,
     flow::{CloseWait, Flow, FlowKey, KernelStats, Process, Role, TimelinePoint, TimelineProcess},
-    health::{jiffies_ms, Dist, FailReason, FlowHealth, HealthSupport, HealthView, LastMax, SocketHealth},
+    health::{jiffies_ms, Dist, FailReason, FlowHealth, HealthView, LastMax, SocketHealth},
     socket::{state_name, KernelRole, ProcSocket, SocketObs, StateCounts, Tuple},
 };
+/// What TCP health the kernel side provides: decided at load, kept by the
+/// model for the outputs.
+pub(crate) use crate::load::health::HealthSupport;
 
 /// One interval: per-flow counter growth and per-process socket counts at
 /// its end.
