@@ -741,7 +741,7 @@ fn a_killed_agent_leaves_nothing_loaded_and_a_restarted_one_counts_exactly_besid
     for program in ["inet_sock_set_state", "tcp_destroy_sock"] {
         assert!(programs.contains(&program), "the agent holds no {program} program: {held:#?}");
     }
-    for map in ["SOCKETS", "CLOSED", "OVERFLOW", "STATS"] {
+    for map in ["BYTES", "RECORDS", "CLOSED", "OVERFLOW", "STATS"] {
         assert!(maps.contains(&map), "the agent holds no {map} map: {held:#?}");
     }
     // Counting before the crash, so the kill lands on a working agent.

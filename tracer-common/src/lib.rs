@@ -187,24 +187,27 @@ pub struct HealthClock {
     pub passes: u64,
 }
 
-/// One slot of the `BYTES` table: where the send/receive programs count
-/// the bytes of a socket whose owner is known, without the hash lookup of
-/// `SOCKETS` (an open-addressing table in an array, whose lookups the
-/// verifier inlines: no function call on the hot path).
-///
-/// A socket's byte totals are its `SockRecord` counters plus those of the
-/// slots holding its address (normally one). A slot is claimed (compare and
-/// swap on `sock`) once the record has an owner, and given back zeroed as a
-/// tombstone when the socket is destroyed; user space turns tombstones back
-/// into empty slots when that is safe (see [`byte_table`]).
+/// One slot of the `BYTES` table, an open-addressing table in an array
+/// (whose lookups the verifier inlines: no function call), keyed by the
+/// socket's address. Every tracked socket of the main object has one slot,
+/// claimed (compare and swap on `sock`) when its record is created: the
+/// slot's index is also the index of its `SockRecord` in `RECORDS`. The
+/// send/receive path counts the socket's bytes here; its record's own
+/// counters stay at zero until destruction, when the slot's are added to
+/// them and the slot is given back zeroed as a tombstone. User space turns
+/// tombstones back into empty slots when that is safe (see
+/// [`byte_table`]). The legacy object (no compare and swap) has no such
+/// table: records live in the `SOCKETS` hash map and count their own bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ByteSlot {
-    /// The socket's `SOCKETS` key, or [`byte_table::EMPTY`] /
+    /// The socket's address, or [`byte_table::EMPTY`] /
     /// [`byte_table::TOMBSTONE`].
     pub sock: u64,
-    /// The `first_seen_ns` of the record the slot belongs to: tells a slot
-    /// from the record of a later socket at the same address.
+    /// The `first_seen_ns` of the record the slot belongs to, with
+    /// [`byte_table::UNOWNED`] while the socket's owner is unknown: tells a
+    /// slot from the record of a later socket at the same address (user
+    /// space reads the slot and the record at different instants).
     pub born_ns: u64,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
@@ -216,14 +219,40 @@ pub mod byte_table {
     pub const EMPTY: u64 = 0;
     /// A slot given back (a lookup goes on past it; a claim may reuse it).
     pub const TOMBSTONE: u64 = 1;
+    /// Set in a slot's `born_ns` while the socket's owner is unknown. The
+    /// send/receive path's fast path counts only sockets whose owner is
+    /// known, and leaves the others to the slow path, which finds the
+    /// owner. (Not in `sock`: the verifier allows no bit operations on the
+    /// socket pointer.)
+    pub const UNOWNED: u64 = 1 << 63;
+
+    /// The socket a slot's `sock` word names; `EMPTY` and `TOMBSTONE` name
+    /// none (0).
+    #[inline(always)]
+    pub const fn socket_of(word: u64) -> u64 {
+        if word == EMPTY || word == TOMBSTONE {
+            0
+        } else {
+            word
+        }
+    }
+
+    /// The birth time in a slot's `born_ns` word (without [`UNOWNED`]).
+    #[inline(always)]
+    pub const fn born_of(word: u64) -> u64 {
+        word & !UNOWNED
+    }
+
     /// log2 of the number of slots by default (the table is sized at load
     /// time, `KernelOffsets::byte_slots_log2`).
     pub const SLOTS_LOG2: u32 = 17;
     pub const SLOTS: u32 = 1 << SLOTS_LOG2;
     pub const MASK: u32 = SLOTS - 1;
     /// Slots a lookup or a claim looks at from the home slot on (linear
-    /// probing). Past them the bytes are counted in the record instead.
-    pub const PROBES: u32 = 8;
+    /// probing). A socket whose sequence is full is not tracked (the table
+    /// has twice the slots of the sockets it is sized for, so at most half
+    /// are taken while it holds no more than that).
+    pub const PROBES: u32 = 16;
 
     /// The first slot a socket's probe sequence looks at in a table of
     /// `2^log2` slots (Fibonacci hashing of the `struct sock` address).
@@ -263,26 +292,30 @@ pub mod byte_table {
 
 /// What `tcp:tcp_destroy_sock` hands to user space through the `CLOSED` ring
 /// buffer: the socket's final record. Also handed over for a record still
-/// held when a new socket is born at its address, ended just before the
-/// new socket's `first_seen_ns`.
+/// held when a new socket is born at its address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClosedSock {
     /// The `SOCKETS` key the record had.
     pub sock: u64,
-    pub destroyed_ns: u64,
+    /// The last time the programs read the clock for the socket (its birth
+    /// or a timed state change; destruction reads none): at or after its
+    /// `first_seen_ns`, before the birth of any later socket at its address,
+    /// and before its destruction. Orders the record against tables read
+    /// earlier.
+    pub last_clock_ns: u64,
     pub record: SockRecord,
 }
 
-/// Key of `OVERFLOW`: the socket's address and the instant it was
-/// destroyed. The address alone is not unique there: under churn the
-/// kernel reuses a freed socket's memory for the next socket at once, so
-/// several final records of one address can wait for the same drain.
+/// Key of `OVERFLOW`: the socket's address and the instant it was first
+/// seen. The address alone is not unique there: under churn the kernel
+/// reuses a freed socket's memory for the next socket at once, so several
+/// final records of one address can wait for the same drain.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct OverflowKey {
     pub sock: u64,
-    pub destroyed_ns: u64,
+    pub first_seen_ns: u64,
 }
 
 /// Field offsets in the running kernel's structs, resolved from its BTF in
@@ -419,11 +452,13 @@ pub struct CallArgs {
     pub _pad: u32,
 }
 
-/// Default capacity of the `SOCKETS` map (preallocated, ~350 bytes of
-/// kernel memory per entry; user space sizes it at load with
-/// `--max-sockets`). Sockets past it are not tracked and counted once each
-/// in `map_full_drops`.
-pub const MAX_SOCKETS: u32 = 131_072;
+/// Default number of sockets the socket table is sized for (user space
+/// sizes it at load with `--max-sockets`): the main object's `BYTES` and
+/// `RECORDS` get twice as many slots (rounded up to a power of two, ~460
+/// bytes of kernel memory per socket), the legacy object's `SOCKETS` map
+/// as many entries. Sockets the table cannot place are not tracked and
+/// counted once each in `map_full_drops`.
+pub const MAX_SOCKETS: u32 = 65_536;
 /// Capacity of `OVERFLOW`: final records kept while the ring buffer is full.
 pub const OVERFLOW_RECORDS: u32 = 16_384;
 /// Capacity of `UNTRACKED`: sockets already counted as untracked.

@@ -86,12 +86,12 @@ fn parse_positive_ratio(text: &str) -> Result<f64, String> {
     }
 }
 
-/// `--max-sockets`: 1024 up to 16M (the byte table follows it, a power of
-/// two at least as large).
+/// `--max-sockets`: 1024 up to 8M (the table gets twice as many slots, a
+/// power of two).
 fn parse_max_sockets(text: &str) -> Result<u32, String> {
     let n: u32 = text.parse().map_err(|_| format!("'{text}' is not a number of sockets"))?;
-    if !(1024..=1 << 24).contains(&n) {
-        return Err(format!("{n} is out of range (1024 to 16777216)"));
+    if !(1024..=1 << 23).contains(&n) {
+        return Err(format!("{n} is out of range (1024 to 8388608)"));
     }
     Ok(n)
 }
@@ -218,10 +218,11 @@ pub(crate) struct TraceArgs {
     /// Attach backend (default: the cheapest one this kernel supports).
     #[arg(long, value_enum)]
     pub(crate) backend: Option<BackendArg>,
-    /// Sockets the kernel side can track at once (at least 1024; ~350
-    /// bytes of kernel memory each). Sockets past it are counted in
-    /// `untracked_sockets`, and the tracked ones stay exact.
-    #[arg(long, value_name = "N", default_value = "131072", value_parser = parse_max_sockets)]
+    /// Sockets the kernel side's table is sized for (1024 to 8M; twice as
+    /// many slots, ~460 bytes of kernel memory per socket). Sockets it
+    /// cannot place are counted in `untracked_sockets`, and the tracked
+    /// ones stay exact.
+    #[arg(long, value_name = "N", default_value = "65536", value_parser = parse_max_sockets)]
     pub(crate) max_sockets: u32,
     #[command(flatten)]
     pub(crate) filters: FilterArgs,
@@ -254,7 +255,7 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_enum)]
     pub(crate) backend: Option<BackendArg>,
     /// Sockets the kernel side can track at once (see `trace --help`).
-    #[arg(long, value_name = "N", default_value = "131072", value_parser = parse_max_sockets)]
+    #[arg(long, value_name = "N", default_value = "65536", value_parser = parse_max_sockets)]
     pub(crate) max_sockets: u32,
     /// TLS and basic auth, in the web configuration format of Prometheus'
     /// exporter-toolkit (`tls_server_config`, `basic_auth_users` with bcrypt
@@ -279,7 +280,7 @@ pub(crate) struct TopArgs {
     #[arg(long, value_enum)]
     pub(crate) backend: Option<BackendArg>,
     /// Sockets the kernel side can track at once (see `trace --help`).
-    #[arg(long, value_name = "N", default_value = "131072", value_parser = parse_max_sockets)]
+    #[arg(long, value_name = "N", default_value = "65536", value_parser = parse_max_sockets)]
     pub(crate) max_sockets: u32,
     #[command(flatten)]
     pub(crate) filters: FilterArgs,

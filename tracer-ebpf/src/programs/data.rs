@@ -11,24 +11,24 @@ use aya_ebpf::{
 use tracer_common::{stat, CallArgs, MSG_PEEK};
 
 use super::{
-    kernel::bpf_now,
-    maps::{count, CALLS, SOCKETS},
-    record::{claim_owner, insert, new_record},
-    slots::{byte_slot, claim_byte_slot},
+    kernel::Sock,
+    maps::{count, CALLS},
+    record::{claim_owner, create, find},
+    slots::byte_slot,
 };
 
 /// Counts what one send or receive call moved on `sk`. `moved` is the
 /// call's return value; `msg_flags` the receive flags (`MSG_PEEK` reads
 /// move nothing). `checked_tcp` says the caller knows `sk` is TCP.
 #[inline(always)]
-fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp: bool) {
+fn on_data<const TYPED: bool>(sk: Sock<TYPED>, moved: i32, msg_flags: i32, sending: bool, checked_tcp: bool) {
     if moved <= 0 || sk.is_null() {
         return;
     }
     if !sending && msg_flags & MSG_PEEK != 0 {
         return;
     }
-    let key = sk as u64;
+    let key = sk.key();
     // Hot path: a socket with an owner has a `BYTES` slot; no hash lookup,
     // no helper call.
     if let Some(slot) = byte_slot(key) {
@@ -40,29 +40,31 @@ fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp
         count(stat::EVENTS, 1);
         return;
     }
-    // Look the socket up first: a known socket is TCP, which spares the
-    // family and protocol reads.
-    let record = match SOCKETS.get_ptr_mut(key) {
-        Some(record) => record,
-        None => {
-            let Some(fresh) = new_record(sk, bpf_now(), checked_tcp, false) else { return };
-            claim_owner(fresh);
-            match insert(key, fresh) {
-                Some(record) => record,
-                None => return,
-            }
-        }
+    // The slow path: the first call on a socket, or one whose owner is not
+    // known yet (a server's accepted socket). A known socket is TCP, which
+    // spares the family and protocol reads.
+    let entry = match find(key) {
+        Some(entry) => entry,
+        None => match create(sk, checked_tcp, false, true) {
+            Some((entry, _)) => entry,
+            None => return,
+        },
     };
-    // SAFETY: `record` points into a live map value; concurrent senders and
+    // SAFETY: `entry` points into live map values; concurrent senders and
     // receivers on other CPUs only ever add atomically.
     unsafe {
-        if (*record).pid == 0 {
-            claim_owner(&mut *record);
+        if (*entry.record).pid == 0 {
+            // The owner is known from here on: later calls take the hot
+            // path.
+            claim_owner(entry);
         }
-        let counter = if sending { &raw mut (*record).tx_bytes } else { &raw mut (*record).rx_bytes };
+        let counters = if entry.slot.is_null() {
+            (&raw mut (*entry.record).tx_bytes, &raw mut (*entry.record).rx_bytes)
+        } else {
+            (&raw mut (*entry.slot).tx_bytes, &raw mut (*entry.slot).rx_bytes)
+        };
+        let counter = if sending { counters.0 } else { counters.1 };
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, moved as u64);
-        // The owner is known from here on: later calls take the hot path.
-        claim_byte_slot(key, (*record).first_seen_ns);
     }
     count(stat::EVENTS, 1);
 }
@@ -73,14 +75,14 @@ fn on_data(sk: *const u8, moved: i32, msg_flags: i32, sending: bool, checked_tcp
 /// `sock:sock_send_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_data(ctx.arg(0), ctx.arg(1), 0, true, false);
+    on_data(Sock::<true>(ctx.arg(0)), ctx.arg(1), 0, true, false);
     0
 }
 
 /// `sock:sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_data(ctx.arg(0), ctx.arg(1), ctx.arg(2), false, false);
+    on_data(Sock::<true>(ctx.arg(0)), ctx.arg(1), ctx.arg(2), false, false);
     0
 }
 
@@ -90,7 +92,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 /// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
 #[fexit(function = "tcp_sendmsg")]
 pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
-    on_data(ctx.arg(0), ctx.arg(3), 0, true, true);
+    on_data(Sock::<true>(ctx.arg(0)), ctx.arg(3), 0, true, true);
     0
 }
 
@@ -102,7 +104,7 @@ pub fn tcp_sendmsg_exit(ctx: FExitContext) -> i32 {
 /// int flags)` (newest kernels).
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_exit4(ctx: FExitContext) -> i32 {
-    on_data(ctx.arg(0), ctx.arg(4), ctx.arg(3), false, true);
+    on_data(Sock::<true>(ctx.arg(0)), ctx.arg(4), ctx.arg(3), false, true);
     0
 }
 
@@ -110,7 +112,7 @@ pub fn tcp_recvmsg_exit4(ctx: FExitContext) -> i32 {
 /// int flags, int *addr_len)` (5.19 to 6.x).
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_exit5(ctx: FExitContext) -> i32 {
-    on_data(ctx.arg(0), ctx.arg(5), ctx.arg(3), false, true);
+    on_data(Sock::<true>(ctx.arg(0)), ctx.arg(5), ctx.arg(3), false, true);
     0
 }
 
@@ -118,7 +120,7 @@ pub fn tcp_recvmsg_exit5(ctx: FExitContext) -> i32 {
 /// int nonblock, int flags, int *addr_len)` (before 5.19).
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_exit6(ctx: FExitContext) -> i32 {
-    on_data(ctx.arg(0), ctx.arg(6), ctx.arg(4), false, true);
+    on_data(Sock::<true>(ctx.arg(0)), ctx.arg(6), ctx.arg(4), false, true);
     0
 }
 
@@ -138,7 +140,8 @@ fn finish_call(moved: i32, sending: bool) {
     // SAFETY: the entry is this thread's own; read by value.
     let Some(call) = (unsafe { CALLS.get(thread) }).copied() else { return };
     let _ = CALLS.remove(thread);
-    on_data(call.sock as *const u8, moved, call.flags, sending, true);
+    // A kprobe's argument is a plain number to the verifier: probe reads.
+    on_data(Sock::<false>(call.sock as *const u8), moved, call.flags, sending, true);
 }
 
 #[kprobe(function = "tcp_sendmsg")]

@@ -20,11 +20,13 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use tracer_common::{flags, health_flags, role, tcp_state, SockRecord, TcpHealth};
+use tracer_common::{byte_table, flags, health_flags, role, tcp_state, SockRecord, TcpHealth};
+
+use crate::BYTE_TABLE;
 
 use super::{
-    kernel::{read, segs_out, total_retrans},
-    maps::{HEALTH_CLOCK, SOCKETS},
+    kernel::{segs_out, Sock, TcpSock, TypedSock},
+    maps::{BYTES, HEALTH_CLOCK, RECORDS, SOCKETS},
 };
 
 /// A client's connect completed (SYN_SENT -> ESTABLISHED) at `now`.
@@ -41,11 +43,11 @@ pub(super) fn on_connected(record: &mut SockRecord, now: u64) {
 /// own state changes happen in one softirq (~0 apart); the kernel has just
 /// taken its first RTT sample from the SYN-ACK, which is the handshake.
 #[inline(always)]
-pub(super) fn on_accepted(sk: *const u8, record: &mut SockRecord) {
+pub(super) fn on_accepted(sk: TypedSock, record: &mut SockRecord) {
     if record.role != role::SERVER || offset!(tcp_srtt_us) == 0 {
         return;
     }
-    let srtt_us8 = read::<u32>(sk, offset!(tcp_srtt_us)).unwrap_or(0);
+    let srtt_us8 = sk.tcp().map_or(0, |tcp| tcp.u32_at(offset!(tcp_srtt_us)));
     if srtt_us8 != 0 {
         record.health.connect_ns = (srtt_us8 as u64 >> 3) * 1000;
         record.health.flags |= health_flags::CONNECT_TIMED;
@@ -55,7 +57,7 @@ pub(super) fn on_accepted(sk: *const u8, record: &mut SockRecord) {
 /// An error reported to a connecting socket's owner: the reason its
 /// connect fails, kept in case the application reads it first.
 #[inline(always)]
-pub(super) fn on_error_report(sk: *const u8, record: &mut SockRecord) {
+pub(super) fn on_error_report(sk: TypedSock, record: &mut SockRecord) {
     if record.state != tcp_state::SYN_SENT {
         return;
     }
@@ -70,12 +72,12 @@ pub(super) fn on_error_report(sk: *const u8, record: &mut SockRecord) {
 /// The socket's error: `sk_err`, else `sk_err_soft` (an ICMP error that
 /// arrived while the owner held the socket, as during its own connect()).
 #[inline(always)]
-fn socket_error(sk: *const u8) -> i32 {
+fn socket_error(sk: TypedSock) -> i32 {
     if offset!(sk_err) == 0 {
         return 0;
     }
-    match read::<i32>(sk, offset!(sk_err)).unwrap_or(0) {
-        0 if offset!(sk_err_soft) != 0 => read::<i32>(sk, offset!(sk_err_soft)).unwrap_or(0),
+    match sk.field::<i32>(offset!(sk_err)).unwrap_or(0) {
+        0 if offset!(sk_err_soft) != 0 => sk.field::<i32>(offset!(sk_err_soft)).unwrap_or(0),
         error => error,
     }
 }
@@ -84,7 +86,7 @@ fn socket_error(sk: *const u8) -> i32 {
 /// sets it before the state change; if the application already read it,
 /// the one kept at its error report stays) and whether any SYN left.
 #[inline(always)]
-pub(super) fn on_connect_failed(sk: *const u8, record: &mut SockRecord) {
+pub(super) fn on_connect_failed(sk: TypedSock, record: &mut SockRecord) {
     let error = socket_error(sk);
     if error != 0 {
         record.health.connect_error = error as u32;
@@ -100,22 +102,28 @@ pub(super) fn on_connect_failed(sk: *const u8, record: &mut SockRecord) {
 /// The socket is being destroyed: its chrono counters as they end, so a
 /// short connection keeps its own.
 #[inline(always)]
-pub(super) fn on_destroy(sk: *const u8, record: &mut SockRecord) {
+pub(super) fn on_destroy(tcp: TcpSock<true>, record: &mut SockRecord) {
     if record.tx_bytes > 0 || record.health.flags & health_flags::CHRONO != 0 {
-        read_chrono(sk, &mut record.health);
+        read_chrono(tcp, &mut record.health);
     }
 }
 
 /// Reads `chrono_stat[]` plus the chrono running now (what `tcp_get_info`
 /// reports, in jiffies).
 #[inline(always)]
-fn read_chrono(sk: *const u8, health: &mut TcpHealth) {
+fn read_chrono<const TYPED: bool>(tcp: TcpSock<TYPED>, health: &mut TcpHealth) {
     if offset!(tcp_chrono_start) == 0 {
         return;
     }
-    // `chrono_start` then `chrono_stat[3]`, in one read.
-    let Some(block) = read::<[u32; 4]>(sk, offset!(tcp_chrono_start)) else { return };
-    let type_byte = read::<u8>(sk, offset!(tcp_chrono_type_byte)).unwrap_or(0);
+    // `chrono_start` then `chrono_stat[3]`: one probe read, or plain loads.
+    let block: [u32; 4] = if TYPED {
+        let start = offset!(tcp_chrono_start);
+        [tcp.u32_at(start), tcp.u32_at(start + 4), tcp.u32_at(start + 8), tcp.u32_at(start + 12)]
+    } else {
+        let Some(block) = tcp.field::<[u32; 4]>(offset!(tcp_chrono_start)) else { return };
+        block
+    };
+    let type_byte = tcp.field::<u8>(offset!(tcp_chrono_type_byte)).unwrap_or(0);
     let running = (type_byte >> (offset!(tcp_chrono_type_shift) & 7)) & 3;
     let (mut busy, mut rwnd, mut sndbuf) = (block[1], block[2], block[3]);
     if running != 0 {
@@ -134,18 +142,10 @@ fn read_chrono(sk: *const u8, health: &mut TcpHealth) {
     health.flags |= health_flags::CHRONO;
 }
 
-/// Reads a u32 field of `sk` at `offset`, 0 where the kernel lacks it.
-#[inline(always)]
-fn field(sk: *const u8, offset: usize) -> u32 {
-    if offset == 0 {
-        return 0;
-    }
-    read::<u32>(sk, offset).unwrap_or(0)
-}
-
 /// One health sample of `sk` into `health`.
 #[inline(always)]
-fn sample(sk: *const u8, health: &mut TcpHealth) {
+fn sample(sk: TcpSock<false>, health: &mut TcpHealth) {
+    let field = |sk: TcpSock<false>, offset: usize| sk.u32_at(offset);
     health.srtt_us8 = field(sk, offset!(tcp_srtt_us));
     health.rcv_rtt_us8 = field(sk, offset!(tcp_rcv_rtt_us));
     health.min_rtt_us = field(sk, offset!(tcp_min_rtt));
@@ -164,24 +164,48 @@ fn sample(sk: *const u8, health: &mut TcpHealth) {
     health.samples = health.samples.wrapping_add(1);
 }
 
-/// Samples one tracked socket (a `bpf_for_each_map_elem` callback over
-/// `SOCKETS`: the key is the socket's address, the value its record).
+/// Samples the socket at `key`, whose record is `record`.
+#[inline(always)]
+fn sample_record(key: u64, record: &mut SockRecord) {
+    if record.role == role::LISTENER || record.state == tcp_state::LISTEN {
+        return;
+    }
+    let Some(tcp) = Sock::<false>(key as *const u8).tcp() else { return };
+    sample(tcp, &mut record.health);
+    // Segments and retransmits move between the events that read them:
+    // fresh each tick, so live sockets' ratios are current.
+    record.segs_out = tcp.segs_out();
+    record.retrans_total = tcp.total_retrans();
+    if let Some(clock) = HEALTH_CLOCK.get_ptr_mut(0) {
+        // SAFETY: one pass runs at a time (user space runs them in turn).
+        unsafe { (*clock).sampled += 1 };
+    }
+}
+
+/// Samples one tracked socket of the legacy object (a
+/// `bpf_for_each_map_elem` callback over `SOCKETS`: the key is the
+/// socket's address, the value its record).
 #[inline(never)]
 extern "C" fn sample_one(_map: *mut c_void, key: *const u64, value: *mut SockRecord, _ctx: *mut c_void) -> i64 {
     // SAFETY: the kernel passes one live element of `SOCKETS`; the health
     // block of a record is written only here while the socket lives.
-    let (sk, record) = unsafe { (*key as *const u8, &mut *value) };
-    if record.role == role::LISTENER || record.state == tcp_state::LISTEN {
-        return 0;
-    }
-    sample(sk, &mut record.health);
-    // Segments and retransmits move between the events that read them:
-    // fresh each tick, so live sockets' ratios are current.
-    record.segs_out = segs_out(sk);
-    record.retrans_total = total_retrans(sk);
-    if let Some(clock) = HEALTH_CLOCK.get_ptr_mut(0) {
-        // SAFETY: one pass runs at a time (user space runs them in turn).
-        unsafe { (*clock).sampled += 1 };
+    let (key, record) = unsafe { (*key, &mut *value) };
+    sample_record(key, record);
+    0
+}
+
+/// Samples the socket of one `RECORDS` entry, if its `BYTES` slot is taken
+/// (a `bpf_for_each_map_elem` callback over `RECORDS`: the key is the
+/// index).
+#[inline(never)]
+extern "C" fn sample_entry(_map: *mut c_void, index: *const u32, value: *mut SockRecord, _ctx: *mut c_void) -> i64 {
+    // SAFETY: the kernel passes one element of `RECORDS` and its index.
+    let (index, record) = unsafe { (*index, &mut *value) };
+    let Some(slot) = BYTES.get_ptr(index) else { return 0 };
+    // SAFETY: a live array value; `sock` only changes atomically.
+    let key = byte_table::socket_of(unsafe { core::ptr::read_volatile(&raw const (*slot).sock) });
+    if key != 0 {
+        sample_record(key, record);
     }
     0
 }
@@ -194,16 +218,25 @@ extern "C" fn sample_one(_map: *mut c_void, key: *const u64, value: *mut SockRec
 /// refuse map-element iterators.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sample_sockets(_ctx: RawTracePointContext) -> i32 {
-    // SAFETY: `SOCKETS` is a map of this object (the loader turns its
-    // address into the map); the callback has the signature the helper
-    // expects.
+    // SAFETY: the maps are maps of this object (the loader turns their
+    // addresses into the maps); the callbacks have the signature the
+    // helper expects for their map's key and value.
     unsafe {
-        bpf_for_each_map_elem(
-            (&raw const SOCKETS).cast_mut().cast(),
-            sample_one as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
+        if BYTE_TABLE {
+            bpf_for_each_map_elem(
+                (&raw const RECORDS).cast_mut().cast(),
+                sample_entry as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        } else {
+            bpf_for_each_map_elem(
+                (&raw const SOCKETS).cast_mut().cast(),
+                sample_one as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        }
     }
     end_of_pass();
     0
@@ -215,25 +248,29 @@ pub struct MapElemContext {
     meta: u64,
     map: u64,
     /// Null at the end of a pass.
-    key: *const u64,
+    key: *const u8,
     value: *mut SockRecord,
 }
 
 /// The same pass for kernels 5.9 to 5.12 (no `bpf_for_each_map_elem`): an
-/// `iter/bpf_map_elem` program that user space attaches to `SOCKETS` and
-/// reads once per tick; the kernel calls it for each element, then once
-/// with none.
+/// `iter/bpf_map_elem` program that user space attaches to the socket
+/// table (`RECORDS`, or the legacy object's `SOCKETS`) and reads once per
+/// tick; the kernel calls it for each element, then once with none.
 #[no_mangle]
 #[link_section = "iter/bpf_map_elem"]
 pub fn sample_sockets_iter(ctx: *const MapElemContext) -> i32 {
     // SAFETY: the kernel passes the iterator's context; key and value are
-    // null-checked before use and point at one element of `SOCKETS`.
+    // null-checked before use and point at one element of the table.
     let (key, value) = unsafe { ((*ctx).key, (*ctx).value) };
     if key.is_null() || value.is_null() {
         end_of_pass();
         return 0;
     }
-    sample_one(core::ptr::null_mut(), key, value, core::ptr::null_mut());
+    if BYTE_TABLE {
+        sample_entry(core::ptr::null_mut(), key.cast(), value, core::ptr::null_mut());
+    } else {
+        sample_one(core::ptr::null_mut(), key.cast(), value, core::ptr::null_mut());
+    }
     0
 }
 

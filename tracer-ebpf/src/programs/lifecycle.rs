@@ -9,10 +9,10 @@ use tracer_common::{flags, role, stat, tcp_state, ClosedSock, OverflowKey, SockR
 
 use super::{
     health,
-    kernel::{bpf_now, read_tuple, segs_out, total_retrans, zero16},
-    maps::{count, CLOSED, OVERFLOW, SCRATCH_CLOSED, SOCKETS, UNTRACKED},
-    record::{claim_owner, record_of},
-    slots::release_byte_slots,
+    kernel::{bpf_now, zero16, Sock, TypedSock},
+    maps::{count, CLOSED, OVERFLOW, SCRATCH_CLOSED, UNTRACKED},
+    record::{claim_owner, entry_of, find, forget, Entry},
+    slots::release_slots,
 };
 
 /// Ring-buffer flags and queries (`include/uapi/linux/bpf.h`).
@@ -30,43 +30,61 @@ const CLOSED_WAKEUP_BYTES: u64 = CLOSED_RING_BYTES as u64 / 4;
 /// transition may run in softirq, where the current task is not the owner.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
+    let sk = Sock::<true>(ctx.arg(0));
     let old_state = ctx.arg::<i32>(1) as u8;
     let new_state = ctx.arg::<i32>(2) as u8;
-    let now = bpf_now();
     let born = matches!(
         (old_state, new_state),
         (tcp_state::CLOSE, tcp_state::SYN_SENT) | (tcp_state::LISTEN, tcp_state::SYN_RECV)
     );
-    // `record_of` checks the protocol of sockets it does not know yet.
-    let Some((mut record, mut created)) = record_of(sk, now, born) else {
+    // `entry_of` checks the protocol of sockets it does not know yet.
+    let Some((mut entry, mut created)) = entry_of(sk, born) else {
         return 0;
     };
     if born && !created {
         // A record older than the socket: see `retire`.
-        retire(sk as u64, now, record);
-        let Some(fresh) = record_of(sk, now, born) else {
+        retire(sk.key(), entry.record);
+        let Some(fresh) = entry_of(sk, born) else {
             return 0;
         };
-        (record, created) = fresh;
+        (entry, created) = fresh;
     }
-    // SAFETY: `record` points into a live map value. State changes of one
+    // SAFETY: `entry` points into live map values. State changes of one
     // socket are serialised by the socket lock.
-    let record = unsafe { &mut *record };
+    let record = unsafe { &mut *entry.record };
     // Addresses are final once a connection is set up; later on, on the
     // way to CLOSE, the kernel even zeroes the local port (`inet_put_port`).
-    // A record created just now has them already.
+    // A record created just now has them already, and a child of a listener
+    // has them from its birth; a client's local port is chosen after it
+    // enters SYN_SENT.
     if !created
-        && matches!(new_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::ESTABLISHED | tcp_state::LISTEN)
+        && (matches!(new_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::LISTEN)
+            || (old_state, new_state) == (tcp_state::SYN_SENT, tcp_state::ESTABLISHED))
     {
-        read_tuple(sk, record);
+        sk.read_tuple(record);
     }
+    // The clock is read only where an output needs the time: the connect's
+    // start and end (its latency) and entering CLOSE_WAIT (its age). A
+    // record created now has its birth time. Other states are left
+    // untimed.
+    let timed = matches!(
+        (old_state, new_state),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) | (_, tcp_state::SYN_SENT | tcp_state::CLOSE_WAIT)
+    );
+    let now = if created {
+        record.first_seen_ns
+    } else if !timed {
+        0
+    } else {
+        bpf_now()
+    };
     match (old_state, new_state) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
             record.role = role::CLIENT;
             record.retrans_base = 0;
             record.segs_out_base = 0;
-            claim_owner(record);
+            // The owner is known: the first send takes the hot path.
+            claim_owner(entry);
         }
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
             // A child cloned from its listener in softirq: owner unknown
@@ -80,7 +98,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
         (_, tcp_state::LISTEN) => {
             record.role = role::LISTENER;
-            claim_owner(record);
+            claim_owner(entry);
         }
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
             record.flags |= flags::OPENED | flags::WAS_ESTABLISHED;
@@ -100,8 +118,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         record.flags |= flags::WAS_ESTABLISHED;
     }
     record.state = new_state;
-    record.state_since_ns = now;
-    record.flags |= flags::STATE_TIMED;
+    if timed || created {
+        record.state_since_ns = now;
+        record.flags |= flags::STATE_TIMED;
+    } else {
+        record.flags &= !flags::STATE_TIMED;
+    }
     count(stat::EVENTS, 1);
     0
 }
@@ -111,13 +133,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// TSO, so the count is the socket's own `total_retrans`, read here.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
+    let sk = Sock::<true>(ctx.arg(0));
     if sk.is_null() {
         return 0;
     }
-    if let Some((record, _)) = record_of(sk, bpf_now(), false) {
-        let total = total_retrans(sk);
-        let segs = segs_out(sk);
+    if let Some((Entry { record, .. }, _)) = entry_of(sk, false) {
+        let (total, segs) = sk.tcp().map_or((0, 0), |tcp| (tcp.total_retrans(), tcp.segs_out()));
         // SAFETY: `record` points into a live map value; the socket lock is
         // held by the caller.
         unsafe {
@@ -140,11 +161,11 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 /// error stays in SYN_SENT until it is closed), so it is kept now.
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
+    let sk = Sock::<true>(ctx.arg(0));
     if sk.is_null() {
         return 0;
     }
-    if let Some(record) = SOCKETS.get_ptr_mut(sk as u64) {
+    if let Some(Entry { record, .. }) = find(sk.key()) {
         // SAFETY: `record` points into a live map value; the error report
         // runs under the socket lock or in its softirq.
         health::on_error_report(sk, unsafe { &mut *record });
@@ -156,23 +177,23 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
 /// `sk` is NULL when the reset answers a packet for no socket.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
-    on_reset(ctx.arg(0), true);
+    on_reset(Sock::<true>(ctx.arg(0)), true);
     0
 }
 
 /// `tcp:tcp_receive_reset(struct sock *sk)`.
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
-    on_reset(ctx.arg(0), false);
+    on_reset(Sock::<true>(ctx.arg(0)), false);
     0
 }
 
 #[inline(always)]
-fn on_reset(sk: *const u8, sent: bool) {
+fn on_reset(sk: TypedSock, sent: bool) {
     if sk.is_null() {
         return;
     }
-    if let Some((record, _)) = record_of(sk, bpf_now(), false) {
+    if let Some((Entry { record, .. }, _)) = entry_of(sk, false) {
         // SAFETY: `record` points into a live map value.
         unsafe {
             let counter = if sent { &raw mut (*record).resets_sent } else { &raw mut (*record).resets_received };
@@ -183,12 +204,14 @@ fn on_reset(sk: *const u8, sent: bool) {
 }
 
 /// `tcp:tcp_destroy_sock(struct sock *sk)`: the socket's last moment. Its
-/// final record goes to user space, then the entry is freed.
+/// final record goes to user space, then the entry is freed. No clock is
+/// read: the record is handed over with the last time the tracer took for
+/// it (see `ClosedSock::last_clock_ns`).
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
-    let key = sk as u64;
-    let Some(record) = SOCKETS.get_ptr(key) else {
+    let sk = Sock::<true>(ctx.arg(0));
+    let key = sk.key();
+    let Some(Entry { record, .. }) = find(key) else {
         // Untracked (the table was full) or never seen: forget it, so a
         // later socket at this address is counted again.
         let _ = UNTRACKED.remove(key);
@@ -196,42 +219,42 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     };
     // The record is read from the socket one last time: nothing writes to
     // either any more (the socket is being destroyed).
-    hand_over(Some(sk), key, bpf_now(), record);
-    let _ = SOCKETS.remove(key);
+    hand_over(Some(sk), key, record);
+    forget(key);
     count(stat::EVENTS, 1);
     0
 }
 
-/// A socket is born at `key` (connect, or a child of a listener) at `now`,
-/// and the tracer still holds a `record` there: that of an earlier socket at
+/// A socket is born at `key` (connect, or a child of a listener), and the
+/// tracer still holds a `record` there: that of an earlier socket at
 /// this address, whose memory the kernel freed without
 /// `tcp:tcp_destroy_sock` reaching the tracer (seen on 6.18 for orphans
 /// in FIN_WAIT1: no later state change, no destroy), or of this same socket
 /// before a disconnect or a failed connect. That record is handed over as
-/// closed, ended just before `now`, and removed, so its counts stay with
+/// closed (ended at its own last timestamp, before the new socket's birth)
+/// and removed, so its counts stay with
 /// its owner and the new socket starts from zero (taken over, its bytes
 /// and byte slots would be charged to the new socket's owner). The socket
 /// itself is not read for it: it is the new one.
 #[inline(always)]
-fn retire(key: u64, now: u64, record: *const SockRecord) {
+fn retire(key: u64, record: *const SockRecord) {
     // Nothing else writes to the record: the address is the new socket's,
     // whose events are serialised by its lock and have not started.
-    hand_over(None, key, now.saturating_sub(1), record);
-    let _ = SOCKETS.remove(key);
+    hand_over(None, key, record);
+    forget(key);
 }
 
 /// Hands the final record of `key` to user space through `CLOSED` (or
-/// `OVERFLOW` if the ring is full), ended at `ended_ns`; `sk` is the socket
-/// it describes when that is still the one at `key` (its last counters are
-/// read then).
+/// `OVERFLOW` if the ring is full); `sk` is the socket it describes when
+/// that is still the one at `key` (its last counters are read then).
 #[inline(always)]
-fn hand_over(sk: Option<*const u8>, key: u64, ended_ns: u64, record: *const SockRecord) {
+fn hand_over(sk: Option<TypedSock>, key: u64, record: *const SockRecord) {
     match CLOSED.reserve::<ClosedSock>(0) {
         Some(mut entry) => {
             // SAFETY: `entry` is this program's reserved ring-buffer space;
             // `record` points into a live map value that nothing else
             // writes to (the caller's promise).
-            unsafe { finish(sk, key, ended_ns, record, entry.as_mut_ptr()) };
+            unsafe { finish(sk, key, record, entry.as_mut_ptr()) };
             // User space drains the ring at every tick; waking it for every
             // closed socket would cost more than the socket itself under
             // connection churn. Wake it only when the ring fills up.
@@ -242,7 +265,7 @@ fn hand_over(sk: Option<*const u8>, key: u64, ended_ns: u64, record: *const Sock
             };
             entry.submit(wakeup);
         }
-        None => defer(sk, key, ended_ns, record),
+        None => defer(sk, key, record),
     }
 }
 
@@ -255,18 +278,20 @@ fn hand_over(sk: Option<*const u8>, key: u64, ended_ns: u64, record: *const Sock
 /// `record` points at the socket's live map value, which nothing else
 /// writes any more; `closed` at writable space for a `ClosedSock`.
 #[inline(always)]
-unsafe fn finish(sk: Option<*const u8>, key: u64, now: u64, record: *const SockRecord, closed: *mut ClosedSock) {
+unsafe fn finish(sk: Option<TypedSock>, key: u64, record: *const SockRecord, closed: *mut ClosedSock) {
     // SAFETY: as the caller promises.
     unsafe {
         (*closed).sock = key;
-        (*closed).destroyed_ns = now;
+        // Set at the record's birth and at every timed state since (never
+        // lowered): after the socket's birth, before its end.
+        (*closed).last_clock_ns = (*record).state_since_ns;
         core::ptr::copy_nonoverlapping(record, &raw mut (*closed).record, 1);
         let final_record = &mut (*closed).record;
-        release_byte_slots(key, final_record);
-        if let Some(sk) = sk {
-            final_record.retrans_total = total_retrans(sk);
-            final_record.segs_out = segs_out(sk);
-            health::on_destroy(sk, final_record);
+        release_slots(key, final_record);
+        if let Some(tcp) = sk.and_then(TypedSock::tcp) {
+            final_record.retrans_total = tcp.total_retrans();
+            final_record.segs_out = tcp.segs_out();
+            health::on_destroy(tcp, final_record);
         }
     }
 }
@@ -275,11 +300,13 @@ unsafe fn finish(sk: Option<*const u8>, key: u64, now: u64, record: *const SockR
 /// user space drains at its next tick. Only if that is full too are the
 /// counts lost (and counted as dropped).
 #[inline(always)]
-fn defer(sk: Option<*const u8>, key: u64, now: u64, record: *const SockRecord) {
+fn defer(sk: Option<TypedSock>, key: u64, record: *const SockRecord) {
     let Some(scratch) = SCRATCH_CLOSED.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's scratch entry; `record` as in `finish`.
-    unsafe { finish(sk, key, now, record, scratch) };
-    let overflow_key = OverflowKey { sock: key, destroyed_ns: now };
+    unsafe { finish(sk, key, record, scratch) };
+    // Each socket at an address has its own birth time.
+    // SAFETY: the scratch entry was just written in full.
+    let overflow_key = OverflowKey { sock: key, first_seen_ns: unsafe { (*scratch).record.first_seen_ns } };
     // SAFETY: the scratch entry was just written in full.
     if OVERFLOW.insert(overflow_key, unsafe { *scratch }, BPF_NOEXIST).is_ok() {
         count(stat::EVENTS_DEFERRED, 1);

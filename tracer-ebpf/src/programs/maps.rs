@@ -10,20 +10,27 @@ use tracer_common::{
     CLOSED_RING_BYTES, MAX_SOCKETS, OVERFLOW_RECORDS, UNTRACKED_SOCKETS,
 };
 
+/// The legacy object's socket records (kernels before 5.12: no
+/// compare-and-swap for the open-addressing table), keyed by socket
+/// address. Preallocated: under connection churn, allocating and
+/// RCU-freeing an entry per socket cost more than everything else the
+/// tracer does. User space sizes it to one entry for the main object.
 #[map]
-// Preallocated: under connection churn, allocating and RCU-freeing an
-// entry per socket cost more than everything else the tracer does (measured:
-// churn 0.80 -> 0.90 of untraced throughput). The price is a fixed
-// MAX_SOCKETS x ~280 bytes of kernel memory.
 pub(super) static SOCKETS: HashMap<u64, SockRecord> = HashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// `BPF_F_MMAPABLE`: user space maps the byte table to read it and to turn
 /// tombstones back into empty slots (with atomics).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// The hot path's byte counters (see `ByteSlot`): about 4 MB, fixed.
+/// The open-addressing table of the main object (`ByteSlot`): one slot per
+/// tracked socket, sized at load (32 bytes a slot).
 #[map]
 pub(super) static BYTES: Array<ByteSlot> = Array::with_max_entries(byte_table::SLOTS, BPF_F_MMAPABLE);
+
+/// The main object's socket records, at the index of their `BYTES` slot
+/// (sized like it at load; one entry for the legacy object).
+#[map]
+pub(super) static RECORDS: Array<SockRecord> = Array::with_max_entries(byte_table::SLOTS, 0);
 
 /// Final records of destroyed sockets, for user space.
 #[map]
@@ -46,13 +53,13 @@ pub(super) static SCRATCH_CLOSED: PerCpuArray<ClosedSock> = PerCpuArray::with_ma
 #[map]
 pub(super) static UNTRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(UNTRACKED_SOCKETS, 0);
 
-/// Set (entry 0 = 1) once `SOCKETS` was found full: from then on, new
+/// Set (entry 0 = 1) once the socket table was found full: from then on, new
 /// records check `UNTRACKED` first (an inlined array lookup until then).
 #[map]
 pub(super) static TABLE_FULL: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Scratch space for building a new record: the BPF stack (512 bytes) is
-/// too small to hold copies of it.
+/// Scratch space for building a new record of the legacy object: the BPF
+/// stack (512 bytes) is too small to hold copies of it.
 #[map]
 pub(super) static SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0);
 

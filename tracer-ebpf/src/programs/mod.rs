@@ -3,8 +3,11 @@
 //!
 //! - [`maps`]: every map and the `OFFSETS` global user space sets at load.
 //! - [`kernel`]: reading kernel structs at offsets resolved from BTF.
-//! - [`record`]: the per-socket record in `SOCKETS`, and who owns a socket.
-//! - [`slots`]: the `BYTES` open-addressing table of the send/receive path.
+//! - [`record`]: the per-socket record (in `RECORDS` at the index of the
+//!   socket's `BYTES` slot; in `SOCKETS` in the legacy object), creating it
+//!   from the socket, and who owns a socket.
+//! - [`slots`]: the `BYTES` open-addressing table: one slot per tracked
+//!   socket, where the send/receive path counts.
 //! - [`data`]: the send/receive path, one entry per attach backend.
 //! - [`lifecycle`]: state changes, retransmits, resets, destruction.
 //! - [`health`]: TCP health (connect latency and failures, and the
@@ -17,9 +20,11 @@
 //! this takes no function call, where a hash-map lookup is a call into the
 //! kernel's hash table) and do one atomic add. Measured with the kernel's
 //! own accounting, that is ~11 ns per call above an empty program, against
-//! ~88 ns for one hash-map update. Everything else (first sight of a socket,
-//! state changes, retransmits, resets, destruction, health samples) is
-//! rarer, and keeps its helper calls (each one costs) to a minimum.
+//! ~88 ns for one hash-map update. The connection path (state changes,
+//! destruction) finds records the same way, claims a slot to create one
+//! (no allocation), reads `struct sock` fields with plain loads where the
+//! verifier knows the pointer's type (`kernel::Sock`), and reads the clock
+//! only where an output needs a time.
 
 /// Reads one offset of `OFFSETS`; volatile so the compiler does not fold
 /// the zeroes the object is built with.

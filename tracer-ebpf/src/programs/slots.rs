@@ -1,6 +1,7 @@
-//! The `BYTES` table (see `tracer_common::ByteSlot`): where the
-//! send/receive path counts the bytes of sockets whose owner is known,
-//! without a hash lookup. Compiled out of the legacy object
+//! The `BYTES` open-addressing table (see `tracer_common::ByteSlot`): where
+//! every tracked socket has its slot, found without a hash lookup. The
+//! send/receive path counts bytes there; a slot's index is also that of
+//! the socket's record in `RECORDS`. Compiled out of the legacy object
 //! (`crate::BYTE_TABLE`).
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
@@ -41,8 +42,8 @@ fn slots_log2() -> u32 {
     }
 }
 
-/// The `BYTES` slot holding `key`'s counters, if it has one. Array lookups
-/// are inlined by the verifier: no function call.
+/// The hot path: `key`'s slot if its owner is known. Array lookups are
+/// inlined by the verifier: no function call.
 #[inline(always)]
 pub(super) fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
     if !BYTE_TABLE {
@@ -54,7 +55,9 @@ pub(super) fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
         // SAFETY: a live array value; `sock` only changes atomically.
         let sock = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
         if sock == key {
-            return Some(slot);
+            // SAFETY: as above, the same slot.
+            let born = unsafe { core::ptr::read_volatile(&raw const (*slot).born_ns) };
+            return (born & byte_table::UNOWNED == 0).then_some(slot);
         }
         if sock == byte_table::EMPTY {
             return None;
@@ -63,18 +66,43 @@ pub(super) fn byte_slot(key: u64) -> Option<*mut ByteSlot> {
     None
 }
 
-/// Gives `key` (whose record has an owner and was first seen at `born`) a
-/// `BYTES` slot: the first empty or tombstone slot of its probe sequence,
-/// taken with compare-and-swap. Nothing happens when the sequence is full;
-/// the bytes are then counted in the record.
+/// `key`'s slot and its index, owner known or not.
 #[inline(always)]
-pub(super) fn claim_byte_slot(key: u64, born: u64) {
+pub(super) fn find_slot(key: u64) -> Option<(u32, *mut ByteSlot)> {
     if !BYTE_TABLE {
-        return;
+        return None;
     }
     let (home, mask) = home_of(key);
     for i in 0..byte_table::PROBES {
-        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe_in(home, i, mask)) else { return };
+        let index = byte_table::probe_in(home, i, mask);
+        let slot = BYTES.get_ptr_mut(index)?;
+        // SAFETY: a live array value; `sock` only changes atomically.
+        let sock = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
+        if sock == key {
+            return Some((index, slot));
+        }
+        if sock == byte_table::EMPTY {
+            return None;
+        }
+    }
+    None
+}
+
+/// Claims a slot for `key`, whose record is first seen at `born` (and
+/// whose owner is known if `owned`): the first empty or tombstone slot of
+/// its probe sequence, taken with compare-and-swap. Returns the slot, its
+/// index, and whether it was claimed now (false: another CPU claimed one
+/// for `key` first). `None` when the sequence is full.
+#[inline(always)]
+pub(super) fn claim_slot(key: u64, born: u64, owned: bool) -> Option<(u32, *mut ByteSlot, bool)> {
+    if !BYTE_TABLE {
+        return None;
+    }
+    let born = if owned { born } else { born | byte_table::UNOWNED };
+    let (home, mask) = home_of(key);
+    for i in 0..byte_table::PROBES {
+        let index = byte_table::probe_in(home, i, mask);
+        let slot = BYTES.get_ptr_mut(index)?;
         // SAFETY: a live array value; `sock` only changes atomically.
         let mut seen = unsafe { core::ptr::read_volatile(&raw const (*slot).sock) };
         // Twice: user space may turn the tombstone seen into an empty slot
@@ -82,7 +110,7 @@ pub(super) fn claim_byte_slot(key: u64, born: u64) {
         // one (a lookup stops at the first empty slot).
         for _ in 0..2 {
             if seen == key {
-                return;
+                return Some((index, slot, false));
             }
             if seen != byte_table::EMPTY && seen != byte_table::TOMBSTONE {
                 break;
@@ -99,18 +127,40 @@ pub(super) fn claim_byte_slot(key: u64, born: u64) {
                 // SAFETY: the slot is ours now; its counters were zeroed
                 // when it was given back.
                 unsafe { core::ptr::write_volatile(&raw mut (*slot).born_ns, born) };
-                return;
+                return Some((index, slot, true));
             }
             seen = previous;
         }
     }
+    None
 }
 
-/// Adds the counters of `key`'s `BYTES` slots to its final record and gives
-/// the slots back, zeroed, as tombstones. Nothing sends or receives on a
+/// The owner of the socket whose slot is `slot` is known now: from here on
+/// its send/receive calls take the hot path.
+#[inline(always)]
+pub(super) fn mark_owned(slot: *mut ByteSlot) {
+    if !BYTE_TABLE || slot.is_null() {
+        return;
+    }
+    // SAFETY: a live array value; compare-and-swap on an aligned u64 (a
+    // birth time changed meanwhile is left alone).
+    unsafe {
+        let born = core::ptr::read_volatile(&raw const (*slot).born_ns);
+        if born & byte_table::UNOWNED != 0 {
+            let _ = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                &raw mut (*slot).born_ns,
+                born,
+                born & !byte_table::UNOWNED,
+            );
+        }
+    }
+}
+
+/// Adds the counters of `key`'s slots to its final record and gives the
+/// slots back, zeroed, as tombstones. Nothing sends or receives on a
 /// socket being destroyed.
 #[inline(always)]
-pub(super) fn release_byte_slots(key: u64, record: &mut SockRecord) {
+pub(super) fn release_slots(key: u64, record: &mut SockRecord) {
     if !BYTE_TABLE {
         return;
     }

@@ -8,7 +8,6 @@
 //! compare-and-swap on an aligned u64.
 
 use std::{
-    collections::HashMap,
     io,
     os::fd::RawFd,
     sync::atomic::{AtomicU64, Ordering},
@@ -18,11 +17,22 @@ use tracer_common::{byte_table, ByteSlot};
 
 use crate::sys::mmap::Mapping;
 
-/// Bytes counted in the `BYTES` slots of one socket (usually one slot).
+/// Bytes counted in a socket's `BYTES` slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SlotBytes {
     pub(crate) tx: u64,
     pub(crate) rx: u64,
+}
+
+/// A taken slot of `BYTES`: its index (also its record's, in `RECORDS`),
+/// the socket (its address, whether or not its owner is known), the birth
+/// time of the record it belongs to, and its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TakenSlot {
+    pub(crate) index: u32,
+    pub(crate) sock: u64,
+    pub(crate) born_ns: u64,
+    pub(crate) bytes: SlotBytes,
 }
 
 /// Slot contents as plain words: (sock, born_ns, tx, rx).
@@ -74,12 +84,12 @@ impl ByteTable {
         [0, 1, 2, 3].map(|w| self.word(slot, w).load(Ordering::Acquire))
     }
 
-    /// Reads every slot, then sweeps; returns the bytes per (socket,
-    /// born_ns).
-    pub(crate) fn read_and_sweep(&self) -> HashMap<(u64, u64), SlotBytes> {
+    /// Reads every slot, sweeping tombstones on the way; returns the taken
+    /// slots in index order.
+    pub(crate) fn read_and_sweep(&self) -> Vec<TakenSlot> {
         let slots = self.slots;
         let mask = slots - 1;
-        let mut totals = HashMap::new();
+        let mut taken_slots = Vec::new();
         // Backwards, so a run of tombstones ending at an empty slot is swept
         // in one pass.
         for slot in (0..slots).rev() {
@@ -117,18 +127,24 @@ impl ByteTable {
                         }
                     }
                 }
-                _ => add_slot(&mut totals, words),
+                _ => taken_slots.extend(taken(slot, words)),
             }
         }
-        totals
+        taken_slots.reverse();
+        taken_slots
     }
 }
 
 /// Adds one live slot's counters to the totals of its socket.
-fn add_slot(totals: &mut HashMap<(u64, u64), SlotBytes>, [sock, born, tx, rx]: SlotWords) {
-    let entry = totals.entry((sock, born)).or_default();
-    entry.tx += tx;
-    entry.rx += rx;
+/// A slot's words as a taken slot, `None` for an empty slot or a tombstone.
+fn taken(index: usize, [sock, born, tx, rx]: SlotWords) -> Option<TakenSlot> {
+    let sock = byte_table::socket_of(sock);
+    (sock != 0).then_some(TakenSlot {
+        index: index as u32,
+        sock,
+        born_ns: byte_table::born_of(born),
+        bytes: SlotBytes { tx, rx },
+    })
 }
 
 #[cfg(test)]
@@ -142,20 +158,20 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_slots_of_one_socket_add_up_and_later_sockets_stay_apart() {
-        let mut totals = HashMap::new();
-        add_slot(&mut totals, [0xffff_1000, 7, 100, 5]);
-        add_slot(&mut totals, [0xffff_1000, 7, 1, 2]);
-        // Same address, a later socket (other birth time).
-        add_slot(&mut totals, [0xffff_1000, 9, 40, 0]);
-        assert_eq!(totals[&(0xffff_1000, 7)], SlotBytes { tx: 101, rx: 7 });
-        assert_eq!(totals[&(0xffff_1000, 9)], SlotBytes { tx: 40, rx: 0 });
+    fn a_taken_slot_names_its_socket_with_or_without_an_owner_and_free_slots_none() {
+        let bytes = SlotBytes { tx: 100, rx: 5 };
+        let owned = taken(3, [0xffff_1000, 7, 100, 5]).expect("taken");
+        assert_eq!(owned, TakenSlot { index: 3, sock: 0xffff_1000, born_ns: 7, bytes });
+        let unowned = taken(4, [0xffff_1000, 9 | byte_table::UNOWNED, 100, 5]).expect("taken");
+        assert_eq!(unowned, TakenSlot { index: 4, sock: 0xffff_1000, born_ns: 9, bytes });
+        assert_eq!(taken(5, [byte_table::EMPTY, 0, 0, 0]), None);
+        assert_eq!(taken(6, [byte_table::TOMBSTONE, 0, 0, 0]), None);
     }
 
     const TOMB: SlotWords = [byte_table::TOMBSTONE, 0, 0, 0];
 
     #[test]
-    fn reading_sums_live_slots_and_sweeping_frees_only_unneeded_tombstones() {
+    fn reading_lists_taken_slots_in_order_and_sweeping_frees_only_unneeded_tombstones() {
         let table = ByteTable::anonymous().expect("anonymous mapping");
         let last = byte_table::MASK as usize;
         // 10: live; 11-13: tombstones ending at an empty slot: all freed.
@@ -167,14 +183,21 @@ mod tests {
         // through it to 21, so it stays.
         table.store(20, TOMB);
         table.store(21, [0xb000, 6, 1, 2]);
-        // A second slot of socket 0xa000 (a lost claim race): added up.
-        table.store(30, [0xa000, 5, 3, 3]);
+        // A socket whose owner is not known yet.
+        table.store(30, [0xc000, 8 | byte_table::UNOWNED, 3, 3]);
         // The last slot wraps around to slot 0 (empty): freed.
         table.store(last, TOMB);
-        let totals = table.read_and_sweep();
-        assert_eq!(totals.len(), 2);
-        assert_eq!(totals[&(0xa000, 5)], SlotBytes { tx: 103, rx: 10 });
-        assert_eq!(totals[&(0xb000, 6)], SlotBytes { tx: 1, rx: 2 });
+        let slots = table.read_and_sweep();
+        let found: Vec<(u32, u64, u64, SlotBytes)> =
+            slots.iter().map(|slot| (slot.index, slot.sock, slot.born_ns, slot.bytes)).collect();
+        assert_eq!(
+            found,
+            [
+                (10, 0xa000, 5, SlotBytes { tx: 100, rx: 7 }),
+                (21, 0xb000, 6, SlotBytes { tx: 1, rx: 2 }),
+                (30, 0xc000, 8, SlotBytes { tx: 3, rx: 3 }),
+            ]
+        );
         for slot in [11, 12, 13, last] {
             assert_eq!(table.load(slot)[0], byte_table::EMPTY, "slot {slot}");
         }

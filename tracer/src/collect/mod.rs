@@ -130,7 +130,7 @@ impl Collector {
             // SAFETY: the kernel wrote a whole `ClosedSock` (checked size);
             // read unaligned since ring items are only 8-byte aligned.
             let closed: ClosedSock = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ClosedSock) };
-            out.push((observe(closed.sock, &closed.record), closed.destroyed_ns));
+            out.push((observe(closed.sock, &closed.record), closed.last_clock_ns));
         }
         out
     }
@@ -142,42 +142,33 @@ impl Collector {
         let Ok(mut overflow) = BpfHashMap::<_, OverflowKey, ClosedSock>::try_from(map) else { return Vec::new() };
         let mut entries: Vec<(OverflowKey, ClosedSock)> = overflow.iter().filter_map(Result::ok).collect();
         // Several records of one address (reused under churn): oldest first.
-        entries.sort_by_key(|(key, _)| key.destroyed_ns);
+        entries.sort_by_key(|(key, _)| key.first_seen_ns);
         let mut out = Vec::with_capacity(entries.len());
         for (key, closed) in entries {
             // Taken once: only a record this call removed is handed over.
             if overflow.remove(&key).is_ok() {
-                out.push((observe(closed.sock, &closed.record), closed.destroyed_ns));
+                out.push((observe(closed.sock, &closed.record), closed.last_clock_ns));
             }
         }
         out
     }
 
-    /// Every socket the kernel side tracks now, with its byte slots' counts
-    /// added. The slots are read first: a socket destroyed in between is
-    /// then missing from the table read (its final record comes through the
-    /// ring buffer), never seen with its slots already given back.
+    /// Every socket the kernel side tracks now, with its bytes.
     pub(crate) fn live(&self) -> Vec<SocketObs> {
-        let slots = self.bytes.as_ref().map(ByteTable::read_and_sweep).unwrap_or_default();
-        let with_slots = |id: u64, record: &SockRecord| {
-            let mut record = *record;
-            if let Some(bytes) = slots.get(&(id, record.first_seen_ns)) {
-                record.tx_bytes += bytes.tx;
-                record.rx_bytes += bytes.rx;
-            }
-            observe(id, &record)
-        };
+        if let (Some(table), Some(records @ Map::Array(_))) = (&self.bytes, self.ebpf.map("RECORDS")) {
+            return live_in_table(table, records);
+        }
         let Some(map) = self.ebpf.map("SOCKETS") else { return Vec::new() };
         if let Map::HashMap(data) = map {
             match sys::bpf::lookup_all::<u64, SockRecord>(data.fd().as_fd().as_raw_fd(), 2048) {
-                Ok(entries) => return entries.iter().map(|(id, record)| with_slots(*id, record)).collect(),
+                Ok(entries) => return entries.iter().map(|(id, record)| observe(*id, record)).collect(),
                 Err(e) => debug!("batch lookup unavailable ({e}); reading the socket table key by key"),
             }
         }
         let Ok(sockets) = BpfHashMap::<_, u64, SockRecord>::try_from(map) else { return Vec::new() };
         // Entries removed while iterating end the walk early or are skipped;
         // their final counts come through the ring buffer.
-        sockets.iter().filter_map(Result::ok).map(|(id, record)| with_slots(id, &record)).collect()
+        sockets.iter().filter_map(Result::ok).map(|(id, record)| observe(id, &record)).collect()
     }
 
     pub(crate) fn stats(&self) -> KernelStats {
@@ -191,4 +182,61 @@ impl Collector {
             map_full_drops: sum(stat::MAP_FULL),
         }
     }
+}
+
+/// Records read per syscall from `RECORDS` (about 50 KB).
+const RECORDS_PER_READ: u32 = 256;
+
+/// The sockets of the main object's table: the taken slots of `BYTES` (read
+/// through the mapping, which also sweeps tombstones), and the records at
+/// their indexes in `RECORDS`, read in ranges that hold a taken slot. A
+/// record whose birth time is not its slot's was being created (or
+/// replaced) while the two were read: left for the next read.
+fn live_in_table(table: &ByteTable, records: &Map) -> Vec<SocketObs> {
+    let Map::Array(data) = records else { return Vec::new() };
+    let slots = table.read_and_sweep();
+    let fd = data.fd().as_fd().as_raw_fd();
+    let mut out = Vec::with_capacity(slots.len());
+    let mut buffer = vec![SockRecord::default(); RECORDS_PER_READ as usize];
+    let mut next = 0;
+    while next < slots.len() {
+        let start = slots[next].index / RECORDS_PER_READ * RECORDS_PER_READ;
+        let read = match sys::bpf::lookup_range(fd, start, &mut buffer) {
+            Ok(read) => read,
+            Err(e) => {
+                debug!("reading RECORDS from {start}: {e}; reading them one by one");
+                read_one_by_one(records, start, &mut buffer)
+            }
+        };
+        while next < slots.len() && slots[next].index < start + RECORDS_PER_READ {
+            let slot = &slots[next];
+            next += 1;
+            let offset = (slot.index - start) as usize;
+            let Some(record) = buffer[..read].get(offset) else { continue };
+            if record.first_seen_ns != slot.born_ns {
+                continue;
+            }
+            let mut record = *record;
+            record.tx_bytes += slot.bytes.tx;
+            record.rx_bytes += slot.bytes.rx;
+            out.push(observe(slot.sock, &record));
+        }
+    }
+    out
+}
+
+/// The fallback of [`live_in_table`] without batch reads.
+fn read_one_by_one(records: &Map, start: u32, buffer: &mut [SockRecord]) -> usize {
+    let Ok(array) = Array::<_, SockRecord>::try_from(records) else { return 0 };
+    let mut read = 0;
+    for (i, value) in buffer.iter_mut().enumerate() {
+        match array.get(&(start + i as u32), 0) {
+            Ok(record) => {
+                *value = record;
+                read = i + 1;
+            }
+            Err(_) => break,
+        }
+    }
+    read
 }

@@ -124,7 +124,7 @@ fn attach_probe(ebpf: &mut Ebpf, btf: &aya::Btf, probe: &Probe) -> Result<(), St
 }
 
 /// Loads the TCP health pass (run on demand, never attached).
-fn load_sampler(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<SamplerFd, String> {
+fn load_sampler(ebpf: &mut Ebpf, btf: &aya::Btf, byte_table: bool) -> Result<SamplerFd, String> {
     let test_run = (|| {
         let program = ebpf.program_mut("sample_sockets").ok_or("program missing from the eBPF object")?;
         let program: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e:#}"))?;
@@ -142,10 +142,14 @@ fn load_sampler(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<SamplerFd, String> {
         program.load("bpf_map_elem", btf).map_err(|e| format!("loading it: {e:#}"))?;
         let prog =
             program.fd().map_err(|e| format!("{e:#}"))?.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
-        let Some(aya::maps::Map::HashMap(sockets)) = ebpf.map("SOCKETS") else {
-            return Err("map SOCKETS missing".to_owned());
+        let table = match ebpf.map("RECORDS") {
+            Some(aya::maps::Map::Array(records)) if byte_table => records,
+            _ => match ebpf.map("SOCKETS") {
+                Some(aya::maps::Map::HashMap(sockets)) => sockets,
+                _ => return Err("map SOCKETS missing".to_owned()),
+            },
         };
-        sys::bpf::map_iter_link(prog.as_fd(), sockets.fd().as_fd()).map_err(|e| format!("attaching it: {e}"))
+        sys::bpf::map_iter_link(prog.as_fd(), table.fd().as_fd()).map_err(|e| format!("attaching it: {e}"))
     })();
     match iterator {
         Ok(link) => Ok(SamplerFd::Iterator(link)),
@@ -200,10 +204,15 @@ impl Plan {
         }
         let btf = Btf::from_file(btf_path)?;
         let mut offsets = probes::resolve_offsets(&btf)?;
-        offsets.byte_slots_log2 = tracer_common::byte_table::slots_log2_for(max_sockets);
+        let byte_table = probes::byte_table_status().0;
+        // The open-addressing table gets twice the slots of the sockets it
+        // is sized for: its probe sequences stay short, and it can place
+        // every one of them.
+        let slots_for = if byte_table { max_sockets.saturating_mul(2) } else { 1 };
+        offsets.byte_slots_log2 = tracer_common::byte_table::slots_log2_for(slots_for);
         debug!("kernel offsets: {offsets:?}");
         let backends = probes::backend_programs(candidates, &btf);
-        Ok(Plan { offsets, byte_table: probes::byte_table_status().0, max_sockets, backends })
+        Ok(Plan { offsets, byte_table, max_sockets, backends })
     }
 }
 
@@ -213,10 +222,15 @@ fn load_object(btf_path: &Path, plan: &Plan) -> Result<(Ebpf, aya::Btf), LoadErr
     let aya_btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
         .map_err(|e| LoadError::Load(format!("parsing {}: {e}", btf_path.display())))?;
     let mut loader = EbpfLoader::new();
+    // Records live in `RECORDS` (main object) or in `SOCKETS` (legacy);
+    // the other holds one entry.
+    let slots = 1 << plan.offsets.byte_slots_log2;
+    let (records, sockets) = if plan.byte_table { (slots, 1) } else { (1, plan.max_sockets) };
     loader
         .btf(Some(&aya_btf))
-        .map_max_entries("SOCKETS", plan.max_sockets)
-        .map_max_entries("BYTES", 1 << plan.offsets.byte_slots_log2);
+        .map_max_entries("SOCKETS", sockets)
+        .map_max_entries("RECORDS", records)
+        .map_max_entries("BYTES", slots);
     if let Some(bytes) = ring_bytes() {
         loader.map_max_entries("CLOSED", bytes);
     }
@@ -291,7 +305,7 @@ pub(crate) fn trial_backends(btf_path: &Path) -> Result<Trials, LoadError> {
     let plan = Plan::read(btf_path, BACKEND_ORDER, tracer_common::MAX_SOCKETS)?;
     let (mut ebpf, aya_btf) = load_object(btf_path, &plan)?;
     let backends = walk_backends(&mut ebpf, &aya_btf, &plan, Walk::TryAll);
-    let sampling = load_sampler(&mut ebpf, &aya_btf).map(drop);
+    let sampling = load_sampler(&mut ebpf, &aya_btf, plan.byte_table).map(drop);
     Ok(Trials { backends, sampling })
 }
 
@@ -331,7 +345,7 @@ pub(crate) fn attach(requested: Option<Backend>, btf_path: &Path, max_sockets: u
             warn!("{} not attached ({}): {reason}", probe.hook, probe.purpose);
         }
     }
-    let sampler = match load_sampler(&mut ebpf, &aya_btf) {
+    let sampler = match load_sampler(&mut ebpf, &aya_btf, plan.byte_table) {
         Ok(sampler) => Some(sampler),
         Err(reason) => {
             warn!("TCP health sampling unavailable (RTT, queues, delivery rate): {reason}");
