@@ -5,14 +5,14 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{flags, role, stat, tcp_state, ClosedSock, OverflowKey, SockRecord, CLOSED_RING_BYTES};
+use tracer_common::{flags, role, stat, tcp_state, ClosedSock, OverflowKey, CLOSED_RING_BYTES};
 
 use super::{
     health,
     kernel::{bpf_now, zero16, Sock, TypedSock},
     maps::{count, CLOSED, OVERFLOW, SCRATCH_CLOSED, UNTRACKED},
     record::{claim_owner, entry_of, find, forget, Entry},
-    slots::release_slots,
+    slots::release_slot,
 };
 
 /// Ring-buffer flags and queries (`include/uapi/linux/bpf.h`).
@@ -43,7 +43,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     };
     if born && !created {
         // A record older than the socket: see `retire`.
-        retire(sk.key(), entry.record);
+        retire(sk.key(), entry);
         let Some(fresh) = entry_of(sk, born) else {
             return 0;
         };
@@ -54,12 +54,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let record = unsafe { &mut *entry.record };
     // Addresses are final once a connection is set up; later on, on the
     // way to CLOSE, the kernel even zeroes the local port (`inet_put_port`).
-    // A record created just now has them already, and a child of a listener
-    // has them from its birth; a client's local port is chosen after it
-    // enters SYN_SENT.
-    if !created
-        && (matches!(new_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::LISTEN)
-            || (old_state, new_state) == (tcp_state::SYN_SENT, tcp_state::ESTABLISHED))
+    // So they are read (again) until then: a client's local port is chosen
+    // after it enters SYN_SENT, and a child of a listener enters SYN_RECV
+    // as a clone of the listener, before its own ports and addresses are
+    // set. Reading them is a few plain loads.
+    if matches!(new_state, tcp_state::ESTABLISHED | tcp_state::LISTEN)
+        || (!created && matches!(new_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV))
     {
         sk.read_tuple(record);
     }
@@ -211,7 +211,7 @@ fn on_reset(sk: TypedSock, sent: bool) {
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk = Sock::<true>(ctx.arg(0));
     let key = sk.key();
-    let Some(Entry { record, .. }) = find(key) else {
+    let Some(entry) = find(key) else {
         // Untracked (the table was full) or never seen: forget it, so a
         // later socket at this address is counted again.
         let _ = UNTRACKED.remove(key);
@@ -219,7 +219,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     };
     // The record is read from the socket one last time: nothing writes to
     // either any more (the socket is being destroyed).
-    hand_over(Some(sk), key, record);
+    hand_over(Some(sk), key, entry);
     forget(key);
     count(stat::EVENTS, 1);
     0
@@ -237,10 +237,10 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 /// and byte slots would be charged to the new socket's owner). The socket
 /// itself is not read for it: it is the new one.
 #[inline(always)]
-fn retire(key: u64, record: *const SockRecord) {
+fn retire(key: u64, entry: Entry) {
     // Nothing else writes to the record: the address is the new socket's,
     // whose events are serialised by its lock and have not started.
-    hand_over(None, key, record);
+    hand_over(None, key, entry);
     forget(key);
 }
 
@@ -248,13 +248,13 @@ fn retire(key: u64, record: *const SockRecord) {
 /// `OVERFLOW` if the ring is full); `sk` is the socket it describes when
 /// that is still the one at `key` (its last counters are read then).
 #[inline(always)]
-fn hand_over(sk: Option<TypedSock>, key: u64, record: *const SockRecord) {
+fn hand_over(sk: Option<TypedSock>, key: u64, entry: Entry) {
     match CLOSED.reserve::<ClosedSock>(0) {
-        Some(mut entry) => {
-            // SAFETY: `entry` is this program's reserved ring-buffer space;
-            // `record` points into a live map value that nothing else
-            // writes to (the caller's promise).
-            unsafe { finish(sk, key, record, entry.as_mut_ptr()) };
+        Some(mut closed) => {
+            // SAFETY: `closed` is this program's reserved ring-buffer space;
+            // `entry` points into live map values that nothing else writes
+            // to (the caller's promise).
+            unsafe { finish(sk, key, entry, closed.as_mut_ptr()) };
             // User space drains the ring at every tick; waking it for every
             // closed socket would cost more than the socket itself under
             // connection churn. Wake it only when the ring fills up.
@@ -263,14 +263,14 @@ fn hand_over(sk: Option<TypedSock>, key: u64, record: *const SockRecord) {
             } else {
                 BPF_RB_NO_WAKEUP
             };
-            entry.submit(wakeup);
+            closed.submit(wakeup);
         }
-        None => defer(sk, key, record),
+        None => defer(sk, key, entry),
     }
 }
 
 /// Writes the final record of `key` to `closed`: the record as it is, plus
-/// its byte slots (given back now), and, read from `sk` if given, its
+/// its byte slot's counts (the slot is given back now), and, read from `sk` if given, its
 /// retransmit and segment totals and its last chrono counters. The record
 /// is copied there directly: the BPF stack cannot hold a copy.
 ///
@@ -278,7 +278,8 @@ fn hand_over(sk: Option<TypedSock>, key: u64, record: *const SockRecord) {
 /// `record` points at the socket's live map value, which nothing else
 /// writes any more; `closed` at writable space for a `ClosedSock`.
 #[inline(always)]
-unsafe fn finish(sk: Option<TypedSock>, key: u64, record: *const SockRecord, closed: *mut ClosedSock) {
+unsafe fn finish(sk: Option<TypedSock>, key: u64, entry: Entry, closed: *mut ClosedSock) {
+    let record = entry.record.cast_const();
     // SAFETY: as the caller promises.
     unsafe {
         (*closed).sock = key;
@@ -287,7 +288,7 @@ unsafe fn finish(sk: Option<TypedSock>, key: u64, record: *const SockRecord, clo
         (*closed).last_clock_ns = (*record).state_since_ns;
         core::ptr::copy_nonoverlapping(record, &raw mut (*closed).record, 1);
         let final_record = &mut (*closed).record;
-        release_slots(key, final_record);
+        release_slot(key, entry.slot, final_record);
         if let Some(tcp) = sk.and_then(TypedSock::tcp) {
             final_record.retrans_total = tcp.total_retrans();
             final_record.segs_out = tcp.segs_out();
@@ -300,10 +301,10 @@ unsafe fn finish(sk: Option<TypedSock>, key: u64, record: *const SockRecord, clo
 /// user space drains at its next tick. Only if that is full too are the
 /// counts lost (and counted as dropped).
 #[inline(always)]
-fn defer(sk: Option<TypedSock>, key: u64, record: *const SockRecord) {
+fn defer(sk: Option<TypedSock>, key: u64, entry: Entry) {
     let Some(scratch) = SCRATCH_CLOSED.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's scratch entry; `record` as in `finish`.
-    unsafe { finish(sk, key, record, scratch) };
+    unsafe { finish(sk, key, entry, scratch) };
     // Each socket at an address has its own birth time.
     // SAFETY: the scratch entry was just written in full.
     let overflow_key = OverflowKey { sock: key, first_seen_ns: unsafe { (*scratch).record.first_seen_ns } };

@@ -169,10 +169,8 @@ fn fill<const TYPED: bool>(sk: Sock<TYPED>, common: &CommonBlock, born: bool, no
     ) {
         record.flags |= flags::WAS_ESTABLISHED;
     }
-    let (retrans, segs) = match sk.tcp() {
-        Some(tcp) if !born => (tcp.total_retrans(), tcp.segs_out()),
-        _ => (0, 0),
-    };
+    let (retrans, segs) =
+        if born { (0, 0) } else { sk.tcp().map_or((0, 0), |tcp| (tcp.total_retrans(), tcp.segs_out())) };
     record.retrans_base = retrans;
     record.retrans_total = retrans;
     record.segs_out_base = segs;

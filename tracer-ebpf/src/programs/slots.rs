@@ -156,34 +156,28 @@ pub(super) fn mark_owned(slot: *mut ByteSlot) {
     }
 }
 
-/// Adds the counters of `key`'s slots to its final record and gives the
-/// slots back, zeroed, as tombstones. Nothing sends or receives on a
-/// socket being destroyed.
+/// Adds the counters of `key`'s slot (`slot`, found for its record) to
+/// its final record and gives the slot back, zeroed, as a tombstone.
+/// Nothing sends or receives on a socket being destroyed.
 #[inline(always)]
-pub(super) fn release_slots(key: u64, record: &mut SockRecord) {
-    if !BYTE_TABLE {
+pub(super) fn release_slot(key: u64, slot: *mut ByteSlot, record: &mut SockRecord) {
+    if !BYTE_TABLE || slot.is_null() {
         return;
     }
-    let (home, mask) = home_of(key);
-    for i in 0..byte_table::PROBES {
-        let Some(slot) = BYTES.get_ptr_mut(byte_table::probe_in(home, i, mask)) else { return };
-        // SAFETY: a live array value.
-        unsafe {
-            // All the probes, not only up to an empty slot: a slot cut off
-            // from its home by a concurrent sweep must still be given back.
-            let sock = core::ptr::read_volatile(&raw const (*slot).sock);
-            if sock == key {
-                record.tx_bytes += core::ptr::read_volatile(&raw const (*slot).tx_bytes);
-                record.rx_bytes += core::ptr::read_volatile(&raw const (*slot).rx_bytes);
-                core::ptr::write_volatile(&raw mut (*slot).tx_bytes, 0);
-                core::ptr::write_volatile(&raw mut (*slot).rx_bytes, 0);
-                core::ptr::write_volatile(&raw mut (*slot).born_ns, 0);
-                let _ = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                    &raw mut (*slot).sock,
-                    key,
-                    byte_table::TOMBSTONE,
-                );
-            }
+    // SAFETY: a live array value (`BYTES` entries are never freed).
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*slot).sock) != key {
+            return;
         }
+        record.tx_bytes += core::ptr::read_volatile(&raw const (*slot).tx_bytes);
+        record.rx_bytes += core::ptr::read_volatile(&raw const (*slot).rx_bytes);
+        core::ptr::write_volatile(&raw mut (*slot).tx_bytes, 0);
+        core::ptr::write_volatile(&raw mut (*slot).rx_bytes, 0);
+        core::ptr::write_volatile(&raw mut (*slot).born_ns, 0);
+        let _ = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*slot).sock,
+            key,
+            byte_table::TOMBSTONE,
+        );
     }
 }
