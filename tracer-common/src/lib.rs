@@ -62,8 +62,10 @@ pub mod flags {
     pub const WAS_ESTABLISHED: u32 = 1 << 3;
 }
 
-/// Per-socket record, kept in the `SOCKETS` map keyed by the kernel's
-/// `struct sock` address, from the first event that names the socket until
+/// Per-socket record of the socket at a kernel `struct sock` address (in
+/// `RECORDS` at the index of its `BYTES` slot, or in the legacy object's
+/// `SOCKETS` map keyed by the address), from the first event that names the
+/// socket until
 /// `tcp:tcp_destroy_sock`, or until a new socket is born at that address
 /// (the kernel may free a socket without that tracepoint).
 ///
@@ -296,7 +298,7 @@ pub mod byte_table {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClosedSock {
-    /// The `SOCKETS` key the record had.
+    /// The address of the socket the record describes.
     pub sock: u64,
     /// The last time the programs read the clock for the socket (its birth
     /// or a timed state change; destruction reads none): at or after its
@@ -433,7 +435,7 @@ pub mod stat {
     pub const EVENTS: u32 = 0;
     /// Destroyed-socket records lost because the ring buffer was full.
     pub const EVENTS_DROPPED: u32 = 1;
-    /// Sockets not tracked because the `SOCKETS` map was full: counted once
+    /// Sockets not tracked because the socket table had no room: counted once
     /// per socket (`UNTRACKED` remembers the ones counted).
     pub const MAP_FULL: u32 = 2;
     /// Destroyed-socket records that found the ring buffer full and were

@@ -43,7 +43,7 @@ pub(crate) struct Collector {
     /// The hot path's byte counters, mapped (not in the object for kernels
     /// without BPF compare-and-swap).
     bytes: Option<ByteTable>,
-    /// The TCP health pass over `SOCKETS` (kernel 5.13+), if it runs here.
+    /// The TCP health pass over the socket table, if it runs here.
     sampler: Option<Sampler>,
     /// What TCP health the kernel side provides here.
     health: HealthSupport,

@@ -1,5 +1,5 @@
 //! `bpf(2)` commands aya 0.14 does not expose: `BPF_MAP_LOOKUP_BATCH` for
-//! hash maps (Linux >= 5.6), `BPF_PROG_TEST_RUN` (the TCP health pass, run
+//! hash maps and ranges of arrays (Linux >= 5.6), `BPF_PROG_TEST_RUN` (the TCP health pass, run
 //! on demand), and a map-element iterator's link and reads (the same pass
 //! on kernels before 5.13). Reading the socket table in batches takes a
 //! handful of syscalls instead of two per socket, which is most of a
