@@ -257,10 +257,11 @@ fn sockets_past_max_sockets_are_counted_once_and_the_tracked_ones_stay_exact() {
     );
 }
 
-/// `TRACER_RING_BYTES=4096` (room for about ten final records) and a few
-/// thousand short connections: the final records that find the ring full
-/// wait in the overflow map, the kernel counts them as deferred, and every
-/// byte and connection is in the report; none is lost.
+/// `TRACER_RING_BYTES=4096` (room for about ten final records), the tracer
+/// stopped (SIGSTOP: nothing drains the ring) and a few thousand short
+/// connections: the final records that find the ring full wait in the
+/// overflow map, the kernel counts them as deferred, and once the tracer
+/// runs again every byte and connection is in the report; none is lost.
 #[test]
 fn a_full_ring_buffer_defers_final_records_and_every_byte_counts() {
     let _serial = serial();
@@ -271,6 +272,7 @@ fn a_full_ring_buffer_defers_final_records_and_every_byte_counts() {
     let tracer = Tracer::start_with_env("1s", &["--port", &port.to_string()], &[("TRACER_RING_BYTES", "4096")]);
     let stats = bpf::owned_by(tracer.pid()).map("STATS");
     let deferred_at_start = bpf::percpu_u64_sum(stats, STAT_EVENTS_DEFERRED);
+    signal(tracer.pid(), libc::SIGSTOP);
 
     let mut churn = traffic(
         "churn",
@@ -289,9 +291,10 @@ fn a_full_ring_buffer_defers_final_records_and_every_byte_counts() {
     assert_eq!(done.num::<u64>("n"), CONNECTIONS, "{done:?}");
     let served = sink.expect("served", LINE_TIMEOUT);
     assert_eq!(served.num::<u64>("rx"), CONNECTIONS * SIZE, "{served:?}");
-    // 2 final records per connection; a 4 KiB ring, drained once a tick,
-    // passes only a few dozen of them.
+    // 2 final records per connection; a 4 KiB ring that nothing drains
+    // passes only a dozen of them.
     let deferred = bpf::percpu_u64_sum(stats, STAT_EVENTS_DEFERRED) - deferred_at_start;
+    signal(tracer.pid(), libc::SIGCONT);
     let report = tracer.stop();
     eprintln!(
         "ring 4096 B: {CONNECTIONS} connections in {} s, {deferred} final records deferred to the overflow map; \
@@ -326,4 +329,11 @@ fn a_full_ring_buffer_defers_final_records_and_every_byte_counts() {
         "sink ({CONNECTIONS} connections of {SIZE} bytes): {server:#?}; every flow on port {port}: {:#?}",
         report.flows
     );
+}
+
+/// Sends `signal` to the process `pid` (one this test started).
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a pid this test started; no memory is involved.
+    let ret = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(ret, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
 }

@@ -8,6 +8,7 @@
 
 mod byte_table;
 mod cgroup;
+mod closed;
 mod health;
 mod observe;
 mod procfs;
@@ -20,14 +21,14 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray, RingBuf},
     Ebpf,
 };
 use log::debug;
 use tokio::io::{unix::AsyncFd, Interest};
 use tracer_common::{stat, ClosedSock, HealthClock, OverflowKey, SockRecord};
 
-use self::{byte_table::ByteTable, health::Sampler, observe::observe};
+use self::{byte_table::ByteTable, closed::ClosedRing, health::Sampler, observe::observe};
 use crate::{
     load::{self, probes::Backend, LoadError},
     model::{HealthSupport, KernelStats, SocketObs},
@@ -37,7 +38,8 @@ use crate::{
 /// Attached programs and their maps.
 pub(crate) struct Collector {
     ebpf: Ebpf,
-    closed: AsyncFd<RingBuf<MapData>>,
+    /// The destroyed-socket ring buffer, drained by its own thread.
+    closed: ClosedRing,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     backend: Backend,
     /// The hot path's byte counters, mapped (not in the object for kernels
@@ -74,10 +76,7 @@ impl Collector {
         };
         let closed_map = ebpf.take_map("CLOSED").ok_or_else(|| LoadError::Load("map CLOSED missing".into()))?;
         let closed = RingBuf::try_from(closed_map).map_err(|e| LoadError::Load(format!("map CLOSED: {e}")))?;
-        // SAFETY: the ring buffer owns its map fd and keeps it open while the
-        // AsyncFd owns it.
-        let closed = unsafe { AsyncFd::register_with_interest(closed, Interest::READABLE) }
-            .map_err(|e| LoadError::Load(format!("polling map CLOSED: {e}")))?;
+        let closed = ClosedRing::start(closed).map_err(|e| LoadError::Load(format!("draining map CLOSED: {e}")))?;
         Ok(Collector { ebpf, closed, logger, backend, bytes, sampler, health })
     }
 
@@ -107,32 +106,21 @@ impl Collector {
         match &self.logger {
             Some(logger) => {
                 tokio::select! {
-                    guard = self.closed.readable() => { guard?.clear_ready(); }
+                    () = self.closed.ready() => {}
                     guard = logger.readable() => { guard?.clear_ready(); }
                 }
             }
-            None => self.closed.readable().await?.clear_ready(),
+            None => self.closed.ready().await,
         }
         Ok(())
     }
 
-    /// Takes every destroyed-socket record waiting in the ring buffer.
+    /// Takes every destroyed-socket record drained from the ring buffer.
     pub(crate) fn drain_closed(&mut self) -> Vec<(SocketObs, u64)> {
         if let Some(logger) = &mut self.logger {
             logger.get_mut().flush();
         }
-        let ring = self.closed.get_mut();
-        let mut out = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<ClosedSock>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a whole `ClosedSock` (checked size);
-            // read unaligned since ring items are only 8-byte aligned.
-            let closed: ClosedSock = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ClosedSock) };
-            out.push((observe(closed.sock, &closed.record), closed.last_clock_ns));
-        }
-        out
+        self.closed.take().iter().map(|closed| (observe(closed.sock, &closed.record), closed.last_clock_ns)).collect()
     }
 
     /// Takes the final records that found the ring buffer full (kept in
@@ -184,35 +172,48 @@ impl Collector {
     }
 }
 
-/// Records read per syscall from `RECORDS` (about 50 KB).
-const RECORDS_PER_READ: u32 = 256;
+/// Most records read per syscall from `RECORDS` (about 50 KB).
+const RECORDS_PER_READ: usize = 256;
+
+/// Untaken slots worth reading between two taken ones to save a syscall:
+/// a syscall costs about as much as copying a few records.
+const GAP_READ: u32 = 4;
 
 /// The sockets of the main object's table: the taken slots of `BYTES` (read
 /// through the mapping, which also sweeps tombstones), and the records at
-/// their indexes in `RECORDS`, read in ranges that hold a taken slot. A
-/// record whose birth time is not its slot's was being created (or
-/// replaced) while the two were read: left for the next read.
+/// their indexes in `RECORDS`, read with one batch lookup per run of nearby
+/// taken slots (the table is mostly empty: reading all of it would copy
+/// every untaken record too). A record whose birth time is not its slot's
+/// was being created (or replaced) while the two were read: left for the
+/// next read.
 fn live_in_table(table: &ByteTable, records: &Map) -> Vec<SocketObs> {
     let Map::Array(data) = records else { return Vec::new() };
     let slots = table.read_and_sweep();
-    let fd = data.fd().as_fd().as_raw_fd();
+    let mut ranges = sys::bpf::ArrayRanges::<SockRecord>::new(data.fd().as_fd().as_raw_fd(), RECORDS_PER_READ);
+    if let Err(e) = &ranges {
+        debug!("batch reads of RECORDS unavailable ({e}); reading them one by one");
+    }
     let mut out = Vec::with_capacity(slots.len());
-    let mut buffer = vec![SockRecord::default(); RECORDS_PER_READ as usize];
+    let mut buffer = vec![SockRecord::default(); RECORDS_PER_READ];
     let mut next = 0;
     while next < slots.len() {
-        let start = slots[next].index / RECORDS_PER_READ * RECORDS_PER_READ;
-        let read = match sys::bpf::lookup_range(fd, start, &mut buffer) {
+        // A run: taken slots at most GAP_READ apart, within one read.
+        let start = slots[next].index;
+        let mut end = next + 1;
+        while end < slots.len()
+            && slots[end].index - slots[end - 1].index <= GAP_READ + 1
+            && ((slots[end].index - start) as usize) < RECORDS_PER_READ
+        {
+            end += 1;
+        }
+        let span = (slots[end - 1].index - start) as usize + 1;
+        let batch = ranges.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        let read = match batch.and_then(|ranges| ranges.read(start, &mut buffer[..span])) {
             Ok(read) => read,
-            Err(e) => {
-                debug!("reading RECORDS from {start}: {e}; reading them one by one");
-                read_one_by_one(records, start, &mut buffer)
-            }
+            Err(_) => read_one_by_one(records, start, &mut buffer[..span]),
         };
-        while next < slots.len() && slots[next].index < start + RECORDS_PER_READ {
-            let slot = &slots[next];
-            next += 1;
-            let offset = (slot.index - start) as usize;
-            let Some(record) = buffer[..read].get(offset) else { continue };
+        for slot in &slots[next..end] {
+            let Some(record) = buffer[..read].get((slot.index - start) as usize) else { continue };
             if record.first_seen_ns != slot.born_ns {
                 continue;
             }
@@ -221,6 +222,7 @@ fn live_in_table(table: &ByteTable, records: &Map) -> Vec<SocketObs> {
             record.rx_bytes += slot.bytes.rx;
             out.push(observe(slot.sock, &record));
         }
+        next = end;
     }
     out
 }

@@ -147,50 +147,71 @@ pub(crate) fn lookup_all<K: aya::Pod + Default, V: aya::Pod + Default>(
     Ok(entries)
 }
 
-/// Reads entries `start..start + values.len()` of the array map `map_fd`
-/// (value type `V`) into `values` in one syscall; returns how many were
-/// read (fewer at the end of the array).
-///
-/// `V` must be plain old data ([`aya::Pod`]) and the map's value type
-/// (checked against the map's sizes).
-pub(crate) fn lookup_range<V: aya::Pod>(map_fd: RawFd, start: u32, values: &mut [V]) -> io::Result<usize> {
-    let (key_size, value_size) = map_sizes(map_fd)?;
-    if key_size != size_of::<u32>() || value_size != size_of::<V>() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("map has {key_size}-byte keys and {value_size}-byte values, not an array of {}", size_of::<V>()),
-        ));
-    }
-    let mut keys = vec![0u32; values.len()];
-    // An array's batch token is the last index read: start after
-    // `start - 1`, or from the beginning.
-    let mut token = [start.wrapping_sub(1)];
-    let mut next_token = [0u32];
-    let mut attr = BatchAttr {
-        in_batch: if start == 0 { 0 } else { token.as_mut_ptr() as u64 },
-        out_batch: next_token.as_mut_ptr() as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: values.len() as u32,
-        map_fd: map_fd as u32,
-        ..BatchAttr::default()
-    };
-    // SAFETY: `attr` points at buffers of `count` keys (u32, the map's key
-    // size) and values (`V`, the map's value size, checked above) and at
-    // the tokens, all alive across the call; any bytes are valid `V`s.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
-    };
-    let filled = (attr.count as usize).min(values.len());
-    if ret < 0 {
-        let error = io::Error::last_os_error();
-        // ENOENT: the end of the array was reached (what was read is valid).
-        if error.raw_os_error() != Some(libc::ENOENT) {
-            return Err(error);
+/// Reads ranges of the array map `map_fd` (value type `V`) with batch
+/// lookups, one syscall per range.
+pub(crate) struct ArrayRanges<V> {
+    map_fd: RawFd,
+    keys: Vec<u32>,
+    _values: std::marker::PhantomData<V>,
+}
+
+impl<V: aya::Pod> ArrayRanges<V> {
+    /// `V` must be plain old data ([`aya::Pod`]) and the map's value type
+    /// (checked against the map's sizes); ranges hold at most `longest`
+    /// entries.
+    pub(crate) fn new(map_fd: RawFd, longest: usize) -> io::Result<Self> {
+        let (key_size, value_size) = map_sizes(map_fd)?;
+        if key_size != size_of::<u32>() || value_size != size_of::<V>() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "map has {key_size}-byte keys and {value_size}-byte values, not an array of {}",
+                    size_of::<V>()
+                ),
+            ));
         }
+        Ok(ArrayRanges { map_fd, keys: vec![0; longest], _values: std::marker::PhantomData })
     }
-    debug_assert!(keys[..filled].iter().enumerate().all(|(i, &k)| k == start + i as u32));
-    Ok(filled)
+
+    /// Reads entries `start..start + values.len()` into `values`; returns
+    /// how many were read (fewer at the end of the array).
+    pub(crate) fn read(&mut self, start: u32, values: &mut [V]) -> io::Result<usize> {
+        let count = values.len().min(self.keys.len());
+        // An array's batch token is the last index read: start after
+        // `start - 1`, or from the beginning.
+        let mut token = [start.wrapping_sub(1)];
+        let mut next_token = [0u32];
+        let mut attr = BatchAttr {
+            in_batch: if start == 0 { 0 } else { token.as_mut_ptr() as u64 },
+            out_batch: next_token.as_mut_ptr() as u64,
+            keys: self.keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: count as u32,
+            map_fd: self.map_fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at buffers of at least `count` keys (u32,
+        // the map's key size) and values (`V`, the map's value size, checked
+        // in `new`) and at the tokens, all alive across the call; any bytes
+        // are valid `V`s.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let filled = (attr.count as usize).min(count);
+        // ENOENT: the end of the array was reached (what was read is valid).
+        if ret < 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOENT) {
+                return Err(error);
+            }
+        }
+        Ok(filled)
+    }
 }
 
 /// `BPF_PROG_TEST_RUN` (`enum bpf_cmd`).
