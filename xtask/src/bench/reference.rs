@@ -7,11 +7,18 @@
 //! - `hash`: the hand-written minimal tracer, one hash-map update per call
 //!   (`tx[pid] += ret`), as the C/libbpf reference does;
 //! - `bpftrace`: the one-liner `@tx[pid] = sum(args->ret)` on both
-//!   tracepoints, when bpftrace is installed.
+//!   tracepoints, when bpftrace is installed;
+//! - `conn-floor`: the empty program on every tracepoint the tracer
+//!   attaches (`TRACER_TRACEPOINTS`: state changes, destruction,
+//!   retransmits, resets, error reports, and the send/receive pair), one
+//!   program per tracepoint so the kernel accounts each hook apart; what
+//!   any eBPF tracer on those hooks pays on the connection path. A
+//!   tracepoint this kernel lacks is skipped (and said).
 //!
-//! `floor` and `hash` are a few instructions of eBPF bytecode loaded here
-//! with the bpf(2) syscall as raw tracepoint programs (the same dispatch as
-//! the tracer's BTF tracepoints), so the bench needs no compiler for them.
+//! `floor`, `hash` and `conn-floor` are a few instructions of eBPF bytecode
+//! loaded here with the bpf(2) syscall as raw tracepoint programs (the same
+//! dispatch as the tracer's BTF tracepoints), so the bench needs no
+//! compiler for them.
 
 use std::{
     ffi::CString,
@@ -29,6 +36,7 @@ pub enum Reference {
     Floor,
     Hash,
     Bpftrace,
+    ConnFloor,
 }
 
 impl Reference {
@@ -37,6 +45,7 @@ impl Reference {
             Reference::Floor => "empty program (floor)",
             Reference::Hash => "minimal tracer: one hash update per call",
             Reference::Bpftrace => "bpftrace `@tx[pid] = sum(args->ret)`",
+            Reference::ConnFloor => "empty programs on every tracer hook (connection floor)",
         }
     }
 
@@ -45,19 +54,37 @@ impl Reference {
             Reference::Floor => "floor",
             Reference::Hash => "hash",
             Reference::Bpftrace => "bpftrace",
+            Reference::ConnFloor => "conn-floor",
         }
     }
 }
 
+/// The send/receive pair: the hooks of `floor`, `hash` and `bpftrace`.
 const TRACEPOINTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
+
+/// Every tracepoint the tracer attaches (its tracepoint backend,
+/// `tracer/src/load/probes.rs`): the hooks of `conn-floor`.
+pub const TRACER_TRACEPOINTS: [&str; 8] = [
+    "inet_sock_set_state",
+    "tcp_destroy_sock",
+    "tcp_retransmit_skb",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "inet_sk_error_report",
+    "sock_send_length",
+    "sock_recv_length",
+];
 
 /// A reference attached for one run; detached when dropped.
 pub enum Attached {
-    /// Raw tracepoint links (and the program and map they hold).
+    /// Raw tracepoint links, the programs and the map they hold.
     Raw {
         _links: Vec<OwnedFd>,
-        _prog: OwnedFd,
+        /// Each program with the tracepoints it is attached to.
+        programs: Vec<(OwnedFd, Vec<&'static str>)>,
         _map: Option<OwnedFd>,
+        /// Tracepoints this kernel lacks, left out.
+        missing: Vec<&'static str>,
     },
     Bpftrace(Child),
 }
@@ -65,13 +92,43 @@ pub enum Attached {
 impl Attached {
     pub fn attach(reference: Reference) -> Result<Self> {
         match reference {
-            Reference::Floor => attach_raw(&floor_program(), None),
+            Reference::Floor => attach_raw(&floor_program(), None, &TRACEPOINTS),
             Reference::Hash => {
                 let map = create_hash_map()?;
                 let program = hash_program(raw_fd(&map));
-                attach_raw(&program, Some(map))
+                attach_raw(&program, Some(map), &TRACEPOINTS)
             }
             Reference::Bpftrace => start_bpftrace(),
+            Reference::ConnFloor => attach_per_tracepoint(&floor_program(), &TRACER_TRACEPOINTS),
+        }
+    }
+
+    /// Tracepoints left out because this kernel lacks them.
+    pub fn missing(&self) -> &[&'static str] {
+        match self {
+            Attached::Raw { missing, .. } => missing,
+            Attached::Bpftrace(_) => &[],
+        }
+    }
+
+    /// The note saying which tracepoints were left out, if any.
+    pub fn missing_note(&self, reference: Reference) -> Option<String> {
+        let missing = self.missing();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "{}: this kernel has no tracepoint {}; left out (the tracer cannot attach there either)",
+                reference.short(),
+                missing.join(", ")
+            )
+        })
+    }
+
+    /// The programs (raw fds, valid while `self` lives) with the
+    /// tracepoints each one runs on.
+    pub fn programs(&self) -> Vec<(i32, Vec<&'static str>)> {
+        match self {
+            Attached::Raw { programs, .. } => programs.iter().map(|(fd, hooks)| (raw_fd(fd), hooks.clone())).collect(),
+            Attached::Bpftrace(_) => Vec::new(),
         }
     }
 }
@@ -101,6 +158,9 @@ pub fn hold(reference: Reference, seconds: u64) -> Result<()> {
         bpftrace_available().map_err(|why| anyhow::anyhow!(why))?;
     }
     let attached = Attached::attach(reference)?;
+    if let Some(note) = attached.missing_note(reference) {
+        eprintln!("xtask: {note}");
+    }
     eprintln!("xtask: {} attached for {seconds} s", reference.name());
     std::thread::sleep(Duration::from_secs(seconds));
     drop(attached);
@@ -175,7 +235,7 @@ fn links_of(pid: u32) -> usize {
         .count()
 }
 
-// ---- bpf(2) by hand: just what the two references need.
+// ---- bpf(2) by hand: just what the raw-tracepoint references need.
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -202,6 +262,14 @@ impl Attr {
         self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
         self
     }
+
+    /// A NUL-terminated name of at most 15 bytes (`BPF_OBJ_NAME_LEN`).
+    fn put_name(&mut self, offset: usize, name: &str) -> &mut Self {
+        let bytes = &name.as_bytes()[..name.len().min(15)];
+        self.0[offset..offset + bytes.len()].copy_from_slice(bytes);
+        self.0[offset + bytes.len()] = 0;
+        self
+    }
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut Attr, what: &str) -> Result<OwnedFd> {
@@ -209,8 +277,7 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr, what: &str) -> Result<OwnedFd> {
     // pointer in it outlives the call.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) };
     if fd < 0 {
-        let error = std::io::Error::last_os_error();
-        bail!("{what}: {error}");
+        return Err(anyhow::Error::new(std::io::Error::last_os_error()).context(what.to_owned()));
     }
     // SAFETY: a new fd the kernel just handed us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -228,7 +295,48 @@ fn create_hash_map() -> Result<OwnedFd> {
     bpf(BPF_MAP_CREATE, &mut attr, "creating the reference's hash map")
 }
 
-fn attach_raw(program: &[Insn], map: Option<OwnedFd>) -> Result<Attached> {
+/// One program attached to every tracepoint of `tracepoints` (all must
+/// exist).
+fn attach_raw(program: &[Insn], map: Option<OwnedFd>, tracepoints: &[&'static str]) -> Result<Attached> {
+    let prog = load_raw(program, "reference")?;
+    let mut links = Vec::new();
+    for tracepoint in tracepoints {
+        links.push(open_raw_tracepoint(&prog, tracepoint)?.context("no such tracepoint on this kernel")?);
+    }
+    Ok(Attached::Raw { _links: links, programs: vec![(prog, tracepoints.to_vec())], _map: map, missing: Vec::new() })
+}
+
+/// A program of its own on each tracepoint of `tracepoints`, so the
+/// kernel's accounting tells the hooks apart; tracepoints this kernel lacks
+/// are skipped (`Attached::missing`).
+fn attach_per_tracepoint(program: &[Insn], tracepoints: &[&'static str]) -> Result<Attached> {
+    let (mut links, mut programs, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    for tracepoint in tracepoints {
+        let prog = load_raw(program, &program_name(tracepoint))?;
+        match open_raw_tracepoint(&prog, tracepoint)? {
+            Some(link) => {
+                links.push(link);
+                programs.push((prog, vec![*tracepoint]));
+            }
+            None => missing.push(*tracepoint),
+        }
+    }
+    if programs.is_empty() {
+        bail!("none of the tracer's tracepoints exists on this kernel");
+    }
+    Ok(Attached::Raw { _links: links, programs, _map: None, missing })
+}
+
+/// A program name the kernel takes (at most 15 characters of
+/// `[A-Za-z0-9_.]`) for the empty program on `tracepoint`.
+pub fn program_name(tracepoint: &str) -> String {
+    let clean: String =
+        tracepoint.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+    format!("e_{clean}").chars().take(15).collect()
+}
+
+/// Loads `program` as a raw tracepoint program named `name`.
+fn load_raw(program: &[Insn], name: &str) -> Result<OwnedFd> {
     let license = CString::new("GPL").expect("no NUL");
     let mut log = vec![0u8; 64 * 1024];
     let mut attr = Attr::new();
@@ -238,21 +346,31 @@ fn attach_raw(program: &[Insn], map: Option<OwnedFd>) -> Result<Attached> {
         .put_u64(16, license.as_ptr() as u64)
         .put_u32(24, 1)
         .put_u32(28, log.len() as u32)
-        .put_u64(32, log.as_mut_ptr() as u64);
-    let prog = bpf(BPF_PROG_LOAD, &mut attr, "loading the reference program").map_err(|e| {
+        .put_u64(32, log.as_mut_ptr() as u64)
+        .put_name(48, name);
+    bpf(BPF_PROG_LOAD, &mut attr, "loading the reference program").map_err(|e| {
         let end = log.iter().position(|b| *b == 0).unwrap_or(0);
         let text = String::from_utf8_lossy(&log[..end]);
         let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
         anyhow::anyhow!("{e} ({last})")
-    })?;
-    let mut links = Vec::new();
-    for tracepoint in TRACEPOINTS {
-        let name = CString::new(tracepoint).expect("no NUL");
-        let mut attr = Attr::new();
-        attr.put_u64(0, name.as_ptr() as u64).put_u32(8, raw_fd(&prog) as u32);
-        links.push(bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr, &format!("attaching the reference to {tracepoint}"))?);
+    })
+}
+
+/// Attaches `prog` to the raw tracepoint `tracepoint`; None if this kernel
+/// has no such tracepoint.
+fn open_raw_tracepoint(prog: &OwnedFd, tracepoint: &str) -> Result<Option<OwnedFd>> {
+    let name = CString::new(tracepoint).expect("no NUL");
+    let mut attr = Attr::new();
+    attr.put_u64(0, name.as_ptr() as u64).put_u32(8, raw_fd(prog) as u32);
+    match bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr, &format!("attaching the reference to {tracepoint}")) {
+        Ok(link) => Ok(Some(link)),
+        Err(error)
+            if error.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::ENOENT) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
     }
-    Ok(Attached::Raw { _links: links, _prog: prog, _map: map })
 }
 
 /// `struct bpf_insn`.
