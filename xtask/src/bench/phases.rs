@@ -245,6 +245,7 @@ fn runs_per_phase(stamps: &[(Phase, u64, u64)], client_line: &str, server_line: 
             let values: Vec<f64> = inside.iter().map(|&i| slices[i]).collect();
             let run = Run {
                 ops,
+                total_ops: ops,
                 wall_secs,
                 cpu_secs: (cpu_secs > 0.0).then_some(cpu_secs),
                 syscalls_per_op: syscalls / total_ops,

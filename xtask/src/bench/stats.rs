@@ -9,6 +9,9 @@ use super::reference::Reference;
 pub struct Run {
     /// Operations in the measured window (client side).
     pub ops: f64,
+    /// Operations of the whole run, warm-up included (what the kernel's
+    /// program accounting over the run is divided by).
+    pub total_ops: f64,
     pub wall_secs: f64,
     /// CPU time client and server got in the window, when readable.
     pub cpu_secs: Option<f64>,
@@ -117,6 +120,20 @@ pub fn spread(values: &[f64]) -> (f64, f64) {
     } else {
         (f64::NAN, f64::NAN)
     }
+}
+
+/// How far `ratio` is below `floor_ratio`, in points (hundredths of a
+/// throughput ratio): 0.95 against a floor of 0.97 is a gap of 2 points.
+pub fn gap_points(floor_ratio: f64, ratio: f64) -> f64 {
+    (floor_ratio - ratio) * 100.0
+}
+
+/// The gap in points that `above_ns` more per operation than the floor's
+/// would make: untraced `untraced_ns` per operation, `floor_ns` with the
+/// floor attached (what the kernel's accounting of the programs predicts
+/// for the throughput).
+pub fn derived_gap_points(untraced_ns: f64, floor_ns: f64, above_ns: f64) -> f64 {
+    gap_points(untraced_ns / floor_ns, untraced_ns / (floor_ns + above_ns))
 }
 
 /// CPU seconds per minute of wall time.
@@ -298,6 +315,28 @@ impl Pairs {
         ))
     }
 
+    /// Min and max of the per-round ratios with `reference` attached.
+    pub fn reference_ratio_spread(&self, reference: Reference) -> Option<(f64, f64)> {
+        let runs = self.reference_runs(reference)?;
+        let ratios: Vec<f64> =
+            runs.iter().map(|s| self.baseline(&s.before, Some(&s.after)) / self.ns_per_op(&s.run)).collect();
+        Some(spread(&ratios))
+    }
+
+    /// What `reference` adds per operation (median over rounds).
+    pub fn reference_added_ns_per_op(&self, reference: Reference) -> Option<f64> {
+        let runs = self.reference_runs(reference)?;
+        let added: Vec<f64> =
+            runs.iter().map(|s| self.ns_per_op(&s.run) - self.baseline(&s.before, Some(&s.after))).collect();
+        Some(median(&added))
+    }
+
+    /// How far the tracer's throughput ratio is below `reference`'s, in
+    /// points ([`gap_points`]).
+    pub fn gap_to(&self, reference: Reference) -> Option<f64> {
+        Some(gap_points(self.reference_ratio(reference)?, self.ratio()))
+    }
+
     /// Rounds with another eBPF tracer around.
     pub fn foreign_pairs(&self) -> usize {
         self.untraced.iter().zip(&self.traced).filter(|(a, b)| a.foreign_tracer || b.foreign_tracer).count()
@@ -312,6 +351,7 @@ mod tests {
     fn run(ops_per_sec: f64, cpu_share: Option<f64>) -> Run {
         Run {
             ops: ops_per_sec,
+            total_ops: ops_per_sec,
             wall_secs: 1.0,
             cpu_secs: cpu_share,
             syscalls_per_op: 4.0,
@@ -435,6 +475,37 @@ mod tests {
         assert!((pairs.reference_added_ns_per_syscall(Reference::Floor).expect("measured") - added).abs() < 1e-6);
         assert_eq!(pairs.reference_ratio(Reference::Hash), None);
         assert_eq!(pairs.reference_ratio(Reference::Bpftrace), None);
+    }
+
+    #[test]
+    fn gaps_in_points() {
+        assert!((gap_points(0.97, 0.95) - 2.0).abs() < 1e-9);
+        assert!((gap_points(0.95, 0.97) + 2.0).abs() < 1e-9);
+        // 50,000 ns untraced, 52,000 with the floor (0.9615), 2,000 more
+        // with the tracer (0.9259): 3.56 points.
+        let derived = derived_gap_points(50_000.0, 52_000.0, 2_000.0);
+        assert!((derived - (50.0 / 52.0 - 50.0 / 54.0) * 100.0).abs() < 1e-9, "{derived}");
+        assert_eq!(derived_gap_points(50_000.0, 52_000.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn the_tracer_is_read_against_the_floor_of_the_same_rounds() {
+        // Untraced 1000 ops/s; floor 970; tracer 950: floor 0.97, tracer
+        // 0.95, 2 points apart.
+        let sandwich = Sandwich { before: run(1000.0, None), run: run(970.0, None), after: run(1000.0, None) };
+        let pairs = Pairs {
+            untraced: vec![run(1000.0, None); 3],
+            traced: vec![run(950.0, None); 3],
+            untraced_after: vec![run(1000.0, None); 3],
+            references: vec![(Reference::ConnFloor, vec![sandwich; 3])],
+            ..Default::default()
+        };
+        assert!((pairs.gap_to(Reference::ConnFloor).expect("measured") - 2.0).abs() < 1e-9);
+        assert_eq!(pairs.gap_to(Reference::Floor), None);
+        let (low, high) = pairs.reference_ratio_spread(Reference::ConnFloor).expect("measured");
+        assert!((low - 0.97).abs() < 1e-12 && (high - 0.97).abs() < 1e-12);
+        let added = pairs.reference_added_ns_per_op(Reference::ConnFloor).expect("measured");
+        assert!((added - (1e9 / 970.0 - 1e6)).abs() < 1e-6);
     }
 
     #[test]

@@ -90,6 +90,7 @@ fn run_from_lines(workload: Workload, client_line: &str, server_line: &str) -> R
     }
     Ok(Run {
         ops,
+        total_ops,
         wall_secs: secs,
         cpu_secs: (cpu_secs > 0.0).then_some(cpu_secs),
         syscalls_per_op: syscalls / total_ops,
