@@ -35,11 +35,13 @@ pub struct BenchArgs {
     /// Connections of the parallel workload.
     #[arg(long, value_name = "N", default_value = "128", value_parser = clap::value_parser!(u64).range(1..=2000))]
     parallel_connections: u64,
-    /// Skip the tracer's own cost (idle, ping-pong, 10k and 50k sockets).
+    /// Skip the tracer's own cost (idle, ping-pong, 10k and 100k sockets).
     #[arg(long)]
     no_agent_cost: bool,
-    /// Skip the reference programs (empty program, minimal hash tracer,
-    /// bpftrace) measured beside the tracer in the ping-pong workload.
+    /// Skip the reference programs: the empty program, minimal hash tracer
+    /// and bpftrace beside the tracer in the ping-pong workload, and the
+    /// connection floor (empty programs on every tracer hook) in the other
+    /// workloads' rounds.
     #[arg(long)]
     no_references: bool,
     /// Print the results only; leave BENCHMARKS.md as it is.
@@ -69,6 +71,10 @@ pub struct Plan {
     pub cost: Option<cost::CostPlan>,
     /// Reference programs measured in the ping-pong rounds.
     pub references: Vec<reference::Reference>,
+    /// Whether the other workloads' rounds also run with the connection
+    /// floor (`Reference::ConnFloor`) attached, and the program run times
+    /// on the churn path are measured.
+    pub conn_floor: bool,
 }
 
 /// How one workload run is driven.
@@ -110,6 +116,7 @@ impl Plan {
             } else {
                 vec![reference::Reference::Floor, reference::Reference::Hash, reference::Reference::Bpftrace]
             },
+            conn_floor: !args.no_references,
         })
     }
 }

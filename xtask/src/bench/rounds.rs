@@ -1,7 +1,11 @@
 //! The A/B rounds of the throughput part: workloads interleaved round
 //! after round, each run untraced (A), with the tracer (B), untraced again,
-//! so that slow drifts of the machine spread over all of them; ping-pong
-//! runs as one continuous round with the reference programs (`phases`).
+//! so that slow drifts of the machine spread over all of them; with the
+//! connection floor (`Reference::ConnFloor`: empty programs on every hook
+//! the tracer uses) the round is A floor A B A, or A B A floor A in every
+//! other round, so the floor and the tracer are each read against the
+//! untraced runs on either side of them. Ping-pong runs as one continuous
+//! round with the reference programs (`phases`).
 //! `Quiet` waits until no other eBPF tracer is around, and marks the runs
 //! it could not keep clean.
 
@@ -17,7 +21,8 @@ use super::{
     phases::{ping_pong_phases, Phases},
     plan::{Binaries, Plan},
     proc,
-    stats::{Pairs, Run},
+    reference::{self, Reference},
+    stats::{Pairs, Run, Sandwich},
     tracer::{Mode, TracerProcess},
     workload::run_workload,
 };
@@ -62,10 +67,11 @@ impl Quiet {
 }
 
 /// Rounds of A (untraced), B (traced), A runs, workloads interleaved so
-/// that slow drifts of the machine spread over all of them; in ping-pong,
-/// each reference program also runs between two untraced runs
-/// (A ref1 A ref2 A ... A B A). Each attached run is compared with the
-/// untraced runs on either side of it.
+/// that slow drifts of the machine spread over all of them; with the
+/// connection floor, A floor A B A (odd rounds) or A B A floor A (even
+/// ones); in ping-pong, each reference program also runs between two
+/// untraced runs (A ref1 A ref2 A ... A B A). Each attached run is
+/// compared with the untraced runs on either side of it.
 pub fn ab_rounds(
     binaries: &Binaries,
     mode: &Mode,
@@ -89,6 +95,8 @@ pub fn ab_rounds(
                     phases.describe()
                 );
                 add_phases(pairs, phases);
+            } else if plan.conn_floor {
+                floor_round(binaries, mode, plan, quiet, *workload, round, pairs, reference_notes)?;
             } else {
                 ab_triplet(binaries, mode, plan, quiet, *workload, round, pairs)?;
             }
@@ -178,6 +186,118 @@ fn ab_triplet(
     pairs.untraced.push(untraced);
     pairs.traced.push(traced);
     pairs.untraced_after.push(after);
+    pairs.tracer_cpu_percent.push(tracer_cpu);
+    Ok(())
+}
+
+/// One run with `reference` attached, after waiting for other tracers to
+/// go; a note for the report if some of its tracepoints are missing here.
+fn reference_run(
+    binaries: &Binaries,
+    plan: &Plan,
+    quiet: &mut Quiet,
+    workload: Workload,
+    reference: Reference,
+    reference_notes: &mut Vec<String>,
+) -> Result<Run> {
+    let quiet_before = quiet.check(&[], true);
+    let attached =
+        reference::Attached::attach(reference).with_context(|| format!("attaching {}", reference.short()))?;
+    if let Some(note) = attached.missing_note(reference) {
+        if !reference_notes.contains(&note) {
+            eprintln!("xtask: bench: {note}");
+            reference_notes.push(note);
+        }
+    }
+    let mut run = run_workload(&binaries.loadgen, workload, &plan.load)
+        .with_context(|| format!("{} {} run", reference.short(), workload.name()))?;
+    drop(attached);
+    run.foreign_tracer = !quiet_before || !quiet.check(&[], false);
+    Ok(run)
+}
+
+/// Where the connection floor goes in round `round`: before the tracer
+/// in odd rounds, after it in even ones, so neither always runs first.
+pub fn floor_first(round: u32) -> bool {
+    round % 2 == 1
+}
+
+/// One round of a workload (not ping-pong) with the connection floor: five
+/// runs, A floor A B A or A B A floor A; the floor and the tracer share the
+/// untraced run between them. Filed under the workload's results: the
+/// tracer's triplet as in [`ab_triplet`], the floor's as a reference
+/// sandwich.
+#[allow(clippy::too_many_arguments)]
+fn floor_round(
+    binaries: &Binaries,
+    mode: &Mode,
+    plan: &Plan,
+    quiet: &mut Quiet,
+    workload: Workload,
+    round: u32,
+    pairs: &mut Pairs,
+    reference_notes: &mut Vec<String>,
+) -> Result<()> {
+    let floor = Reference::ConnFloor;
+    let first = untraced_run(binaries, plan, quiet, workload)?;
+    let (floor_sandwich, tracer, tracer_cpu) = if floor_first(round) {
+        let floor_run = reference_run(binaries, plan, quiet, workload, floor, reference_notes)?;
+        let middle = untraced_run(binaries, plan, quiet, workload)?;
+        let (traced, tracer_cpu) = traced_run(binaries, mode, plan, quiet, workload)?;
+        let last = untraced_run(binaries, plan, quiet, workload)?;
+        (
+            Sandwich { before: first, run: floor_run, after: middle },
+            Sandwich { before: middle, run: traced, after: last },
+            tracer_cpu,
+        )
+    } else {
+        let (traced, tracer_cpu) = traced_run(binaries, mode, plan, quiet, workload)?;
+        let middle = untraced_run(binaries, plan, quiet, workload)?;
+        let floor_run = reference_run(binaries, plan, quiet, workload, floor, reference_notes)?;
+        let last = untraced_run(binaries, plan, quiet, workload)?;
+        (
+            Sandwich { before: middle, run: floor_run, after: last },
+            Sandwich { before: first, run: traced, after: middle },
+            tracer_cpu,
+        )
+    };
+    let runs = [&floor_sandwich.before, &floor_sandwich.run, &floor_sandwich.after, &tracer.run, &tracer.after];
+    eprintln!(
+        "xtask: bench: round {round}/{}: {:<9} {}{}",
+        plan.rounds,
+        workload.name(),
+        if floor_first(round) {
+            format!(
+                "untraced {} | conn-floor {} | untraced {} | traced {} (tracer {tracer_cpu:.1}% CPU) | untraced {}",
+                per_op(&floor_sandwich.before),
+                per_op(&floor_sandwich.run),
+                per_op(&tracer.before),
+                per_op(&tracer.run),
+                per_op(&tracer.after)
+            )
+        } else {
+            format!(
+                "untraced {} | traced {} (tracer {tracer_cpu:.1}% CPU) | untraced {} | conn-floor {} | untraced {}",
+                per_op(&tracer.before),
+                per_op(&tracer.run),
+                per_op(&floor_sandwich.before),
+                per_op(&floor_sandwich.run),
+                per_op(&floor_sandwich.after)
+            )
+        },
+        if runs.iter().any(|r| r.foreign_tracer) || tracer.before.foreign_tracer {
+            " (another eBPF tracer was around)"
+        } else {
+            ""
+        }
+    );
+    match pairs.references.iter_mut().find(|(r, _)| *r == floor) {
+        Some((_, sandwiches)) => sandwiches.push(floor_sandwich),
+        None => pairs.references.push((floor, vec![floor_sandwich])),
+    }
+    pairs.untraced.push(tracer.before);
+    pairs.traced.push(tracer.run);
+    pairs.untraced_after.push(tracer.after);
     pairs.tracer_cpu_percent.push(tracer_cpu);
     Ok(())
 }
