@@ -1,5 +1,5 @@
 //! The tracer's own cost: one tracer process, measured in stages — idle,
-//! under ping-pong load, with 10,000 and with 50,000 live loopback sockets,
+//! under ping-pong load, with 10,000 and with 100,000 live loopback sockets,
 //! and after those sockets are gone. For each stage: CPU seconds per minute
 //! of wall time, peak and current RSS, tracked sockets, and the duration of
 //! one collection pass (scraped from the agent's /metrics when it exports
@@ -9,7 +9,10 @@
 //! The sockets are held by `xtask loadgen hold` processes, each with
 //! `CONNECTIONS_PER_HOLDER` connections (both ends, so twice as many
 //! sockets) towards its own 127.0.0.x address: a process may have at most
-//! 20,000 open files here, and one address pair has ~28,000 ephemeral ports.
+//! 20,000 open files here, and one address pair has ~28,000 ephemeral ports
+//! (100,000 sockets: 20 processes, 127.0.0.10 to 127.0.0.29). The tracer's
+//! socket table holds 131,072 by default (`--max-sockets`), enough for
+//! them and the host's own.
 
 use std::{
     collections::HashMap,
@@ -37,7 +40,7 @@ pub const CONNECTIONS_PER_HOLDER: usize = 2_500;
 /// Further scrapes of a gauge collection duration in a full run.
 pub const FULL_RUN_EXTRA_GAUGE_SAMPLES: usize = 2;
 /// Live socket counts measured.
-pub const SOCKET_STAGES: [usize; 2] = [10_000, 50_000];
+pub const SOCKET_STAGES: [usize; 2] = [10_000, 100_000];
 
 #[derive(Debug, Clone)]
 pub struct CostPlan {
