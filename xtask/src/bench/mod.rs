@@ -3,16 +3,19 @@
 //!
 //! Two parts. First the tracer's own cost (`cost`): one tracer process, its
 //! CPU time and peak memory at idle, under ping-pong load, and with 10,000
-//! and 50,000 live loopback sockets, plus the duration of a collection pass.
+//! and 100,000 live loopback sockets, plus the duration of a collection pass.
 //! Then the throughput cost (`rounds`): each workload of the load generator
 //! (`loadgen`, this binary re-run as separate client and server processes
 //! pinned to one CPU, one run driven by `workload`) alternately without (A)
-//! and with (B) the tracer attached, for several rounds; ping-pong as one
-//! continuous round with the reference programs (`phases`, `reference`);
-//! medians, spreads, the traced/untraced ratio and the added nanoseconds
-//! per send/recv syscall (`stats`); the programs' run time per call from
-//! the kernel's accounting (`program_cost`). The tables and the file are
-//! rendered by `report`.
+//! and with (B) the tracer attached, for several rounds, the other
+//! workloads also with the connection floor (empty programs on every hook
+//! the tracer uses, `reference`); ping-pong as one continuous round with
+//! the reference programs (`phases`, `reference`); medians, spreads, the
+//! traced/untraced ratio, the gap to the floor and the added nanoseconds
+//! per send/recv syscall (`stats`); the programs' run time per call and,
+//! on the churn path, per connection and per program, from the kernel's
+//! accounting (`program_cost`). The tables and the file are rendered by
+//! `report`.
 //!
 //! This file runs the parts in order and assembles the document. What to
 //! run comes from `plan`; child processes are handled by `child` and
@@ -44,8 +47,9 @@ use anyhow::{Context as _, Result};
 
 pub use self::{child::wait_for_exit, plan::BenchArgs};
 use self::{
+    loadgen::Workload,
     plan::{Binaries, Plan},
-    program_cost::{program_costs, ProgramCost},
+    program_cost::{path_costs, program_costs, PathCosts, ProgramCost},
     rounds::{ab_rounds, Quiet},
     tracer::Mode,
 };
@@ -100,8 +104,17 @@ fn measure(binaries: &Binaries, plan: Plan, mut reference_notes: Vec<String>) ->
         None => None,
     };
     let mut quiet = Quiet::new(if plan.quick { 15 } else { 120 });
+    let stats_on_before = proc::bpf_stats_enabled();
     let workloads = ab_rounds(binaries, &mode, &plan, &mut quiet, &mut reference_notes)?;
+    if stats_on_before || proc::bpf_stats_enabled() {
+        reference_notes.push(
+            "kernel.bpf_stats_enabled was on during the rounds (turned on by another process): every \
+             program run, the floors' and the tracer's alike, paid the accounting's two clock reads"
+                .into(),
+        );
+    }
     let program_costs = measured_program_costs(binaries, &mode, &plan, &mut reference_notes);
+    let path_costs = measured_path_costs(binaries, &mode, &plan, &mut reference_notes);
     Ok(report::Document {
         started_at,
         wall_secs: began.elapsed().as_secs_f64(),
@@ -117,6 +130,7 @@ fn measure(binaries: &Binaries, plan: Plan, mut reference_notes: Vec<String>) ->
         foreign_tracers: quiet.seen.into_iter().collect(),
         reference_notes,
         program_costs,
+        path_costs,
     })
 }
 
@@ -148,6 +162,26 @@ fn measured_program_costs(
         Err(error) => {
             reference_notes.push(format!("program run times not measured: {error:#}"));
             Vec::new()
+        }
+    }
+}
+
+/// The churn path's program run times when the connection floor is
+/// measured and churn runs; a failure is a note, as above.
+fn measured_path_costs(
+    binaries: &Binaries,
+    mode: &Mode,
+    plan: &Plan,
+    reference_notes: &mut Vec<String>,
+) -> Option<PathCosts> {
+    if !plan.conn_floor || !plan.workloads.contains(&Workload::Churn) {
+        return None;
+    }
+    match path_costs(binaries, mode, plan) {
+        Ok(costs) => Some(costs),
+        Err(error) => {
+            reference_notes.push(format!("program run times on the churn path not measured: {error:#}"));
+            None
         }
     }
 }

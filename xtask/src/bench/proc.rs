@@ -168,6 +168,67 @@ pub fn program_runs_of(pid: u32, types: &[u32]) -> (u64, u64) {
     total
 }
 
+/// One eBPF program's identity and the kernel's accounting of its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramStat {
+    pub id: u32,
+    pub prog_type: u32,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+/// Every eBPF tracing program `pid` holds, with its run time and count
+/// (one per program id, however many fds point at it).
+pub fn program_stats(pid: u32) -> Vec<ProgramStat> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    let mut found: Vec<ProgramStat> = fds
+        .flatten()
+        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| parse_fdinfo_program(&info))
+        .collect();
+    found.sort_by_key(|p| p.id);
+    found.dedup_by_key(|p| p.id);
+    found
+}
+
+/// [`ProgramStat`] of the program behind fd `fd` of `pid`.
+pub fn fd_program_stat(pid: u32, fd: i32) -> Option<ProgramStat> {
+    parse_fdinfo_program(&fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?)
+}
+
+/// A tracing program's [`ProgramStat`] from its fdinfo text.
+pub fn parse_fdinfo_program(info: &str) -> Option<ProgramStat> {
+    let (run_time_ns, run_cnt) = parse_fdinfo_runs(info)?;
+    let id = info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok())?;
+    Some(ProgramStat { id, prog_type: parse_fdinfo_program_type(info)?, run_time_ns, run_cnt })
+}
+
+/// Names of the loaded eBPF programs by id, from `bpftool -j prog show`
+/// (the kernel keeps 15 characters of a name; bpftool shows the full
+/// function name where the program has BTF). Empty if bpftool is missing.
+pub fn program_names() -> HashMap<u32, String> {
+    std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| parse_bpftool_names(&String::from_utf8_lossy(&out.stdout)))
+        .unwrap_or_default()
+}
+
+/// `id -> name` of a `bpftool -j prog show` listing.
+pub fn parse_bpftool_names(json: &str) -> HashMap<u32, String> {
+    let Ok(serde_json::Value::Array(programs)) = serde_json::from_str(json) else { return HashMap::new() };
+    programs
+        .iter()
+        .filter_map(|p| {
+            let id = u32::try_from(p.get("id")?.as_u64()?).ok()?;
+            Some((id, p.get("name")?.as_str()?.to_owned()))
+        })
+        .collect()
+}
+
 /// `(run_time_ns, run_cnt)` of a tracing program's fdinfo text.
 pub fn parse_fdinfo_runs(info: &str) -> Option<(u64, u64)> {
     if !parse_fdinfo_program_type(info).is_some_and(|t| TRACING_PROGRAM_TYPES.contains(&t)) {
@@ -186,6 +247,12 @@ pub struct BpfStats {
 }
 
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Whether `kernel.bpf_stats_enabled` is on (someone else may have turned
+/// it on: then every program run pays two clock reads more).
+pub fn bpf_stats_enabled() -> bool {
+    fs::read_to_string(BPF_STATS_SYSCTL).is_ok_and(|v| v.trim() == "1")
+}
 
 impl BpfStats {
     pub fn enable() -> std::io::Result<Self> {
@@ -212,6 +279,23 @@ mod tests {
         // A socket filter is not a tracing program.
         assert_eq!(parse_fdinfo_runs(&info.replace("prog_type:\t26", "prog_type:\t1")), None);
         assert_eq!(parse_fdinfo_runs("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn program_stats_from_fdinfo_and_names_from_bpftool() {
+        let info = "pos:\t0\nprog_type:\t17\nprog_jited:\t1\nprog_id:\t812\nrun_time_ns:\t900\nrun_cnt:\t3\n";
+        assert_eq!(
+            parse_fdinfo_program(info),
+            Some(ProgramStat { id: 812, prog_type: 17, run_time_ns: 900, run_cnt: 3 })
+        );
+        assert_eq!(parse_fdinfo_program(&info.replace("prog_id:\t812\n", "")), None);
+        let json = r#"[{"id":812,"type":"raw_tracepoint","name":"e_tcp_destroy_s","run_time_ns":900},
+                       {"id":813,"type":"tracing","name":"inet_sock_set_state"},{"id":5}]"#;
+        let names = parse_bpftool_names(json);
+        assert_eq!(names.get(&812).map(String::as_str), Some("e_tcp_destroy_s"));
+        assert_eq!(names.get(&813).map(String::as_str), Some("inet_sock_set_state"));
+        assert_eq!(names.len(), 2);
+        assert!(parse_bpftool_names("not json").is_empty());
     }
 
     #[test]
