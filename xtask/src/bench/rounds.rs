@@ -6,6 +6,13 @@
 //! other round, so the floor and the tracer are each read against the
 //! untraced runs on either side of them. Ping-pong runs as one continuous
 //! round with the reference programs (`phases`).
+//!
+//! Churn stays with separate runs: measured on this machine (2 CPUs, shared
+//! with builds), untraced 2 s runs compared with the mean of their
+//! neighbours swung by 4.0-5.6 points (standard deviation) as separate
+//! processes, by 6.2-13.7 as phases of one continuous client. Every churn
+//! operation makes new sockets, so keeping one process pair buys nothing,
+//! and a continuous client blocked in connect() cannot end its phase.
 //! `Quiet` waits until no other eBPF tracer is around, and marks the runs
 //! it could not keep clean.
 
@@ -261,35 +268,37 @@ fn floor_round(
             tracer_cpu,
         )
     };
-    let runs = [&floor_sandwich.before, &floor_sandwich.run, &floor_sandwich.after, &tracer.run, &tracer.after];
+    // The five runs in the order they ran.
+    let order: [(&str, &Run); 5] = if floor_first(round) {
+        [
+            ("A", &floor_sandwich.before),
+            ("conn-floor", &floor_sandwich.run),
+            ("A", &tracer.before),
+            ("tracer", &tracer.run),
+            ("A", &tracer.after),
+        ]
+    } else {
+        [
+            ("A", &tracer.before),
+            ("tracer", &tracer.run),
+            ("A", &floor_sandwich.before),
+            ("conn-floor", &floor_sandwich.run),
+            ("A", &floor_sandwich.after),
+        ]
+    };
+    let parts: Vec<String> = order
+        .iter()
+        .map(|(what, run)| match *what {
+            "tracer" => format!("tracer {} ({tracer_cpu:.1}% CPU)", low_ns(run)),
+            _ => format!("{what} {}", low_ns(run)),
+        })
+        .collect();
     eprintln!(
-        "xtask: bench: round {round}/{}: {:<9} {}{}",
+        "xtask: bench: round {round}/{}: {:<9} {} CPU ns/op (quiet slices){}",
         plan.rounds,
         workload.name(),
-        if floor_first(round) {
-            format!(
-                "untraced {} | conn-floor {} | untraced {} | traced {} (tracer {tracer_cpu:.1}% CPU) | untraced {}",
-                per_op(&floor_sandwich.before),
-                per_op(&floor_sandwich.run),
-                per_op(&tracer.before),
-                per_op(&tracer.run),
-                per_op(&tracer.after)
-            )
-        } else {
-            format!(
-                "untraced {} | traced {} (tracer {tracer_cpu:.1}% CPU) | untraced {} | conn-floor {} | untraced {}",
-                per_op(&tracer.before),
-                per_op(&tracer.run),
-                per_op(&floor_sandwich.before),
-                per_op(&floor_sandwich.run),
-                per_op(&floor_sandwich.after)
-            )
-        },
-        if runs.iter().any(|r| r.foreign_tracer) || tracer.before.foreign_tracer {
-            " (another eBPF tracer was around)"
-        } else {
-            ""
-        }
+        parts.join(" | "),
+        if order.iter().any(|(_, r)| r.foreign_tracer) { " (another eBPF tracer was around)" } else { "" }
     );
     match pairs.references.iter_mut().find(|(r, _)| *r == floor) {
         Some((_, sandwiches)) => sandwiches.push(floor_sandwich),
@@ -302,11 +311,32 @@ fn floor_round(
     Ok(())
 }
 
+/// A run's quiet-slice cost per operation (or its mean), for the
+/// progress lines.
+fn low_ns(run: &Run) -> String {
+    match run.low_ns_per_op.or(run.cpu_ns_per_op()) {
+        Some(ns) => format!("{ns:.0}"),
+        None => format!("{:.0} (wall)", 1e9 / run.ops_per_sec()),
+    }
+}
+
 /// A run's cost per operation, for the progress lines.
 fn per_op(run: &Run) -> String {
     match (run.cpu_ns_per_op(), run.low_ns_per_op) {
         (Some(ns), Some(low)) => format!("{ns:>7.0} CPU ns/op (quiet slices {low:>7.0})"),
         (Some(ns), None) => format!("{ns:>7.0} CPU ns/op"),
         _ => format!("{:>7.0} ns/op", 1e9 / run.ops_per_sec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_and_the_tracer_take_turns_going_first() {
+        assert!(floor_first(1));
+        assert!(!floor_first(2));
+        assert_eq!((1..=5).filter(|r| floor_first(*r)).count(), 3);
     }
 }
