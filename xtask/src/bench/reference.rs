@@ -467,6 +467,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn conn_floor_program_names_fit_the_kernel() {
+        assert_eq!(program_name("inet_sock_set_state"), "e_inet_sock_set");
+        assert_eq!(program_name("tcp_send_reset"), "e_tcp_send_rese");
+        for tracepoint in TRACER_TRACEPOINTS {
+            let name = program_name(tracepoint);
+            assert!(name.len() <= 15 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{name}");
+        }
+        // The tracer's own hooks: the send/receive pair of `floor` among them.
+        assert!(TRACEPOINTS.iter().all(|t| TRACER_TRACEPOINTS.contains(t)));
+        let mut attr = Attr::new();
+        attr.put_name(48, "a_name_longer_than_fifteen");
+        assert_eq!(&attr.0[48..64], b"a_name_longer_t\0");
+    }
+
+    #[test]
     fn hash_program_jumps_land_where_meant() {
         let p = hash_program(3);
         assert_eq!(p.len(), 27);
