@@ -275,9 +275,17 @@ impl Pairs {
         (median(&untraced), median(&traced))
     }
 
-    /// Runs of `reference`, if it was measured.
-    fn reference_runs(&self, reference: Reference) -> Option<&[Sandwich]> {
-        self.references.iter().find(|(r, runs)| *r == reference && !runs.is_empty()).map(|(_, runs)| runs.as_slice())
+    /// Runs of `reference`, if it was measured: as with [`Pairs::used`],
+    /// without those with another eBPF tracer around if there is any such
+    /// run; all of them otherwise.
+    fn reference_runs(&self, reference: Reference) -> Option<Vec<Sandwich>> {
+        let (_, all) = self.references.iter().find(|(r, runs)| *r == reference && !runs.is_empty())?;
+        let clean: Vec<Sandwich> = all
+            .iter()
+            .copied()
+            .filter(|s| !s.before.foreign_tracer && !s.run.foreign_tracer && !s.after.foreign_tracer)
+            .collect();
+        Some(if clean.is_empty() { all.clone() } else { clean })
     }
 
     /// Median time per operation with `reference` attached.
@@ -475,6 +483,19 @@ mod tests {
         assert!((pairs.reference_added_ns_per_syscall(Reference::Floor).expect("measured") - added).abs() < 1e-6);
         assert_eq!(pairs.reference_ratio(Reference::Hash), None);
         assert_eq!(pairs.reference_ratio(Reference::Bpftrace), None);
+    }
+
+    #[test]
+    fn reference_runs_with_a_foreign_tracer_are_left_out_when_others_exist() {
+        let clean = Sandwich { before: run(1000.0, None), run: run(950.0, None), after: run(1000.0, None) };
+        let mut disturbed = Sandwich { before: run(1000.0, None), run: run(500.0, None), after: run(1000.0, None) };
+        disturbed.after.foreign_tracer = true;
+        let pairs =
+            Pairs { references: vec![(Reference::ConnFloor, vec![clean, disturbed, clean])], ..Default::default() };
+        assert!((pairs.reference_ratio(Reference::ConnFloor).expect("measured") - 0.95).abs() < 1e-12);
+        // All disturbed: all of them are used.
+        let pairs = Pairs { references: vec![(Reference::ConnFloor, vec![disturbed])], ..Default::default() };
+        assert!((pairs.reference_ratio(Reference::ConnFloor).expect("measured") - 0.5).abs() < 1e-12);
     }
 
     #[test]
