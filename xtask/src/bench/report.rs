@@ -180,7 +180,7 @@ fn method(doc: &Document) -> String {
          eBPF instructions the bench loads itself as raw tracepoint programs with \
          bpf(2), `xtask/src/bench/reference.rs`), and bpftrace's one-liner \
          `@tx[pid] = sum(args->ret)` (installed from Debian's packages if missing; \
-         tracefs is mounted if needed). `cargo xtask reference floor|hash|bpftrace` \
+         tracefs is mounted if needed). `cargo xtask reference floor|hash|bpftrace|conn-floor` \
          attaches one by hand. Then one ping-pong run each with \
          `kernel.bpf_stats_enabled` on gives the programs' own run time per call, as \
          the kernel accounts it. The tracer's *derived* added cost per syscall is the \
