@@ -10,9 +10,9 @@
 //! `CONNECTIONS_PER_HOLDER` connections (both ends, so twice as many
 //! sockets) towards its own 127.0.0.x address: a process may have at most
 //! 20,000 open files here, and one address pair has ~28,000 ephemeral ports
-//! (100,000 sockets: 20 processes, 127.0.0.10 to 127.0.0.29). The tracer's
-//! socket table holds 131,072 by default (`--max-sockets`), enough for
-//! them and the host's own.
+//! (100,000 sockets: 20 processes, 127.0.0.10 to 127.0.0.29). The tracer
+//! is sized for them with `--max-sockets` [`COST_MAX_SOCKETS`]: its
+//! default need not hold the largest stage.
 
 use std::{
     collections::HashMap,
@@ -41,6 +41,15 @@ pub const CONNECTIONS_PER_HOLDER: usize = 2_500;
 pub const FULL_RUN_EXTRA_GAUGE_SAMPLES: usize = 2;
 /// Live socket counts measured.
 pub const SOCKET_STAGES: [usize; 2] = [10_000, 100_000];
+/// `--max-sockets` of the tracer whose own cost is measured: the largest
+/// stage and a tenth more for the host's own sockets, rounded up to a
+/// power of two (the size the tracer's table gets anyway).
+pub const COST_MAX_SOCKETS: u32 = max_sockets_for(SOCKET_STAGES[SOCKET_STAGES.len() - 1]);
+
+/// The smallest power of two at least `sockets` and a tenth more.
+pub const fn max_sockets_for(sockets: usize) -> u32 {
+    ((sockets + sockets / 10) as u32).next_power_of_two()
+}
 
 #[derive(Debug, Clone)]
 pub struct CostPlan {
@@ -148,7 +157,8 @@ pub struct CostResults {
 
 pub fn measure(tracer_bin: &Path, loadgen: &Path, mode: &Mode, plan: &Plan, cost: &CostPlan) -> Result<CostResults> {
     eprintln!("xtask: bench: the tracer's own cost (idle, ping-pong, live sockets)");
-    let tracer = TracerProcess::start(tracer_bin, mode, cost.interval)?;
+    let sized = ["--max-sockets".to_owned(), COST_MAX_SOCKETS.to_string()];
+    let tracer = TracerProcess::start_with_args(tracer_bin, mode, cost.interval, &sized)?;
     let attach_cpu_secs = tracer.cpu_seconds()?;
     let attach_memory = tracer.memory()?;
     // Idle starts after the first collection pass.
@@ -350,6 +360,14 @@ impl Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tracer_is_sized_for_the_largest_stage() {
+        assert_eq!(max_sockets_for(100_000), 131_072);
+        assert_eq!(max_sockets_for(10_000), 16_384);
+        assert_eq!(max_sockets_for(120_000), 262_144);
+        assert!(COST_MAX_SOCKETS as usize >= SOCKET_STAGES[SOCKET_STAGES.len() - 1]);
+    }
 
     #[test]
     fn progress_line_sockets() {

@@ -220,7 +220,8 @@ fn method(doc: &Document) -> String {
     if let Some(cost) = &plan.cost {
         let _ = writeln!(
             out,
-            "- **Own cost.** One tracer process: CPU = utime+stime from \
+            "- **Own cost.** One tracer process, started with `--max-sockets {}` (its table \
+         sized for the largest stage and the host's own sockets): CPU = utime+stime from \
              `/proc/PID/stat` (over `CLK_TCK`) across each stage, as CPU seconds per \
              minute of wall time; peak RSS = `VmHWM` of `/proc/PID/status` (a high-water \
              mark, so it never goes down from stage to stage; start-up sets the first \
@@ -235,6 +236,7 @@ fn method(doc: &Document) -> String {
              moved 16 bytes each way. The holders then close their sockets (with a reset, so \
              no TIME_WAIT is left) and exit; one collection interval and a second later, \
              the tracer's current RSS (`VmRSS`) is read and compared with the idle stage's.",
+            cost::COST_MAX_SOCKETS,
             cost.idle.as_secs(),
             cost.ping_pong.as_secs(),
             cost::SOCKET_STAGES.map(|n| n.to_string()).join(" and "),
@@ -649,8 +651,10 @@ fn cost_table(cost: &CostResults, mode: &Mode) -> String {
     let mut out = String::from("\n### The tracer's own cost\n\n");
     let _ = writeln!(
         out,
-        "Start-up: attached after {:.2} s, {:.2} CPU s; RSS then {:.1} MB, peak so far {:.1} MB. \
+        "The tracer runs with `--max-sockets {}`, sized for the largest stage. \
+         Start-up: attached after {:.2} s, {:.2} CPU s; RSS then {:.1} MB, peak so far {:.1} MB. \
          Collection interval 5 s.\n",
+        cost::COST_MAX_SOCKETS,
         cost.attach_secs,
         cost.attach_cpu_secs,
         mb(cost.attach_memory.current_kib),
