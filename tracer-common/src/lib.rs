@@ -400,7 +400,16 @@ pub struct KernelOffsets {
     /// Load-time setting, not an offset: log2 of the `BYTES` table's slots
     /// (0: [`byte_table::SLOTS_LOG2`]).
     pub byte_slots_log2: u32,
+    /// The span of `struct tcp_sock` the TCP health pass copies in one
+    /// read: `tcp_block_len` bytes (at most [`TCP_BLOCK_MAX`]) from
+    /// `tcp_block_start`, holding every `tcp_*` field above that is not 0
+    /// (0: the fields are read one by one).
+    pub tcp_block_start: u32,
+    pub tcp_block_len: u32,
 }
+
+/// The most bytes of `struct tcp_sock` the TCP health pass copies at once.
+pub const TCP_BLOCK_MAX: u32 = 1024;
 
 /// The start of `struct sock_common` at `skc_daddr`, as every kernel lays
 /// it out (checked against the BTF before use; see

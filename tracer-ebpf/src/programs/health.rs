@@ -16,17 +16,17 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_for_each_map_elem, bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::generated::{self, bpf_for_each_map_elem, bpf_jiffies64, bpf_ktime_get_ns},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use tracer_common::{byte_table, flags, health_flags, role, tcp_state, SockRecord, TcpHealth};
+use tracer_common::{byte_table, flags, health_flags, role, tcp_state, SockRecord, TcpHealth, TCP_BLOCK_MAX};
 
 use crate::BYTE_TABLE;
 
 use super::{
     kernel::{segs_out, Sock, TcpSock, TypedSock},
-    maps::{BYTES, HEALTH_CLOCK, RECORDS, SOCKETS},
+    maps::{BYTES, HEALTH_CLOCK, RECORDS, SOCKETS, TCP_BLOCK},
 };
 
 /// A client's connect completed (SYN_SENT -> ESTABLISHED) at `now`.
@@ -111,19 +111,14 @@ pub(super) fn on_destroy(tcp: TcpSock<true>, record: &mut SockRecord) {
 /// Reads `chrono_stat[]` plus the chrono running now (what `tcp_get_info`
 /// reports, in jiffies).
 #[inline(always)]
-fn read_chrono<const TYPED: bool>(tcp: TcpSock<TYPED>, health: &mut TcpHealth) {
+fn read_chrono(tcp: impl TcpFields, health: &mut TcpHealth) {
     if offset!(tcp_chrono_start) == 0 {
         return;
     }
-    // `chrono_start` then `chrono_stat[3]`: one probe read, or plain loads.
-    let block: [u32; 4] = if TYPED {
-        let start = offset!(tcp_chrono_start);
-        [tcp.u32_at(start), tcp.u32_at(start + 4), tcp.u32_at(start + 8), tcp.u32_at(start + 12)]
-    } else {
-        let Some(block) = tcp.field::<[u32; 4]>(offset!(tcp_chrono_start)) else { return };
-        block
-    };
-    let type_byte = tcp.field::<u8>(offset!(tcp_chrono_type_byte)).unwrap_or(0);
+    // `chrono_start` then `chrono_stat[3]`.
+    let start = offset!(tcp_chrono_start);
+    let block = [tcp.u32_at(start), tcp.u32_at(start + 4), tcp.u32_at(start + 8), tcp.u32_at(start + 12)];
+    let type_byte = tcp.u8_at(offset!(tcp_chrono_type_byte));
     let running = (type_byte >> (offset!(tcp_chrono_type_shift) & 7)) & 3;
     let (mut busy, mut rwnd, mut sndbuf) = (block[1], block[2], block[3]);
     if running != 0 {
@@ -142,25 +137,95 @@ fn read_chrono<const TYPED: bool>(tcp: TcpSock<TYPED>, health: &mut TcpHealth) {
     health.flags |= health_flags::CHRONO;
 }
 
-/// One health sample of `sk` into `health`.
+/// Where the fields of a `struct tcp_sock` are read from.
+pub(super) trait TcpFields: Copy {
+    /// The u32 at `offset`, 0 where the kernel lacks the field (offset 0).
+    fn u32_at(self, offset: usize) -> u32;
+    /// The byte at `offset` (0 if it cannot be read).
+    fn u8_at(self, offset: usize) -> u8;
+}
+
+impl<const TYPED: bool> TcpFields for TcpSock<TYPED> {
+    #[inline(always)]
+    fn u32_at(self, offset: usize) -> u32 {
+        TcpSock::u32_at(self, offset)
+    }
+
+    #[inline(always)]
+    fn u8_at(self, offset: usize) -> u8 {
+        self.field::<u8>(offset).unwrap_or(0)
+    }
+}
+
+/// A copy of the span of `struct tcp_sock` the health pass reads
+/// (`tcp_block_start`, `tcp_block_len` bytes), taken with one probe read
+/// instead of one per field (~15 per socket). The offsets are constants to
+/// the verifier, which checks every read against the copy's size.
+#[derive(Clone, Copy)]
+struct TcpBlock(*const u8);
+
+impl TcpBlock {
+    /// Copies the span of `sk` into this CPU's `TCP_BLOCK`; `None` where the
+    /// kernel's fields are too far apart (or the read fails).
+    #[inline(always)]
+    fn read(sk: TcpSock<false>) -> Option<Self> {
+        let len = offset!(tcp_block_len).min(TCP_BLOCK_MAX as usize);
+        if len == 0 {
+            return None;
+        }
+        let block = TCP_BLOCK.get_ptr_mut(0)?;
+        let from = sk.at(offset!(tcp_block_start));
+        // SAFETY: `len` bytes fit the per-CPU buffer (checked above, and by
+        // the verifier); the helper checks the kernel address.
+        let ret = unsafe { generated::bpf_probe_read_kernel(block.cast(), len as u32, from.cast()) };
+        (ret == 0).then_some(TcpBlock(block.cast_const().cast()))
+    }
+
+    #[inline(always)]
+    fn at<T: Copy + Default>(self, offset: usize) -> T {
+        if offset == 0 {
+            return T::default();
+        }
+        let at = offset.wrapping_sub(offset!(tcp_block_start));
+        if at + core::mem::size_of::<T>() > TCP_BLOCK_MAX as usize {
+            return T::default();
+        }
+        // SAFETY: within this CPU's block buffer (checked above).
+        unsafe { core::ptr::read_unaligned(self.0.add(at).cast::<T>()) }
+    }
+}
+
+impl TcpFields for TcpBlock {
+    #[inline(always)]
+    fn u32_at(self, offset: usize) -> u32 {
+        self.at(offset)
+    }
+
+    #[inline(always)]
+    fn u8_at(self, offset: usize) -> u8 {
+        self.at(offset)
+    }
+}
+
+/// One health sample of a socket's fields into `health` (`rcvbuf` is
+/// `struct sock`'s, read apart).
 #[inline(always)]
-fn sample(sk: TcpSock<false>, health: &mut TcpHealth) {
-    let field = |sk: TcpSock<false>, offset: usize| sk.u32_at(offset);
-    health.srtt_us8 = field(sk, offset!(tcp_srtt_us));
-    health.rcv_rtt_us8 = field(sk, offset!(tcp_rcv_rtt_us));
-    health.min_rtt_us = field(sk, offset!(tcp_min_rtt));
+fn sample(tcp: impl TcpFields, rcvbuf: u32, health: &mut TcpHealth) {
+    health.srtt_us8 = tcp.u32_at(offset!(tcp_srtt_us));
+    health.rcv_rtt_us8 = tcp.u32_at(offset!(tcp_rcv_rtt_us));
+    health.min_rtt_us = tcp.u32_at(offset!(tcp_min_rtt));
     // Wrapping differences clamped at 0, as `tcp_diag` reports them.
-    let rcv_nxt = field(sk, offset!(tcp_rcv_nxt));
-    let copied_seq = field(sk, offset!(tcp_copied_seq));
+    let rcv_nxt = tcp.u32_at(offset!(tcp_rcv_nxt));
+    let copied_seq = tcp.u32_at(offset!(tcp_copied_seq));
     health.recv_queue = (rcv_nxt.wrapping_sub(copied_seq) as i32).max(0) as u32;
-    let write_seq = field(sk, offset!(tcp_write_seq));
-    let snd_una = field(sk, offset!(tcp_snd_una));
+    let write_seq = tcp.u32_at(offset!(tcp_write_seq));
+    let snd_una = tcp.u32_at(offset!(tcp_snd_una));
     health.send_queue = (write_seq.wrapping_sub(snd_una) as i32).max(0) as u32;
-    health.rcvbuf = field(sk, offset!(sk_rcvbuf));
-    health.rate_delivered = field(sk, offset!(tcp_rate_delivered));
-    health.rate_interval_us = field(sk, offset!(tcp_rate_interval_us));
-    health.mss_cache = field(sk, offset!(tcp_mss_cache));
-    read_chrono(sk, health);
+    health.rcvbuf = rcvbuf;
+    health.rate_delivered = tcp.u32_at(offset!(tcp_rate_delivered));
+    health.rate_interval_us = tcp.u32_at(offset!(tcp_rate_interval_us));
+    health.mss_cache = tcp.u32_at(offset!(tcp_mss_cache));
+    read_chrono(tcp, health);
     health.samples = health.samples.wrapping_add(1);
 }
 
@@ -171,11 +236,21 @@ fn sample_record(key: u64, record: &mut SockRecord) {
         return;
     }
     let Some(tcp) = Sock::<false>(key as *const u8).tcp() else { return };
-    sample(tcp, &mut record.health);
+    let rcvbuf = tcp.u32_at(offset!(sk_rcvbuf));
     // Segments and retransmits move between the events that read them:
     // fresh each tick, so live sockets' ratios are current.
-    record.segs_out = tcp.segs_out();
-    record.retrans_total = tcp.total_retrans();
+    match TcpBlock::read(tcp) {
+        Some(block) => {
+            sample(block, rcvbuf, &mut record.health);
+            record.segs_out = block.u32_at(offset!(tcp_segs_out));
+            record.retrans_total = block.u32_at(offset!(tcp_total_retrans));
+        }
+        None => {
+            sample(tcp, rcvbuf, &mut record.health);
+            record.segs_out = tcp.segs_out();
+            record.retrans_total = tcp.total_retrans();
+        }
+    }
     if let Some(clock) = HEALTH_CLOCK.get_ptr_mut(0) {
         // SAFETY: one pass runs at a time (user space runs them in turn).
         unsafe { (*clock).sampled += 1 };

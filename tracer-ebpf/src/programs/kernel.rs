@@ -183,6 +183,12 @@ impl<const TYPED: bool> Sock<TYPED> {
 pub(super) struct TcpSock<const TYPED: bool>(*const u8);
 
 impl<const TYPED: bool> TcpSock<TYPED> {
+    /// The address `offset` bytes into the socket.
+    #[inline(always)]
+    pub(super) fn at(self, offset: usize) -> *const u8 {
+        self.0.wrapping_add(offset)
+    }
+
     /// A field of `struct tcp_sock` (`struct sock` included) at `offset`.
     #[inline(always)]
     pub(super) fn field<T: Copy>(self, offset: usize) -> Option<T> {

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     byte_table, stat, ByteSlot, CallArgs, ClosedSock, HealthClock, KernelOffsets, OverflowKey, SockRecord,
-    CLOSED_RING_BYTES, MAX_SOCKETS, OVERFLOW_RECORDS, UNTRACKED_SOCKETS,
+    CLOSED_RING_BYTES, MAX_SOCKETS, OVERFLOW_RECORDS, TCP_BLOCK_MAX, UNTRACKED_SOCKETS,
 };
 
 /// The legacy object's socket records (kernels before 5.12: no
@@ -73,6 +73,11 @@ pub(super) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::
 #[map]
 pub(super) static CALLS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(16_384, 0);
 
+/// The TCP health pass's copy of the span of `struct tcp_sock` it reads
+/// (one probe read per socket instead of one per field).
+#[map]
+pub(super) static TCP_BLOCK: PerCpuArray<[u8; TCP_BLOCK_MAX as usize]> = PerCpuArray::with_max_entries(1, 0);
+
 /// The clocks the `sample_sockets` pass read at the end of its last
 /// pass (one entry).
 #[map]
@@ -116,6 +121,8 @@ pub(super) static OFFSETS: KernelOffsets = KernelOffsets {
     tcp_rate_interval_us: 0,
     tcp_mss_cache: 0,
     byte_slots_log2: 0,
+    tcp_block_start: 0,
+    tcp_block_len: 0,
 };
 
 /// Adds `n` to this CPU's counter `index` of `STATS`.

@@ -55,6 +55,45 @@ pub(crate) fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'s
     missing
 }
 
+/// Sets the span of `struct tcp_sock` the TCP health pass copies in one
+/// read: from the first to the end of the last `tcp_sock` field it reads
+/// (rounded up to 8 bytes), if that fits `TCP_BLOCK_MAX`; else none (the
+/// fields are then read one by one).
+pub(crate) fn set_tcp_block(offsets: &mut KernelOffsets) {
+    let chrono_end = (offsets.tcp_chrono_start != 0).then_some(offsets.tcp_chrono_start + 16);
+    let chrono_type = (offsets.tcp_chrono_type_byte != 0).then_some(offsets.tcp_chrono_type_byte + 1);
+    let fields = [
+        offsets.tcp_srtt_us,
+        offsets.tcp_rcv_rtt_us,
+        offsets.tcp_min_rtt,
+        offsets.tcp_rcv_nxt,
+        offsets.tcp_copied_seq,
+        offsets.tcp_write_seq,
+        offsets.tcp_snd_una,
+        offsets.tcp_rate_delivered,
+        offsets.tcp_rate_interval_us,
+        offsets.tcp_mss_cache,
+        offsets.tcp_segs_out,
+        offsets.tcp_total_retrans,
+    ];
+    let starts = fields
+        .iter()
+        .copied()
+        .filter(|&at| at != 0)
+        .chain(offsets.tcp_chrono_start.ne(&0).then_some(offsets.tcp_chrono_start))
+        .chain(chrono_type.map(|end| end - 1));
+    let ends = fields.iter().filter(|&&at| at != 0).map(|at| at + 4).chain(chrono_end).chain(chrono_type);
+    let (Some(start), Some(end)) = (starts.min(), ends.max()) else {
+        return;
+    };
+    let start = start & !7;
+    let len = (end - start).div_ceil(8) * 8;
+    if len <= tracer_common::TCP_BLOCK_MAX {
+        offsets.tcp_block_start = start;
+        offsets.tcp_block_len = len;
+    }
+}
+
 /// Which TCP health values this kernel provides (a value it lacks is
 /// reported as null, never as a made-up zero).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,5 +126,62 @@ pub(crate) fn support(offsets: &KernelOffsets, sampling: bool) -> HealthSupport 
                 .iter()
                 .all(|&o| o != 0),
         failure_reasons: offsets.sk_err != 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This kernel's (6.18) offsets of the fields the health pass reads.
+    fn offsets() -> KernelOffsets {
+        KernelOffsets {
+            tcp_total_retrans: 2200,
+            tcp_segs_out: 1536,
+            sk_rcvbuf: 244,
+            tcp_srtt_us: 1680,
+            tcp_rcv_rtt_us: 1832,
+            tcp_min_rtt: 1500,
+            tcp_rcv_nxt: 1664,
+            tcp_copied_seq: 1464,
+            tcp_write_seq: 1576,
+            tcp_snd_una: 1672,
+            tcp_chrono_start: 1560,
+            tcp_chrono_type_byte: 1556,
+            tcp_rate_delivered: 1780,
+            tcp_rate_interval_us: 1784,
+            tcp_mss_cache: 1441,
+            ..KernelOffsets::default()
+        }
+    }
+
+    #[test]
+    fn the_tcp_block_spans_every_field_read_from_an_8_byte_boundary() {
+        let mut offsets = offsets();
+        set_tcp_block(&mut offsets);
+        // 1441 rounds down to 1440; the last field ends at 2204, rounded up.
+        assert_eq!((offsets.tcp_block_start, offsets.tcp_block_len), (1440, 768));
+    }
+
+    #[test]
+    fn fields_too_far_apart_are_read_one_by_one_and_absent_ones_do_not_count() {
+        let mut offsets = offsets();
+        offsets.tcp_total_retrans = 1440 + tracer_common::TCP_BLOCK_MAX;
+        set_tcp_block(&mut offsets);
+        assert_eq!((offsets.tcp_block_start, offsets.tcp_block_len), (0, 0));
+        let mut offsets = offsets_without_far_ones();
+        set_tcp_block(&mut offsets);
+        // The last field left is `srtt_us` (1680..1684).
+        assert_eq!((offsets.tcp_block_start, offsets.tcp_block_len), (1440, 248));
+    }
+
+    fn offsets_without_far_ones() -> KernelOffsets {
+        KernelOffsets {
+            tcp_total_retrans: 0,
+            tcp_rcv_rtt_us: 0,
+            tcp_rate_delivered: 0,
+            tcp_rate_interval_us: 0,
+            ..offsets()
+        }
     }
 }

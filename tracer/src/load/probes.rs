@@ -247,6 +247,7 @@ pub(crate) fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         ..KernelOffsets::default()
     };
     super::health::resolve_offsets(btf, &mut offsets);
+    super::health::set_tcp_block(&mut offsets);
     Ok(offsets)
 }
 
