@@ -510,7 +510,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(SockRecord, health) % 8, 0);
         assert_eq!(core::mem::size_of::<SockRecord>() % 8, 0);
         assert_eq!(core::mem::size_of::<ClosedSock>(), 16 + core::mem::size_of::<SockRecord>());
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4 + 18 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4 + 20 * 4);
         assert_eq!(core::mem::size_of::<CommonBlock>(), 20);
         assert_eq!(core::mem::offset_of!(CommonBlock, dport) as u32, CommonBlock::DPORT);
         assert_eq!(core::mem::offset_of!(CommonBlock, num) as u32, CommonBlock::NUM);
