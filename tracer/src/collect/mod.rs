@@ -31,7 +31,7 @@ use tracer_common::{stat, ClosedSock, HealthClock, OverflowKey, SockRecord};
 use self::{byte_table::ByteTable, closed::ClosedRing, health::Sampler, observe::observe};
 use crate::{
     load::{self, probes::Backend, LoadError},
-    model::{HealthSupport, KernelStats, SocketObs},
+    model::{HealthSupport, KernelStats, Model, SocketObs},
     sys,
 };
 
@@ -141,22 +141,41 @@ impl Collector {
         out
     }
 
-    /// Every socket the kernel side tracks now, with its bytes.
-    pub(crate) fn live(&self) -> Vec<SocketObs> {
+    /// Hands every socket the kernel side tracks now, with its bytes, to
+    /// the model as it is read (one table read: `begin_live` ..
+    /// `end_live`).
+    pub(crate) fn read_live(&self, model: &mut Model) {
         if let (Some(table), Some(records @ Map::Array(_))) = (&self.bytes, self.ebpf.map("RECORDS")) {
-            return live_in_table(table, records);
+            live_in_table(table, records, model);
+            return;
         }
-        let Some(map) = self.ebpf.map("SOCKETS") else { return Vec::new() };
+        let Some(map) = self.ebpf.map("SOCKETS") else {
+            model.begin_live(0);
+            model.end_live();
+            return;
+        };
         if let Map::HashMap(data) = map {
             match sys::bpf::lookup_all::<u64, SockRecord>(data.fd().as_fd().as_raw_fd(), 2048) {
-                Ok(entries) => return entries.iter().map(|(id, record)| observe(*id, record)).collect(),
+                Ok(entries) => {
+                    model.begin_live(entries.len());
+                    for (id, record) in &entries {
+                        model.observe_live(&observe(*id, record));
+                    }
+                    model.end_live();
+                    return;
+                }
                 Err(e) => debug!("batch lookup unavailable ({e}); reading the socket table key by key"),
             }
         }
-        let Ok(sockets) = BpfHashMap::<_, u64, SockRecord>::try_from(map) else { return Vec::new() };
-        // Entries removed while iterating end the walk early or are skipped;
-        // their final counts come through the ring buffer.
-        sockets.iter().filter_map(Result::ok).map(|(id, record)| observe(id, &record)).collect()
+        model.begin_live(0);
+        if let Ok(sockets) = BpfHashMap::<_, u64, SockRecord>::try_from(map) {
+            // Entries removed while iterating end the walk early or are
+            // skipped; their final counts come through the ring buffer.
+            for (id, record) in sockets.iter().filter_map(Result::ok) {
+                model.observe_live(&observe(id, &record));
+            }
+        }
+        model.end_live();
     }
 
     pub(crate) fn stats(&self) -> KernelStats {
@@ -186,14 +205,17 @@ const GAP_READ: u32 = 4;
 /// every untaken record too). A record whose birth time is not its slot's
 /// was being created (or replaced) while the two were read: left for the
 /// next read.
-fn live_in_table(table: &ByteTable, records: &Map) -> Vec<SocketObs> {
-    let Map::Array(data) = records else { return Vec::new() };
+fn live_in_table(table: &ByteTable, records: &Map, model: &mut Model) {
     let slots = table.read_and_sweep();
+    model.begin_live(slots.len());
+    let Map::Array(data) = records else {
+        model.end_live();
+        return;
+    };
     let mut ranges = sys::bpf::ArrayRanges::<SockRecord>::new(data.fd().as_fd().as_raw_fd(), RECORDS_PER_READ);
     if let Err(e) = &ranges {
         debug!("batch reads of RECORDS unavailable ({e}); reading them one by one");
     }
-    let mut out = Vec::with_capacity(slots.len());
     let mut buffer = vec![SockRecord::default(); RECORDS_PER_READ];
     let mut next = 0;
     while next < slots.len() {
@@ -220,11 +242,11 @@ fn live_in_table(table: &ByteTable, records: &Map) -> Vec<SocketObs> {
             let mut record = *record;
             record.tx_bytes += slot.bytes.tx;
             record.rx_bytes += slot.bytes.rx;
-            out.push(observe(slot.sock, &record));
+            model.observe_live(&observe(slot.sock, &record));
         }
         next = end;
     }
-    out
+    model.end_live();
 }
 
 /// The fallback of [`live_in_table`] without batch reads.

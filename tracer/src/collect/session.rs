@@ -126,7 +126,7 @@ impl Session {
             self.hz.observe(clock);
             self.model.set_hz(self.hz.hz());
         }
-        self.model.replace_live(self.collector.live());
+        self.collector.read_live(&mut self.model);
         // The interval ends when the counters were read, not after the
         // /proc scans below (slow on a busy host): rates divide by it.
         let read_ns = monotonic_ns();

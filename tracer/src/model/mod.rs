@@ -14,6 +14,7 @@ mod counters;
 pub(crate) mod filter;
 mod flow;
 mod health;
+mod live;
 mod socket;
 
 use std::{
@@ -26,6 +27,7 @@ use tracer_common::tcp_state;
 use self::{
     container::Identity,
     filter::{Filter, SocketFacts},
+    live::LiveSocket,
     socket::comm_text,
 };
 pub(crate) use self::{
@@ -53,12 +55,6 @@ pub(crate) struct Sample {
     pub(crate) health: HashMap<FlowKey, FlowHealth>,
 }
 
-struct LiveSocket {
-    obs: SocketObs,
-    /// Counters already attributed to flows.
-    attributed: Counters,
-}
-
 /// Everything the tracer knows, in plain data.
 pub(crate) struct Model {
     filter: Filter,
@@ -71,6 +67,8 @@ pub(crate) struct Model {
     listeners: HashSet<(u32, u16)>,
     /// Sockets destroyed since the last live snapshot, with when.
     recently_closed: HashMap<u64, u64>,
+    /// The current table read (see [`Model::begin_live`]).
+    generation: u8,
     /// Sockets missing from the last table read, until the ring buffer
     /// drained after it hands over their final records.
     vanished: HashMap<u64, LiveSocket>,
@@ -132,6 +130,7 @@ impl Model {
             preexisting: HashMap::new(),
             listeners: HashSet::new(),
             recently_closed: HashMap::new(),
+            generation: 0,
             vanished: HashMap::new(),
             pending_closed: Vec::new(),
             comms: HashMap::new(),
@@ -166,8 +165,8 @@ impl Model {
     fn rebuild_listeners(&mut self) {
         self.listeners.clear();
         for socket in self.live.values() {
-            if socket.obs.role == KernelRole::Listener || socket.obs.state == tcp_state::LISTEN {
-                self.listeners.insert((socket.obs.tuple.netns, socket.obs.tuple.local.port()));
+            if socket.role == KernelRole::Listener || socket.state == tcp_state::LISTEN {
+                self.listeners.insert((socket.netns(), socket.local_port()));
             }
         }
         for socket in self.preexisting.values() {
@@ -177,44 +176,79 @@ impl Model {
         }
     }
 
-    /// The kernel's current table. Sockets destroyed since the last call
-    /// (already handed over by [`Model::socket_closed`]) are ignored if they
-    /// show up again here.
+    /// The kernel's current table, in one go (see [`Model::begin_live`]).
+    #[cfg(test)]
     pub(crate) fn replace_live(&mut self, snapshot: Vec<SocketObs>) {
-        let mut next = HashMap::with_capacity(snapshot.len());
-        for obs in snapshot {
-            if let Some(&destroyed_ns) = self.recently_closed.get(&obs.id) {
-                if obs.first_seen_ns <= destroyed_ns {
-                    continue;
-                }
-            }
-            let attributed = match self.live.remove(&obs.id) {
-                Some(old) if old.obs.first_seen_ns == obs.first_seen_ns => old.attributed,
-                // The address was reused: the old socket was destroyed while
-                // the table was read, its final record is still in the ring.
-                Some(old) => {
-                    self.vanished.insert(obs.id, old);
-                    baseline(&obs)
-                }
-                None => baseline(&obs),
-            };
-            next.insert(obs.id, LiveSocket { obs, attributed });
+        self.begin_live(snapshot.len());
+        for obs in &snapshot {
+            self.observe_live(obs);
         }
+        self.end_live();
+    }
+
+    /// Starts a read of the kernel's table of about `expected` sockets: each
+    /// is handed over with [`Model::observe_live`] as it is read (no copy of
+    /// the whole table is ever held), then [`Model::end_live`]. Sockets
+    /// destroyed since the last read (already handed over by
+    /// [`Model::socket_closed`]) are ignored if they show up again.
+    pub(crate) fn begin_live(&mut self, expected: usize) {
+        self.generation = self.generation.wrapping_add(1);
+        self.live.reserve(expected.saturating_sub(self.live.len()));
+    }
+
+    /// One socket of the table being read.
+    pub(crate) fn observe_live(&mut self, obs: &SocketObs) {
+        if let Some(&destroyed_ns) = self.recently_closed.get(&obs.id) {
+            if obs.first_seen_ns <= destroyed_ns {
+                return;
+            }
+        }
+        self.remember_thread_comm(obs);
+        let generation = self.generation;
+        match self.live.get_mut(&obs.id) {
+            Some(socket) if socket.first_seen_ns == obs.first_seen_ns => socket.update(obs, generation),
+            // The address was reused: the old socket was destroyed while
+            // the table was read, its final record is still in the ring.
+            Some(socket) => {
+                let old = std::mem::replace(socket, LiveSocket::new(obs, &baseline(obs), generation));
+                self.vanished.insert(obs.id, old);
+            }
+            None => {
+                self.live.insert(obs.id, LiveSocket::new(obs, &baseline(obs), generation));
+            }
+        }
+    }
+
+    /// Ends a table read.
+    pub(crate) fn end_live(&mut self) {
         // Sockets missing from the table were destroyed while it was read:
         // their final records are in the ring buffer, which the collector
         // drains next. Keep what was already attributed for them until then
         // (see `forget_vanished`).
-        let previous = std::mem::replace(&mut self.live, next);
-        self.vanished.extend(previous);
+        let generation = self.generation;
+        let vanished = &mut self.vanished;
+        self.live.retain(|id, socket| {
+            let seen = socket.generation == generation;
+            if !seen {
+                vanished.insert(*id, socket.clone());
+            }
+            seen
+        });
+        // Memory follows the sockets: after a spike closes, give back most
+        // of the table (hysteresis: only when it is mostly empty).
+        if self.live.capacity() > 1024 && self.live.len() * 4 < self.live.capacity() {
+            self.live.shrink_to(self.live.len() * 2);
+        }
         self.recently_closed.clear();
+        self.recently_closed.shrink_to(1024);
         self.owners.retain(|id, _| self.live.contains_key(id) || self.vanished.contains_key(id));
         // A kernel record now describes these; an owner found at start stays
         // the owner (the record's first event may have come from softirq).
         if !self.preexisting.is_empty() {
-            for socket in self.live.values() {
-                if let Some(found) = self.preexisting.remove(&socket.obs.tuple) {
-                    if let (0, Some(pid)) = (socket.obs.pid, found.pid) {
-                        self.owners.insert(socket.obs.id, pid);
+            for (id, socket) in &self.live {
+                if let Some(found) = self.preexisting.remove(&socket.tuple()) {
+                    if let (0, Some(pid)) = (socket.pid, found.pid) {
+                        self.owners.insert(*id, pid);
                     }
                 }
             }
@@ -231,13 +265,14 @@ impl Model {
             self.owners.remove(id);
         }
         self.vanished.clear();
+        self.vanished.shrink_to(1024);
     }
 
     /// A socket's final record, from `tcp:tcp_destroy_sock`.
     pub(crate) fn socket_closed(&mut self, obs: SocketObs, destroyed_ns: u64) {
         self.recently_closed.insert(obs.id, destroyed_ns);
         self.preexisting.remove(&obs.tuple);
-        let same = |socket: &LiveSocket| socket.obs.first_seen_ns == obs.first_seen_ns;
+        let same = |socket: &LiveSocket| socket.first_seen_ns == obs.first_seen_ns;
         let found = if self.live.get(&obs.id).is_some_and(same) {
             self.live.remove(&obs.id)
         } else if self.vanished.get(&obs.id).is_some_and(same) {
@@ -246,7 +281,7 @@ impl Model {
             None
         };
         let (attributed, owner) = match found {
-            Some(old) if old.obs.first_seen_ns == obs.first_seen_ns => (old.attributed, self.owners.remove(&obs.id)),
+            Some(old) if old.first_seen_ns == obs.first_seen_ns => (old.attributed(), self.owners.remove(&obs.id)),
             _ => (Counters::default(), None),
         };
         let mut obs = obs;
@@ -261,23 +296,23 @@ impl Model {
     /// them up in /proc.
     pub(crate) fn unowned(&self, seen_by_ns: u64) -> Vec<Tuple> {
         self.live
-            .values()
-            .filter(|s| {
-                s.obs.pid == 0
-                    && s.obs.first_seen_ns <= seen_by_ns
-                    && !self.owners.contains_key(&s.obs.id)
-                    && !matches!(s.obs.state, tcp_state::CLOSE | tcp_state::TIME_WAIT)
+            .iter()
+            .filter(|(id, s)| {
+                s.pid == 0
+                    && s.first_seen_ns <= seen_by_ns
+                    && !self.owners.contains_key(id)
+                    && !matches!(s.state, tcp_state::CLOSE | tcp_state::TIME_WAIT)
             })
-            .map(|s| s.obs.tuple)
+            .map(|(_, s)| s.tuple())
             .collect()
     }
 
     /// Owners found in /proc by tuple.
     pub(crate) fn assign_owners(&mut self, found: &HashMap<Tuple, u32>) {
-        for socket in self.live.values() {
-            if socket.obs.pid == 0 {
-                if let Some(&pid) = found.get(&socket.obs.tuple) {
-                    self.owners.insert(socket.obs.id, pid);
+        for (id, socket) in &self.live {
+            if socket.pid == 0 {
+                if let Some(&pid) = found.get(&socket.tuple()) {
+                    self.owners.insert(*id, pid);
                 }
             }
         }
@@ -285,7 +320,7 @@ impl Model {
 
     /// Every pid the model refers to (for comm lookups).
     pub(crate) fn pids(&self) -> HashSet<u32> {
-        let mut pids: HashSet<u32> = self.live.values().map(|s| self.owner_of(&s.obs)).collect();
+        let mut pids: HashSet<u32> = self.live.iter().map(|(id, s)| self.owner_of_socket(*id, s)).collect();
         pids.extend(self.preexisting.values().filter_map(|p| p.pid));
         pids.extend(self.pending_closed.iter().map(|(o, _)| o.pid));
         pids.remove(&0);
@@ -328,6 +363,14 @@ impl Model {
             obs.pid
         } else {
             self.owners.get(&obs.id).copied().unwrap_or(0)
+        }
+    }
+
+    fn owner_of_socket(&self, id: u64, socket: &LiveSocket) -> u32 {
+        if socket.pid != 0 {
+            socket.pid
+        } else {
+            self.owners.get(&id).copied().unwrap_or(0)
         }
     }
 
@@ -406,12 +449,10 @@ impl Model {
                 }
             }
         }
-        let ids: Vec<u64> = self.live.keys().copied().collect();
-        for id in ids {
-            let Some(socket) = self.live.get(&id) else { continue };
-            let obs = socket.obs;
-            let attributed = socket.attributed;
-            self.remember_thread_comm(&obs);
+        // Taken out while walked: flow keys and filters read the rest.
+        let mut live = std::mem::take(&mut self.live);
+        for (&id, socket) in &mut live {
+            let obs = socket.obs(id);
             let pid = self.owner_of(&obs);
             // An accepted socket has no owner until its process uses it or
             // is found holding it (it may still wait in the accept queue):
@@ -421,10 +462,12 @@ impl Model {
                 continue;
             }
             let Some(key) = self.flow_key(&obs, pid) else { continue };
+            let attributed = socket.attributed();
             let delta = obs.counters.saturating_sub(&attributed);
             if !delta.is_zero() {
                 flows.entry(key).or_default().add(&delta);
                 health.entry(key).or_default().netns = obs.tuple.netns;
+                socket.set_attributed(&attributed.max_each(&obs.counters));
             }
             if let (true, Some(connect)) = (delta.connects_timed > 0, obs.health.connect_us) {
                 health.entry(key).or_default().connect.observe(connect);
@@ -434,10 +477,8 @@ impl Model {
                 interval.add_socket(&obs.health, delta.tx_bytes, delta.rx_bytes);
                 interval.netns = obs.tuple.netns;
             }
-            if let Some(socket) = self.live.get_mut(&id) {
-                socket.attributed = attributed.max_each(&obs.counters);
-            }
         }
+        self.live = live;
         let sockets = self.socket_counts();
         self.samples.push_back(Sample {
             t_secs: secs(self.start_ns, now_ns),
@@ -491,12 +532,12 @@ impl Model {
     /// belongs to no process).
     fn socket_counts(&self) -> HashMap<u32, StateCounts> {
         let mut counts: HashMap<u32, StateCounts> = HashMap::new();
-        for socket in self.live.values() {
-            let pid = self.owner_of(&socket.obs);
-            if socket.obs.state == tcp_state::TIME_WAIT || !self.matches(pid, &socket.obs.tuple) {
+        for (&id, socket) in &self.live {
+            let pid = self.owner_of_socket(id, socket);
+            if socket.state == tcp_state::TIME_WAIT || !self.matches(pid, &socket.tuple()) {
                 continue;
             }
-            *counts.entry(pid).or_default().entry(state_name(socket.obs.state)).or_default() += 1;
+            *counts.entry(pid).or_default().entry(state_name(socket.state)).or_default() += 1;
         }
         for socket in self.preexisting.values() {
             let pid = socket.pid.unwrap_or(0);
@@ -512,8 +553,8 @@ impl Model {
     pub(crate) fn host_sockets(&self) -> StateCounts {
         let mut counts = StateCounts::new();
         for socket in self.live.values() {
-            if socket.obs.state != tcp_state::TIME_WAIT {
-                *counts.entry(state_name(socket.obs.state)).or_default() += 1;
+            if socket.state != tcp_state::TIME_WAIT {
+                *counts.entry(state_name(socket.state)).or_default() += 1;
             }
         }
         for socket in self.preexisting.values() {
@@ -603,17 +644,20 @@ impl Model {
     pub(crate) fn close_wait(&self, now_ns: u64) -> Vec<CloseWait> {
         let mut list = Vec::new();
         let run_time = secs(self.start_ns, now_ns);
-        for socket in self.live.values() {
-            let obs = &socket.obs;
-            let pid = self.owner_of(obs);
-            if obs.state != tcp_state::CLOSE_WAIT || !self.matches(pid, &obs.tuple) {
+        for (&id, socket) in &self.live {
+            if socket.state != tcp_state::CLOSE_WAIT {
                 continue;
             }
-            let (age_secs, age_is_lower_bound) = match obs.state_since_ns {
+            let pid = self.owner_of_socket(id, socket);
+            let tuple = socket.tuple();
+            if !self.matches(pid, &tuple) {
+                continue;
+            }
+            let (age_secs, age_is_lower_bound) = match socket.state_since_ns() {
                 Some(since) => (secs(since, now_ns), false),
                 None => (run_time, true),
             };
-            list.push(self.close_wait_entry(pid, &obs.tuple, age_secs, age_is_lower_bound));
+            list.push(self.close_wait_entry(pid, &tuple, age_secs, age_is_lower_bound));
         }
         for socket in self.preexisting.values() {
             let pid = socket.pid.unwrap_or(0);
