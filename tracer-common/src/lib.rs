@@ -403,13 +403,22 @@ pub struct KernelOffsets {
     /// The span of `struct tcp_sock` the TCP health pass copies in one
     /// read: `tcp_block_len` bytes (at most [`TCP_BLOCK_MAX`]) from
     /// `tcp_block_start`, holding every `tcp_*` field above that is not 0
-    /// (0: the fields are read one by one).
+    /// (0: the fields are read one by one) ...
     pub tcp_block_start: u32,
     pub tcp_block_len: u32,
+    /// ... or two spans, when the fields fall in two clusters (fewer cache
+    /// lines copied): the first then holds at most [`TCP_BLOCK_HALF`]
+    /// bytes, and this second one (0: none) too, copied to the buffer's
+    /// second half.
+    pub tcp_block2_start: u32,
+    pub tcp_block2_len: u32,
 }
 
 /// The most bytes of `struct tcp_sock` the TCP health pass copies at once.
 pub const TCP_BLOCK_MAX: u32 = 1024;
+/// Where the second span goes in the buffer, and the most each of two
+/// spans holds.
+pub const TCP_BLOCK_HALF: u32 = TCP_BLOCK_MAX / 2;
 
 /// The start of `struct sock_common` at `skc_daddr`, as every kernel lays
 /// it out (checked against the BTF before use; see
@@ -510,7 +519,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(SockRecord, health) % 8, 0);
         assert_eq!(core::mem::size_of::<SockRecord>() % 8, 0);
         assert_eq!(core::mem::size_of::<ClosedSock>(), 16 + core::mem::size_of::<SockRecord>());
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4 + 20 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 17 * 4 + 22 * 4);
         assert_eq!(core::mem::size_of::<CommonBlock>(), 20);
         assert_eq!(core::mem::offset_of!(CommonBlock, dport) as u32, CommonBlock::DPORT);
         assert_eq!(core::mem::offset_of!(CommonBlock, num) as u32, CommonBlock::NUM);

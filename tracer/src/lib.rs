@@ -32,6 +32,7 @@ use crate::cli::{Cli, Command};
 /// Parses flags, runs the command, and maps the outcome to an exit code
 /// (0 ok, 2 usage error, 1 runtime error) with one clear line.
 pub fn main() -> ExitCode {
+    sys::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

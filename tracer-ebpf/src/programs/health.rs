@@ -20,7 +20,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use tracer_common::{byte_table, flags, health_flags, role, tcp_state, SockRecord, TcpHealth, TCP_BLOCK_MAX};
+use tracer_common::{
+    byte_table, flags, health_flags, role, tcp_state, SockRecord, TcpHealth, TCP_BLOCK_HALF, TCP_BLOCK_MAX,
+};
 
 use crate::BYTE_TABLE;
 
@@ -157,16 +159,18 @@ impl<const TYPED: bool> TcpFields for TcpSock<TYPED> {
     }
 }
 
-/// A copy of the span of `struct tcp_sock` the health pass reads
-/// (`tcp_block_start`, `tcp_block_len` bytes), taken with one probe read
-/// instead of one per field (~15 per socket). The offsets are constants to
-/// the verifier, which checks every read against the copy's size.
+/// A copy of the span(s) of `struct tcp_sock` the health pass reads
+/// (`tcp_block_start`, `tcp_block_len` bytes; and `tcp_block2_start`,
+/// `tcp_block2_len` into the buffer's second half when the fields fall in
+/// two clusters), taken with one or two probe reads instead of one per
+/// field (~15 per socket). The offsets are constants to the verifier,
+/// which checks every read against the copy's size.
 #[derive(Clone, Copy)]
 struct TcpBlock(*const u8);
 
 impl TcpBlock {
-    /// Copies the span of `sk` into this CPU's `TCP_BLOCK`; `None` where the
-    /// kernel's fields are too far apart (or the read fails).
+    /// Copies the span(s) of `sk` into this CPU's `TCP_BLOCK`; `None` where
+    /// the kernel's fields are too far apart (or a read fails).
     #[inline(always)]
     fn read(sk: TcpSock<false>) -> Option<Self> {
         let len = offset!(tcp_block_len).min(TCP_BLOCK_MAX as usize);
@@ -178,7 +182,23 @@ impl TcpBlock {
         // SAFETY: `len` bytes fit the per-CPU buffer (checked above, and by
         // the verifier); the helper checks the kernel address.
         let ret = unsafe { generated::bpf_probe_read_kernel(block.cast(), len as u32, from.cast()) };
-        (ret == 0).then_some(TcpBlock(block.cast_const().cast()))
+        if ret != 0 {
+            return None;
+        }
+        let len2 = offset!(tcp_block2_len).min(TCP_BLOCK_HALF as usize);
+        if len2 != 0 {
+            let from = sk.at(offset!(tcp_block2_start));
+            // SAFETY: the second half of the buffer holds `len2` bytes
+            // (checked above, and by the verifier).
+            let ret = unsafe {
+                let to = block.cast::<u8>().add(TCP_BLOCK_HALF as usize);
+                generated::bpf_probe_read_kernel(to.cast(), len2 as u32, from.cast())
+            };
+            if ret != 0 {
+                return None;
+            }
+        }
+        Some(TcpBlock(block.cast_const().cast()))
     }
 
     #[inline(always)]
@@ -186,7 +206,12 @@ impl TcpBlock {
         if offset == 0 {
             return T::default();
         }
-        let at = offset.wrapping_sub(offset!(tcp_block_start));
+        let second = offset!(tcp_block2_len) != 0 && offset >= offset!(tcp_block2_start);
+        let at = if second {
+            (TCP_BLOCK_HALF as usize).wrapping_add(offset.wrapping_sub(offset!(tcp_block2_start)))
+        } else {
+            offset.wrapping_sub(offset!(tcp_block_start))
+        };
         if at + core::mem::size_of::<T>() > TCP_BLOCK_MAX as usize {
             return T::default();
         }

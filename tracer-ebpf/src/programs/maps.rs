@@ -28,9 +28,10 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub(super) static BYTES: Array<ByteSlot> = Array::with_max_entries(byte_table::SLOTS, BPF_F_MMAPABLE);
 
 /// The main object's socket records, at the index of their `BYTES` slot
-/// (sized like it at load; one entry for the legacy object).
+/// (sized like it at load; one entry for the legacy object); mmapable, so
+/// user space reads the records in place, a window at a time.
 #[map]
-pub(super) static RECORDS: Array<SockRecord> = Array::with_max_entries(byte_table::SLOTS, 0);
+pub(super) static RECORDS: Array<SockRecord> = Array::with_max_entries(byte_table::SLOTS, BPF_F_MMAPABLE);
 
 /// Final records of destroyed sockets, for user space.
 #[map]
@@ -123,6 +124,8 @@ pub(super) static OFFSETS: KernelOffsets = KernelOffsets {
     byte_slots_log2: 0,
     tcp_block_start: 0,
     tcp_block_len: 0,
+    tcp_block2_start: 0,
+    tcp_block2_len: 0,
 };
 
 /// Adds `n` to this CPU's counter `index` of `STATS`.

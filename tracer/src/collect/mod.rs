@@ -115,12 +115,15 @@ impl Collector {
         Ok(())
     }
 
-    /// Takes every destroyed-socket record drained from the ring buffer.
-    pub(crate) fn drain_closed(&mut self) -> Vec<(SocketObs, u64)> {
+    /// Hands every destroyed-socket record drained from the ring buffer to
+    /// `each`, with the clock it last read.
+    pub(crate) fn drain_closed(&mut self, mut each: impl FnMut(SocketObs, u64)) {
         if let Some(logger) = &mut self.logger {
             logger.get_mut().flush();
         }
-        self.closed.take().iter().map(|closed| (observe(closed.sock, &closed.record), closed.last_clock_ns)).collect()
+        for closed in self.closed.take() {
+            each(observe(closed.sock, &closed.record), closed.last_clock_ns);
+        }
     }
 
     /// Takes the final records that found the ring buffer full (kept in
@@ -198,13 +201,19 @@ const RECORDS_PER_READ: usize = 256;
 /// a syscall costs about as much as copying a few records.
 const GAP_READ: u32 = 4;
 
+/// Slots of `RECORDS` mapped at a time (800 KB): the records are read
+/// through a window onto the array, mapped and unmapped in turn, so the
+/// process never has more than one window of the kernel's table in its
+/// resident memory.
+const WINDOW_SLOTS: u32 = 4096;
+
 /// The sockets of the main object's table: the taken slots of `BYTES` (read
 /// through the mapping, which also sweeps tombstones), and the records at
-/// their indexes in `RECORDS`, read with one batch lookup per run of nearby
-/// taken slots (the table is mostly empty: reading all of it would copy
-/// every untaken record too). A record whose birth time is not its slot's
-/// was being created (or replaced) while the two were read: left for the
-/// next read.
+/// their indexes in `RECORDS`, read in place through a window onto the
+/// array (or, where it cannot be mapped, with one batch lookup per run of
+/// nearby taken slots). A record whose birth time is not its slot's was
+/// being created (or replaced) while the two were read: left for the next
+/// read.
 fn live_in_table(table: &ByteTable, records: &Map, model: &mut Model) {
     let slots = table.read_and_sweep();
     model.begin_live(slots.len());
@@ -212,41 +221,105 @@ fn live_in_table(table: &ByteTable, records: &Map, model: &mut Model) {
         model.end_live();
         return;
     };
-    let mut ranges = sys::bpf::ArrayRanges::<SockRecord>::new(data.fd().as_fd().as_raw_fd(), RECORDS_PER_READ);
-    if let Err(e) = &ranges {
-        debug!("batch reads of RECORDS unavailable ({e}); reading them one by one");
-    }
-    let mut buffer = vec![SockRecord::default(); RECORDS_PER_READ];
+    let fd = data.fd().as_fd().as_raw_fd();
+    let mut batched = Batched::new(fd);
     let mut next = 0;
     while next < slots.len() {
-        // A run: taken slots at most GAP_READ apart, within one read.
-        let start = slots[next].index;
-        let mut end = next + 1;
-        while end < slots.len()
-            && slots[end].index - slots[end - 1].index <= GAP_READ + 1
-            && ((slots[end].index - start) as usize) < RECORDS_PER_READ
-        {
-            end += 1;
-        }
-        let span = (slots[end - 1].index - start) as usize + 1;
-        let batch = ranges.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        let read = match batch.and_then(|ranges| ranges.read(start, &mut buffer[..span])) {
-            Ok(read) => read,
-            Err(_) => read_one_by_one(records, start, &mut buffer[..span]),
-        };
-        for slot in &slots[next..end] {
-            let Some(record) = buffer[..read].get((slot.index - start) as usize) else { continue };
-            if record.first_seen_ns != slot.born_ns {
-                continue;
-            }
-            let mut record = *record;
-            record.tx_bytes += slot.bytes.tx;
-            record.rx_bytes += slot.bytes.rx;
-            model.observe_live(&observe(slot.sock, &record));
+        let window = slots[next].index / WINDOW_SLOTS;
+        let end = next + slots[next..].iter().take_while(|s| s.index / WINDOW_SLOTS == window).count();
+        let in_window = &slots[next..end];
+        if read_window(fd, in_window, model).is_err() {
+            batched.read(records, in_window, model);
         }
         next = end;
     }
     model.end_live();
+}
+
+/// A taken slot's record, with the slot's bytes added, if it is the slot's
+/// (same birth time).
+fn slot_record(slot: &byte_table::TakenSlot, record: &SockRecord) -> Option<SockRecord> {
+    if record.first_seen_ns != slot.born_ns {
+        return None;
+    }
+    let mut record = *record;
+    record.tx_bytes += slot.bytes.tx;
+    record.rx_bytes += slot.bytes.rx;
+    Some(record)
+}
+
+/// Reads the records of `slots` (all in one window of `RECORDS`) through a
+/// read-only mapping of the pages they span.
+fn read_window(fd: std::os::fd::RawFd, slots: &[byte_table::TakenSlot], model: &mut Model) -> io::Result<()> {
+    const RECORD: usize = std::mem::size_of::<SockRecord>();
+    let (Some(first), Some(last)) = (slots.first(), slots.last()) else { return Ok(()) };
+    let page = sys::page_size();
+    let start = first.index as usize * RECORD / page * page;
+    let end = ((last.index as usize + 1) * RECORD).div_ceil(page) * page;
+    let window = sys::mmap::Mapping::shared_read_only(fd, start, end - start)?;
+    for slot in slots {
+        let at = slot.index as usize * RECORD - start;
+        if at + RECORD > window.len() {
+            continue;
+        }
+        // SAFETY: within the mapping (checked above); array values are
+        // 8-byte aligned (page-aligned base, 8-byte multiple value size);
+        // the kernel may write the record meanwhile, so it is copied once
+        // with a volatile read and judged by its birth time.
+        let record = unsafe { std::ptr::read_volatile(window.as_ptr().add(at).cast::<SockRecord>()) };
+        if let Some(record) = slot_record(slot, &record) {
+            model.observe_live(&observe(slot.sock, &record));
+        }
+    }
+    Ok(())
+}
+
+/// Batch lookups of `RECORDS`, where the array cannot be mapped.
+struct Batched {
+    ranges: io::Result<sys::bpf::ArrayRanges<SockRecord>>,
+    buffer: Vec<SockRecord>,
+}
+
+impl Batched {
+    fn new(fd: std::os::fd::RawFd) -> Self {
+        Batched { ranges: sys::bpf::ArrayRanges::<SockRecord>::new(fd, RECORDS_PER_READ), buffer: Vec::new() }
+    }
+
+    /// One batch lookup per run of nearby taken slots.
+    fn read(&mut self, records: &Map, slots: &[byte_table::TakenSlot], model: &mut Model) {
+        if self.buffer.is_empty() {
+            if let Err(e) = &self.ranges {
+                debug!("batch reads of RECORDS unavailable ({e}); reading them one by one");
+            }
+            self.buffer = vec![SockRecord::default(); RECORDS_PER_READ];
+        }
+        let buffer = &mut self.buffer;
+        let mut next = 0;
+        while next < slots.len() {
+            // A run: taken slots at most GAP_READ apart, within one read.
+            let start = slots[next].index;
+            let mut end = next + 1;
+            while end < slots.len()
+                && slots[end].index - slots[end - 1].index <= GAP_READ + 1
+                && ((slots[end].index - start) as usize) < RECORDS_PER_READ
+            {
+                end += 1;
+            }
+            let span = (slots[end - 1].index - start) as usize + 1;
+            let batch = self.ranges.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()));
+            let read = match batch.and_then(|ranges| ranges.read(start, &mut buffer[..span])) {
+                Ok(read) => read,
+                Err(_) => read_one_by_one(records, start, &mut buffer[..span]),
+            };
+            for slot in &slots[next..end] {
+                let Some(record) = buffer[..read].get((slot.index - start) as usize) else { continue };
+                if let Some(record) = slot_record(slot, record) {
+                    model.observe_live(&observe(slot.sock, &record));
+                }
+            }
+            next = end;
+        }
+    }
 }
 
 /// The fallback of [`live_in_table`] without batch reads.

@@ -96,9 +96,8 @@ impl Session {
     /// Final records: the ring buffer's, then those that found it full and
     /// wait in the overflow map.
     fn take_closed(&mut self) {
-        for (obs, destroyed_ns) in self.collector.drain_closed() {
-            self.model.socket_closed(obs, destroyed_ns);
-        }
+        let model = &mut self.model;
+        self.collector.drain_closed(|obs, destroyed_ns| model.socket_closed(obs, destroyed_ns));
         for (obs, destroyed_ns) in self.collector.drain_overflow() {
             self.model.socket_closed(obs, destroyed_ns);
         }
@@ -181,6 +180,9 @@ impl Session {
     fn resolve_owners(&mut self, seen_by_ns: u64) {
         let unowned: HashSet<Tuple> = self.model.unowned(seen_by_ns).into_iter().collect();
         self.owner_misses.retain(|t| unowned.contains(t));
+        if self.owner_misses.capacity() > 4 * self.owner_misses.len() + 1024 {
+            self.owner_misses.shrink_to(2 * self.owner_misses.len());
+        }
         if unowned.iter().all(|t| self.owner_misses.contains(t)) {
             return;
         }

@@ -55,9 +55,11 @@ pub(crate) fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'s
     missing
 }
 
-/// Sets the span of `struct tcp_sock` the TCP health pass copies in one
-/// read: from the first to the end of the last `tcp_sock` field it reads
-/// (rounded up to 8 bytes), if that fits `TCP_BLOCK_MAX`; else none (the
+/// Sets the span(s) of `struct tcp_sock` the TCP health pass copies: one
+/// span from the first to the end of the last `tcp_sock` field it reads
+/// (8-byte aligned), or two when the fields fall in two clusters and two
+/// spans touch fewer cache lines (the sockets are cold when sampled: the
+/// lines, not the bytes, cost). None if no choice fits the buffer (the
 /// fields are then read one by one).
 pub(crate) fn set_tcp_block(offsets: &mut KernelOffsets) {
     let chrono_end = (offsets.tcp_chrono_start != 0).then_some(offsets.tcp_chrono_start + 16);
@@ -76,21 +78,46 @@ pub(crate) fn set_tcp_block(offsets: &mut KernelOffsets) {
         offsets.tcp_segs_out,
         offsets.tcp_total_retrans,
     ];
-    let starts = fields
-        .iter()
-        .copied()
-        .filter(|&at| at != 0)
-        .chain(offsets.tcp_chrono_start.ne(&0).then_some(offsets.tcp_chrono_start))
-        .chain(chrono_type.map(|end| end - 1));
-    let ends = fields.iter().filter(|&&at| at != 0).map(|at| at + 4).chain(chrono_end).chain(chrono_type);
-    let (Some(start), Some(end)) = (starts.min(), ends.max()) else {
-        return;
-    };
-    let start = start & !7;
-    let len = (end - start).div_ceil(8) * 8;
+    // [start, end) of every field read.
+    let mut spans: Vec<(u32, u32)> = fields.iter().filter(|&&at| at != 0).map(|&at| (at, at + 4)).collect();
+    spans.extend(chrono_end.map(|end| (offsets.tcp_chrono_start, end)));
+    spans.extend(chrono_type.map(|end| (end - 1, end)));
+    spans.sort_unstable();
+    offsets.tcp_block_start = 0;
+    offsets.tcp_block_len = 0;
+    offsets.tcp_block2_start = 0;
+    offsets.tcp_block2_len = 0;
+    let Some(first) = spans.first().map(|s| s.0) else { return };
+    let aligned = |start: u32, end: u32| (start & !7, (end - (start & !7)).div_ceil(8) * 8);
+    let lines = |start: u32, len: u32| (start + len - 1) / 64 - start / 64 + 1;
+    let whole_end = spans.iter().map(|s| s.1).max().unwrap_or(first);
+    // (cost in cache lines, one read counting as one more line; spans).
+    let mut best: Option<(u32, (u32, u32), (u32, u32))> = None;
+    let (start, len) = aligned(first, whole_end);
     if len <= tracer_common::TCP_BLOCK_MAX {
+        best = Some((lines(start, len) + 1, (start, len), (0, 0)));
+    }
+    for split in 1..spans.len() {
+        let end1 = spans[..split].iter().map(|s| s.1).max().unwrap_or(first);
+        let start2 = spans[split].0;
+        if start2 < end1 {
+            continue;
+        }
+        let one = aligned(first, end1);
+        let two = aligned(start2, whole_end);
+        if one.1 > tracer_common::TCP_BLOCK_HALF || two.1 > tracer_common::TCP_BLOCK_HALF {
+            continue;
+        }
+        let cost = lines(one.0, one.1) + lines(two.0, two.1) + 2;
+        if best.is_none_or(|(c, _, _)| cost < c) {
+            best = Some((cost, one, two));
+        }
+    }
+    if let Some((_, (start, len), (start2, len2))) = best {
         offsets.tcp_block_start = start;
         offsets.tcp_block_len = len;
+        offsets.tcp_block2_start = start2;
+        offsets.tcp_block2_len = len2;
     }
 }
 
@@ -157,22 +184,27 @@ mod tests {
 
     #[test]
     fn the_tcp_block_spans_every_field_read_from_an_8_byte_boundary() {
-        let mut offsets = offsets();
+        // The far `total_retrans` gone: one span; 1441 rounds down to 1440,
+        // the last field left (`srtt_us`, 1680..1684) is rounded up.
+        let mut offsets = offsets_without_far_ones();
         set_tcp_block(&mut offsets);
-        // 1441 rounds down to 1440; the last field ends at 2204, rounded up.
-        assert_eq!((offsets.tcp_block_start, offsets.tcp_block_len), (1440, 768));
+        assert_eq!((offsets.tcp_block_start, offsets.tcp_block_len, offsets.tcp_block2_len), (1440, 248, 0));
     }
 
     #[test]
-    fn fields_too_far_apart_are_read_one_by_one_and_absent_ones_do_not_count() {
+    fn two_clusters_are_copied_as_two_spans_and_fields_too_far_apart_one_by_one() {
+        // This kernel's layout: 1440..1856 (7 lines) and `total_retrans`
+        // at 2200 (one line), instead of 1440..2208 (13 lines).
         let mut offsets = offsets();
-        offsets.tcp_total_retrans = 1440 + tracer_common::TCP_BLOCK_MAX;
         set_tcp_block(&mut offsets);
-        assert_eq!((offsets.tcp_block_start, offsets.tcp_block_len), (0, 0));
+        let spans = (offsets.tcp_block_start, offsets.tcp_block_len, offsets.tcp_block2_start, offsets.tcp_block2_len);
+        assert_eq!(spans, (1440, 400, 2200, 8));
+        // Three clusters, each too far from the others: no span fits.
         let mut offsets = offsets_without_far_ones();
+        offsets.tcp_total_retrans = 1440 + 2 * tracer_common::TCP_BLOCK_MAX;
+        offsets.tcp_rcv_rtt_us = 1440 + 4 * tracer_common::TCP_BLOCK_MAX;
         set_tcp_block(&mut offsets);
-        // The last field left is `srtt_us` (1680..1684).
-        assert_eq!((offsets.tcp_block_start, offsets.tcp_block_len), (1440, 248));
+        assert_eq!((offsets.tcp_block_len, offsets.tcp_block2_len), (0, 0));
     }
 
     fn offsets_without_far_ones() -> KernelOffsets {

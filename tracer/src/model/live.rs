@@ -38,7 +38,15 @@ fn narrow8(v: u64) -> u8 {
 impl From<&Counters> for PackedCounters {
     fn from(c: &Counters) -> Self {
         PackedCounters {
-            wide: [c.tx_bytes, c.rx_bytes, c.retransmits, c.segments_out, c.busy_jiffies, c.rwnd_jiffies, c.sndbuf_jiffies],
+            wide: [
+                c.tx_bytes,
+                c.rx_bytes,
+                c.retransmits,
+                c.segments_out,
+                c.busy_jiffies,
+                c.rwnd_jiffies,
+                c.sndbuf_jiffies,
+            ],
             mid: [narrow32(c.resets_sent), narrow32(c.resets_received), narrow32(c.syn_retransmits)],
             small: [
                 narrow8(c.opened),
@@ -304,12 +312,7 @@ mod tests {
         assert_eq!((back.tuple, back.role, back.state, back.state_since_ns), (tuple, obs.role, obs.state, Some(0)));
         assert_eq!((back.first_seen_ns, back.pid, back.was_established, back.health), (3, 10, true, obs.health));
         assert_eq!(socket.attributed(), attributed);
-        let none = SocketObs {
-            state_since_ns: None,
-            was_established: false,
-            health: SocketHealth::default(),
-            ..obs
-        };
+        let none = SocketObs { state_since_ns: None, was_established: false, health: SocketHealth::default(), ..obs };
         let back = LiveSocket::new(&none, &attributed, 1).obs(42);
         assert_eq!((back.state_since_ns, back.was_established, back.health), (None, false, SocketHealth::default()));
         assert!(std::mem::size_of::<LiveSocket>() <= 264, "{}", std::mem::size_of::<LiveSocket>());

@@ -14,6 +14,7 @@ mod counters;
 pub(crate) mod filter;
 mod flow;
 mod health;
+mod idmap;
 mod live;
 mod socket;
 
@@ -27,6 +28,7 @@ use tracer_common::tcp_state;
 use self::{
     container::Identity,
     filter::{Filter, SocketFacts},
+    idmap::{FastMap, IdMap},
     live::LiveSocket,
     socket::comm_text,
 };
@@ -59,22 +61,31 @@ pub(crate) struct Sample {
 pub(crate) struct Model {
     filter: Filter,
     start_ns: u64,
-    live: HashMap<u64, LiveSocket>,
+    live: IdMap<LiveSocket>,
     /// Owners found in /proc for live sockets whose record has none.
-    owners: HashMap<u64, u32>,
+    owners: IdMap<u32>,
     /// Sockets found at start that the kernel side has not named yet.
     preexisting: HashMap<Tuple, ProcSocket>,
     listeners: HashSet<(u32, u16)>,
     /// Sockets destroyed since the last live snapshot, with when.
-    recently_closed: HashMap<u64, u64>,
+    recently_closed: IdMap<u64>,
     /// The current table read (see [`Model::begin_live`]).
     generation: u8,
-    /// Sockets missing from the last table read, until the ring buffer
-    /// drained after it hands over their final records.
-    vanished: HashMap<u64, LiveSocket>,
-    /// Destroyed sockets whose counts are not yet attributed.
+    /// Sockets whose address was taken by a new socket while the table
+    /// was read, until the ring buffer drained after it hands over their
+    /// final records. (Sockets simply missing from the last read stay in
+    /// `live`, with an older generation, for as long: a mass close moves
+    /// nothing.)
+    vanished: IdMap<LiveSocket>,
+    /// Destroyed sockets whose counts are not yet attributed (with a
+    /// filter, which is applied at the sample, once names are read).
     pending_closed: Vec<(SocketObs, Counters)>,
-    comms: HashMap<u32, String>,
+    /// Without a filter, destroyed sockets' counts are folded into their
+    /// flows as they come, so a mass close holds no record per socket:
+    /// the interval's counters and connects so far.
+    closed_flows: FastMap<FlowKey, Counters>,
+    closed_health: FastMap<FlowKey, FlowHealth>,
+    comms: FastMap<u32, String>,
     /// Cgroup and container of each process, as current as its comm.
     identities: HashMap<u32, Arc<Identity>>,
     samples: VecDeque<Sample>,
@@ -125,15 +136,17 @@ impl Model {
         Model {
             filter,
             start_ns,
-            live: HashMap::new(),
-            owners: HashMap::new(),
+            live: IdMap::default(),
+            owners: IdMap::default(),
             preexisting: HashMap::new(),
             listeners: HashSet::new(),
-            recently_closed: HashMap::new(),
+            recently_closed: IdMap::default(),
             generation: 0,
-            vanished: HashMap::new(),
+            vanished: IdMap::default(),
             pending_closed: Vec::new(),
-            comms: HashMap::new(),
+            closed_flows: FastMap::default(),
+            closed_health: FastMap::default(),
+            comms: FastMap::default(),
             identities: HashMap::new(),
             samples: VecDeque::new(),
             max_samples: max_samples.max(1),
@@ -164,7 +177,8 @@ impl Model {
     /// set does not grow with every port that ever listened.
     fn rebuild_listeners(&mut self) {
         self.listeners.clear();
-        for socket in self.live.values() {
+        let generation = self.generation;
+        for socket in self.live.values().filter(|s| s.generation == generation) {
             if socket.role == KernelRole::Listener || socket.state == tcp_state::LISTEN {
                 self.listeners.insert((socket.netns(), socket.local_port()));
             }
@@ -223,29 +237,20 @@ impl Model {
     pub(crate) fn end_live(&mut self) {
         // Sockets missing from the table were destroyed while it was read:
         // their final records are in the ring buffer, which the collector
-        // drains next. Keep what was already attributed for them until then
-        // (see `forget_vanished`).
-        let generation = self.generation;
-        let vanished = &mut self.vanished;
-        self.live.retain(|id, socket| {
-            let seen = socket.generation == generation;
-            if !seen {
-                vanished.insert(*id, socket.clone());
-            }
-            seen
-        });
-        // Memory follows the sockets: after a spike closes, give back most
-        // of the table (hysteresis: only when it is mostly empty).
-        if self.live.capacity() > 1024 && self.live.len() * 4 < self.live.capacity() {
-            self.live.shrink_to(self.live.len() * 2);
-        }
+        // drains next. They stay (with the previous read's generation), so
+        // what was already attributed for them is known when their records
+        // come (see `forget_vanished`).
         self.recently_closed.clear();
         self.recently_closed.shrink_to(1024);
         self.owners.retain(|id, _| self.live.contains_key(id) || self.vanished.contains_key(id));
+        if self.owners.capacity() > 4 * self.owners.len() + 1024 {
+            self.owners.shrink_to(2 * self.owners.len());
+        }
         // A kernel record now describes these; an owner found at start stays
         // the owner (the record's first event may have come from softirq).
         if !self.preexisting.is_empty() {
-            for (id, socket) in &self.live {
+            let generation = self.generation;
+            for (id, socket) in self.live.iter().filter(|(_, s)| s.generation == generation) {
                 if let Some(found) = self.preexisting.remove(&socket.tuple()) {
                     if let (0, Some(pid)) = (socket.pid, found.pid) {
                         self.owners.insert(*id, pid);
@@ -256,16 +261,36 @@ impl Model {
         self.rebuild_listeners();
     }
 
+    /// The sockets of the last table read.
+    fn current(&self) -> impl Iterator<Item = (&u64, &LiveSocket)> {
+        let generation = self.generation;
+        self.live.iter().filter(move |(_, socket)| socket.generation == generation)
+    }
+
     /// Sockets gone from the table whose destroy record never came (the
     /// ring buffer was full): what they moved since the last sample is lost
     /// with them. Call after draining the ring buffer that follows a
-    /// [`Model::replace_live`].
+    /// table read.
     pub(crate) fn forget_vanished(&mut self) {
+        let generation = self.generation;
+        let owners = &mut self.owners;
+        self.live.retain(|id, socket| {
+            let current = socket.generation == generation;
+            if !current {
+                owners.remove(id);
+            }
+            current
+        });
         for id in self.vanished.keys() {
             self.owners.remove(id);
         }
         self.vanished.clear();
         self.vanished.shrink_to(1024);
+        // Memory follows the sockets: after a spike closes, give back most
+        // of the table (hysteresis: only when it is mostly empty).
+        if self.live.capacity() > 1024 && self.live.len() * 4 < self.live.capacity() {
+            self.live.shrink_to(self.live.len() * 2);
+        }
     }
 
     /// A socket's final record, from `tcp:tcp_destroy_sock`.
@@ -288,15 +313,53 @@ impl Model {
         if obs.pid == 0 {
             obs.pid = owner.unwrap_or(0);
         }
-        self.pending_closed.push((obs, attributed));
+        if !self.filter.is_empty() {
+            self.pending_closed.push((obs, attributed));
+            return;
+        }
+        self.remember_thread_comm(&obs);
+        let mut flows = std::mem::take(&mut self.closed_flows);
+        let mut health = std::mem::take(&mut self.closed_health);
+        self.fold_closed(&obs, &attributed, &mut flows, &mut health);
+        self.closed_flows = flows;
+        self.closed_health = health;
+    }
+
+    /// Attributes a destroyed socket's last counts (beyond `attributed`)
+    /// to its flow in `flows`, and a connect it completed since the last
+    /// sample to `health` (a destroyed socket has no RTT or backlog any
+    /// more).
+    fn fold_closed(
+        &self,
+        obs: &SocketObs,
+        attributed: &Counters,
+        flows: &mut FastMap<FlowKey, Counters>,
+        health: &mut FastMap<FlowKey, FlowHealth>,
+    ) {
+        let mut total = obs.counters;
+        if obs.was_established && obs.role != KernelRole::Listener {
+            total.closed = 1;
+        }
+        let pid = obs.pid;
+        if !self.matches(pid, &obs.tuple) {
+            return;
+        }
+        let Some(key) = self.flow_key(obs, pid) else { return };
+        let delta = total.saturating_sub(attributed);
+        if !delta.is_zero() {
+            flows.entry(key).or_default().add(&delta);
+            health.entry(key).or_default().netns = obs.tuple.netns;
+        }
+        if let (true, Some(connect)) = (delta.connects_timed > 0, obs.health.connect_us) {
+            health.entry(key).or_default().connect.observe(connect);
+        }
     }
 
     /// Live sockets whose owner is unknown (accepted, never used) and that
     /// the tracer first saw at or before `seen_by_ns`: the collector looks
     /// them up in /proc.
     pub(crate) fn unowned(&self, seen_by_ns: u64) -> Vec<Tuple> {
-        self.live
-            .iter()
+        self.current()
             .filter(|(id, s)| {
                 s.pid == 0
                     && s.first_seen_ns <= seen_by_ns
@@ -309,7 +372,8 @@ impl Model {
 
     /// Owners found in /proc by tuple.
     pub(crate) fn assign_owners(&mut self, found: &HashMap<Tuple, u32>) {
-        for (id, socket) in &self.live {
+        let generation = self.generation;
+        for (id, socket) in self.live.iter().filter(|(_, s)| s.generation == generation) {
             if socket.pid == 0 {
                 if let Some(&pid) = found.get(&socket.tuple()) {
                     self.owners.insert(*id, pid);
@@ -320,9 +384,10 @@ impl Model {
 
     /// Every pid the model refers to (for comm lookups).
     pub(crate) fn pids(&self) -> HashSet<u32> {
-        let mut pids: HashSet<u32> = self.live.iter().map(|(id, s)| self.owner_of_socket(*id, s)).collect();
+        let mut pids: HashSet<u32> = self.current().map(|(id, s)| self.owner_of_socket(*id, s)).collect();
         pids.extend(self.preexisting.values().filter_map(|p| p.pid));
         pids.extend(self.pending_closed.iter().map(|(o, _)| o.pid));
+        pids.extend(self.closed_flows.keys().map(|key| key.pid));
         pids.remove(&0);
         pids
     }
@@ -355,7 +420,7 @@ impl Model {
     }
 
     pub(crate) fn live_sockets(&self) -> u64 {
-        (self.live.len() + self.preexisting.len()) as u64
+        (self.current().count() + self.preexisting.len()) as u64
     }
 
     fn owner_of(&self, obs: &SocketObs) -> u32 {
@@ -423,35 +488,16 @@ impl Model {
     /// flows and records socket counts. Call after the collector has fed the
     /// live table, the destroyed sockets, owners and comms.
     pub(crate) fn sample(&mut self, now_ns: u64) {
-        let mut flows: HashMap<FlowKey, Counters> = HashMap::new();
-        let mut health: HashMap<FlowKey, FlowHealth> = HashMap::new();
+        let mut flows = std::mem::take(&mut self.closed_flows);
+        let mut health = std::mem::take(&mut self.closed_health);
         let pending = std::mem::take(&mut self.pending_closed);
         for (obs, attributed) in &pending {
             self.remember_thread_comm(obs);
-            let mut total = obs.counters;
-            if obs.was_established && obs.role != KernelRole::Listener {
-                total.closed = 1;
-            }
-            let pid = obs.pid;
-            if !self.matches(pid, &obs.tuple) {
-                continue;
-            }
-            if let Some(key) = self.flow_key(obs, pid) {
-                let delta = total.saturating_sub(attributed);
-                if !delta.is_zero() {
-                    flows.entry(key).or_default().add(&delta);
-                    health.entry(key).or_default().netns = obs.tuple.netns;
-                }
-                // A connect that completed since the last sample; a
-                // destroyed socket has no RTT or backlog any more.
-                if let (true, Some(connect)) = (delta.connects_timed > 0, obs.health.connect_us) {
-                    health.entry(key).or_default().connect.observe(connect);
-                }
-            }
+            self.fold_closed(obs, attributed, &mut flows, &mut health);
         }
         // Taken out while walked: flow keys and filters read the rest.
         let mut live = std::mem::take(&mut self.live);
-        for (&id, socket) in &mut live {
+        for (&id, socket) in live.iter_mut().filter(|(_, s)| s.generation == self.generation) {
             let obs = socket.obs(id);
             let pid = self.owner_of(&obs);
             // An accepted socket has no owner until its process uses it or
@@ -483,9 +529,9 @@ impl Model {
         self.samples.push_back(Sample {
             t_secs: secs(self.start_ns, now_ns),
             interval_secs: secs(self.last_sample_ns, now_ns),
-            flows,
+            flows: flows.into_iter().collect(),
             sockets,
-            health,
+            health: health.into_iter().collect(),
         });
         while self.samples.len() > self.max_samples {
             self.samples.pop_front();
@@ -531,8 +577,8 @@ impl Model {
     /// Current socket counts per process and state (TIME_WAIT excluded: it
     /// belongs to no process).
     fn socket_counts(&self) -> HashMap<u32, StateCounts> {
-        let mut counts: HashMap<u32, StateCounts> = HashMap::new();
-        for (&id, socket) in &self.live {
+        let mut counts: FastMap<u32, StateCounts> = FastMap::default();
+        for (&id, socket) in self.current() {
             let pid = self.owner_of_socket(id, socket);
             if socket.state == tcp_state::TIME_WAIT || !self.matches(pid, &socket.tuple()) {
                 continue;
@@ -546,13 +592,13 @@ impl Model {
             }
             *counts.entry(pid).or_default().entry(state_name(socket.state)).or_default() += 1;
         }
-        counts
+        counts.into_iter().collect()
     }
 
     /// Host-wide socket counts per state, TIME_WAIT included, unfiltered.
     pub(crate) fn host_sockets(&self) -> StateCounts {
         let mut counts = StateCounts::new();
-        for socket in self.live.values() {
+        for (_, socket) in self.current() {
             if socket.state != tcp_state::TIME_WAIT {
                 *counts.entry(state_name(socket.state)).or_default() += 1;
             }
@@ -644,7 +690,7 @@ impl Model {
     pub(crate) fn close_wait(&self, now_ns: u64) -> Vec<CloseWait> {
         let mut list = Vec::new();
         let run_time = secs(self.start_ns, now_ns);
-        for (&id, socket) in &self.live {
+        for (&id, socket) in self.current() {
             if socket.state != tcp_state::CLOSE_WAIT {
                 continue;
             }

@@ -28,6 +28,16 @@ impl Mapping {
         Self::checked(base, len)
     }
 
+    /// Maps `len` bytes of the object behind `fd` from `offset` (a multiple
+    /// of the page size), read-only: a window onto a mmapable BPF array.
+    pub(crate) fn shared_read_only(fd: RawFd, offset: usize, len: usize) -> io::Result<Self> {
+        let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset out of range"))?;
+        // SAFETY: a fresh mapping chosen by the kernel; the result is
+        // checked below.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, offset) };
+        Self::checked(base, len)
+    }
+
     /// `len` bytes of private zeroed memory (tests of code that reads a
     /// shared mapping).
     #[cfg(test)]
