@@ -62,6 +62,8 @@ pub(crate) fn resolve_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Vec<&'s
 /// lines, not the bytes, cost). None if no choice fits the buffer (the
 /// fields are then read one by one).
 pub(crate) fn set_tcp_block(offsets: &mut KernelOffsets) {
+    /// (start, length) of a span copied.
+    type Span = (u32, u32);
     let chrono_end = (offsets.tcp_chrono_start != 0).then_some(offsets.tcp_chrono_start + 16);
     let chrono_type = (offsets.tcp_chrono_type_byte != 0).then_some(offsets.tcp_chrono_type_byte + 1);
     let fields = [
@@ -92,7 +94,7 @@ pub(crate) fn set_tcp_block(offsets: &mut KernelOffsets) {
     let lines = |start: u32, len: u32| (start + len - 1) / 64 - start / 64 + 1;
     let whole_end = spans.iter().map(|s| s.1).max().unwrap_or(first);
     // (cost in cache lines, one read counting as one more line; spans).
-    let mut best: Option<(u32, (u32, u32), (u32, u32))> = None;
+    let mut best: Option<(u32, Span, Span)> = None;
     let (start, len) = aligned(first, whole_end);
     if len <= tracer_common::TCP_BLOCK_MAX {
         best = Some((lines(start, len) + 1, (start, len), (0, 0)));

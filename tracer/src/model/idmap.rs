@@ -58,7 +58,7 @@ impl Hasher for IdHasher {
 
     /// One word folded in (as FxHash does); `finish` mixes the result.
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 }
 
