@@ -118,6 +118,7 @@ impl Session {
     }
 
     fn collect(&mut self, unowned_seen_by_ns: u64) {
+        let began = monotonic_ns();
         self.take_closed();
         // Fresh RTT, backlogs and chrono counters in every record, just
         // before the table is read.
@@ -125,6 +126,7 @@ impl Session {
             self.hz.observe(clock);
             self.model.set_hz(self.hz.hz());
         }
+        let health_ns = monotonic_ns();
         self.collector.read_live(&mut self.model);
         // The interval ends when the counters were read, not after the
         // /proc scans below (slow on a busy host): rates divide by it.
@@ -134,7 +136,9 @@ impl Session {
         // if it was full, the overflow map) now.
         self.take_closed();
         self.model.forget_vanished();
+        let owners_ns = monotonic_ns();
         self.resolve_owners(unowned_seen_by_ns);
+        let names_ns = monotonic_ns();
         let pids = self.model.pids();
         for &pid in &pids {
             if let Some(comm) = procfs::read_comm(&self.proc_root, pid) {
@@ -160,8 +164,21 @@ impl Session {
             );
         }
         self.stats = stats;
+        let sample_ns = monotonic_ns();
         self.model.sample(read_ns);
         release_free_memory();
+        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+        let end = monotonic_ns();
+        log::debug!(
+            "collection: {:.1} ms (health pass {:.1}, table {:.1}, owners {:.1}, names {:.1}, sample {:.1}) over {} sockets",
+            ms(began, end),
+            ms(began, health_ns),
+            ms(health_ns, owners_ns),
+            ms(owners_ns, names_ns),
+            ms(names_ns, sample_ns),
+            ms(sample_ns, end),
+            self.model.live_sockets()
+        );
     }
 
     /// The cgroup identity of `pid`, with its container's names once its
