@@ -86,13 +86,29 @@ impl ByteTable {
 
     /// Reads every slot, sweeping tombstones on the way; returns the taken
     /// slots in index order.
+    #[cfg(test)]
     pub(crate) fn read_and_sweep(&self) -> Vec<TakenSlot> {
+        let mut taken_slots = Vec::new();
+        self.sweep_range(0..self.slots, &mut taken_slots);
+        taken_slots.reverse();
+        taken_slots
+    }
+
+    /// Slots in the table.
+    pub(crate) fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Reads the slots of `range` backwards, sweeping tombstones on the
+    /// way; appends the taken ones to `taken_slots` (in descending index
+    /// order). Going over the table's ranges from the last to the first is
+    /// one backward pass over it.
+    pub(crate) fn sweep_range(&self, range: std::ops::Range<usize>, taken_slots: &mut Vec<TakenSlot>) {
         let slots = self.slots;
         let mask = slots - 1;
-        let mut taken_slots = Vec::new();
         // Backwards, so a run of tombstones ending at an empty slot is swept
         // in one pass.
-        for slot in (0..slots).rev() {
+        for slot in range.rev().filter(|&slot| slot < slots) {
             let words = self.load(slot);
             match words[0] {
                 byte_table::EMPTY => {}
@@ -130,8 +146,6 @@ impl ByteTable {
                 _ => taken_slots.extend(taken(slot, words)),
             }
         }
-        taken_slots.reverse();
-        taken_slots
     }
 }
 

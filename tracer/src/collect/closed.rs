@@ -100,6 +100,10 @@ fn drain(mut ring: RingBuf<MapData>, shared: &Shared) {
         if !batch.is_empty() {
             shared.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).append(&mut batch);
             shared.ready.notify_one();
+            // A burst (a mass close) does not leave its buffer behind.
+            if batch.capacity() > 1024 {
+                batch = Vec::new();
+            }
         }
     }
 }

@@ -153,14 +153,14 @@ impl Collector {
             return;
         }
         let Some(map) = self.ebpf.map("SOCKETS") else {
-            model.begin_live(0);
+            model.begin_live();
             model.end_live();
             return;
         };
         if let Map::HashMap(data) = map {
             match sys::bpf::lookup_all::<u64, SockRecord>(data.fd().as_fd().as_raw_fd(), 2048) {
                 Ok(entries) => {
-                    model.begin_live(entries.len());
+                    model.begin_live();
                     for (id, record) in &entries {
                         model.observe_live(&observe(*id, record));
                     }
@@ -170,7 +170,7 @@ impl Collector {
                 Err(e) => debug!("batch lookup unavailable ({e}); reading the socket table key by key"),
             }
         }
-        model.begin_live(0);
+        model.begin_live();
         if let Ok(sockets) = BpfHashMap::<_, u64, SockRecord>::try_from(map) {
             // Entries removed while iterating end the walk early or are
             // skipped; their final counts come through the ring buffer.
@@ -215,23 +215,27 @@ const WINDOW_SLOTS: u32 = 4096;
 /// being created (or replaced) while the two were read: left for the next
 /// read.
 fn live_in_table(table: &ByteTable, records: &Map, model: &mut Model) {
-    let slots = table.read_and_sweep();
-    model.begin_live(slots.len());
+    model.begin_live();
     let Map::Array(data) = records else {
         model.end_live();
         return;
     };
     let fd = data.fd().as_fd().as_raw_fd();
     let mut batched = Batched::new(fd);
-    let mut next = 0;
-    while next < slots.len() {
-        let window = slots[next].index / WINDOW_SLOTS;
-        let end = next + slots[next..].iter().take_while(|s| s.index / WINDOW_SLOTS == window).count();
-        let in_window = &slots[next..end];
-        if read_window(fd, in_window, model).is_err() {
-            batched.read(records, in_window, model);
+    // Window by window, from the last (the sweep goes backwards): no list
+    // of every taken slot is ever held.
+    let window = WINDOW_SLOTS as usize;
+    let mut in_window = Vec::with_capacity(window);
+    for start in (0..table.slots()).step_by(window).rev() {
+        in_window.clear();
+        table.sweep_range(start..start + window, &mut in_window);
+        if in_window.is_empty() {
+            continue;
         }
-        next = end;
+        in_window.reverse();
+        if read_window(fd, &in_window, model).is_err() {
+            batched.read(records, &in_window, model);
+        }
     }
     model.end_live();
 }

@@ -28,7 +28,7 @@ use tracer_common::tcp_state;
 use self::{
     container::Identity,
     filter::{Filter, SocketFacts},
-    idmap::{FastMap, IdMap},
+    idmap::{FastMap, IdMap, Shards},
     live::LiveSocket,
     socket::comm_text,
 };
@@ -61,7 +61,7 @@ pub(crate) struct Sample {
 pub(crate) struct Model {
     filter: Filter,
     start_ns: u64,
-    live: IdMap<LiveSocket>,
+    live: Shards<LiveSocket>,
     /// Owners found in /proc for live sockets whose record has none.
     owners: IdMap<u32>,
     /// Sockets found at start that the kernel side has not named yet.
@@ -136,7 +136,7 @@ impl Model {
         Model {
             filter,
             start_ns,
-            live: IdMap::default(),
+            live: Shards::default(),
             owners: IdMap::default(),
             preexisting: HashMap::new(),
             listeners: HashSet::new(),
@@ -193,21 +193,20 @@ impl Model {
     /// The kernel's current table, in one go (see [`Model::begin_live`]).
     #[cfg(test)]
     pub(crate) fn replace_live(&mut self, snapshot: Vec<SocketObs>) {
-        self.begin_live(snapshot.len());
+        self.begin_live();
         for obs in &snapshot {
             self.observe_live(obs);
         }
         self.end_live();
     }
 
-    /// Starts a read of the kernel's table of about `expected` sockets: each
+    /// Starts a read of the kernel's table: each
     /// is handed over with [`Model::observe_live`] as it is read (no copy of
     /// the whole table is ever held), then [`Model::end_live`]. Sockets
     /// destroyed since the last read (already handed over by
     /// [`Model::socket_closed`]) are ignored if they show up again.
-    pub(crate) fn begin_live(&mut self, expected: usize) {
+    pub(crate) fn begin_live(&mut self) {
         self.generation = self.generation.wrapping_add(1);
-        self.live.reserve(expected.saturating_sub(self.live.len()));
     }
 
     /// One socket of the table being read.
@@ -288,9 +287,7 @@ impl Model {
         self.vanished.shrink_to(1024);
         // Memory follows the sockets: after a spike closes, give back most
         // of the table (hysteresis: only when it is mostly empty).
-        if self.live.capacity() > 1024 && self.live.len() * 4 < self.live.capacity() {
-            self.live.shrink_to(self.live.len() * 2);
-        }
+        self.live.shrink();
     }
 
     /// A socket's final record, from `tcp:tcp_destroy_sock`.
