@@ -140,6 +140,11 @@ async fn serve(
         .run(until, |driver, began| match publish(driver, &mut metrics, began) {
             Ok(published) => {
                 feed.send_replace(Arc::new(published));
+                // The snapshot, the report and the bodies of the previous
+                // tick are freed now: give them back, or the resident size
+                // keeps a tick's worth of them (which grows with what is
+                // reported, e.g. a CLOSE_WAIT pile).
+                crate::sys::release_free_memory();
             }
             // Keep serving the previous tick; the next may succeed.
             Err(err) => log::warn!("collection failed: {err:#}"),
