@@ -221,7 +221,8 @@ fn live_in_table(table: &ByteTable, records: &Map, model: &mut Model) {
         return;
     };
     let fd = data.fd().as_fd().as_raw_fd();
-    let mut batched = Batched::new(fd);
+    // Only where a window cannot be mapped.
+    let mut batched: Option<Batched> = None;
     // Window by window, from the last (the sweep goes backwards): no list
     // of every taken slot is ever held.
     let window = WINDOW_SLOTS as usize;
@@ -234,7 +235,7 @@ fn live_in_table(table: &ByteTable, records: &Map, model: &mut Model) {
         }
         in_window.reverse();
         if read_window(fd, &in_window, model).is_err() {
-            batched.read(records, &in_window, model);
+            batched.get_or_insert_with(|| Batched::new(fd)).read(records, &in_window, model);
         }
     }
     model.end_live();
