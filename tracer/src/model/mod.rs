@@ -16,6 +16,7 @@ mod flow;
 mod health;
 mod idmap;
 mod live;
+mod ordered;
 mod socket;
 
 use std::{
@@ -28,8 +29,9 @@ use tracer_common::tcp_state;
 use self::{
     container::Identity,
     filter::{Filter, SocketFacts},
-    idmap::{FastMap, IdMap, Shards},
+    idmap::{FastMap, IdMap},
     live::LiveSocket,
+    ordered::ReadOrdered,
     socket::comm_text,
 };
 pub(crate) use self::{
@@ -61,7 +63,7 @@ pub(crate) struct Sample {
 pub(crate) struct Model {
     filter: Filter,
     start_ns: u64,
-    live: Shards<LiveSocket>,
+    live: ReadOrdered<LiveSocket>,
     /// Owners found in /proc for live sockets whose record has none.
     owners: IdMap<u32>,
     /// Sockets found at start that the kernel side has not named yet.
@@ -136,7 +138,7 @@ impl Model {
         Model {
             filter,
             start_ns,
-            live: Shards::default(),
+            live: ReadOrdered::default(),
             owners: IdMap::default(),
             preexisting: HashMap::new(),
             listeners: HashSet::new(),
@@ -207,6 +209,7 @@ impl Model {
     /// [`Model::socket_closed`]) are ignored if they show up again.
     pub(crate) fn begin_live(&mut self) {
         self.generation = self.generation.wrapping_add(1);
+        self.live.begin_read();
     }
 
     /// One socket of the table being read.
@@ -218,7 +221,7 @@ impl Model {
         }
         self.remember_thread_comm(obs);
         let generation = self.generation;
-        match self.live.get_mut(&obs.id) {
+        match self.live.get_mut_in_read(obs.id) {
             Some(socket) if socket.first_seen_ns == obs.first_seen_ns => socket.update(obs, generation),
             // The address was reused: the old socket was destroyed while
             // the table was read, its final record is still in the ring.
@@ -234,6 +237,7 @@ impl Model {
 
     /// Ends a table read.
     pub(crate) fn end_live(&mut self) {
+        self.live.end_read();
         // Sockets missing from the table were destroyed while it was read:
         // their final records are in the ring buffer, which the collector
         // drains next. They stay (with the previous read's generation), so
