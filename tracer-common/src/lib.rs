@@ -155,7 +155,15 @@ pub struct TcpHealth {
     pub mss_cache: u32,
     /// Bits of [`health_flags`].
     pub flags: u32,
-    pub _pad: u32,
+    /// What the last full sample saw of the socket's movement, folded:
+    /// `rcv_nxt` and `snd_una` (data or a new acknowledgement came in),
+    /// `segs_out` and `write_seq` (a segment left, the owner wrote) and the
+    /// bytes the owner read. The next pass reads only these (two cache
+    /// lines of `tcp_sock` where the kernel groups its fields, against ~10
+    /// for a full sample) and keeps the sample if nothing moved and no
+    /// chrono runs: RTTs, backlogs, receive buffer and delivery rate change
+    /// only with one of these.
+    pub probe: u32,
 }
 
 /// Bits of [`TcpHealth::flags`].

@@ -254,13 +254,23 @@ fn sample(tcp: impl TcpFields, rcvbuf: u32, health: &mut TcpHealth) {
     health.samples = health.samples.wrapping_add(1);
 }
 
-/// Samples the socket at `key`, whose record is `record`.
+/// Samples the socket at `key`, whose record is `record`, and whose owner
+/// read `rx_bytes` so far.
 #[inline(always)]
-fn sample_record(key: u64, record: &mut SockRecord) {
+fn sample_record(key: u64, record: &mut SockRecord, rx_bytes: u64) {
     if record.role == role::LISTENER || record.state == tcp_state::LISTEN {
         return;
     }
     let Some(tcp) = Sock::<false>(key as *const u8).tcp() else { return };
+    let probe = probe(tcp, rx_bytes);
+    if let Some(probe) = probe {
+        if record.health.samples != 0 && record.health.probe == probe {
+            // Nothing moved since the last full sample: it still holds.
+            record.health.samples = record.health.samples.wrapping_add(1);
+            count_sampled();
+            return;
+        }
+    }
     let rcvbuf = tcp.u32_at(offset!(sk_rcvbuf));
     // Segments and retransmits move between the events that read them:
     // fresh each tick, so live sockets' ratios are current.
@@ -276,10 +286,38 @@ fn sample_record(key: u64, record: &mut SockRecord) {
             record.retrans_total = tcp.total_retrans();
         }
     }
+    if let Some(probe) = probe {
+        record.health.probe = probe;
+    }
+    count_sampled();
+}
+
+#[inline(always)]
+fn count_sampled() {
     if let Some(clock) = HEALTH_CLOCK.get_ptr_mut(0) {
         // SAFETY: one pass runs at a time (user space runs them in turn).
         unsafe { (*clock).sampled += 1 };
     }
+}
+
+/// Whether the socket moved, in four words (see [`TcpHealth::probe`]):
+/// `None` where the kernel lacks a field, or a chrono runs (busy or
+/// limited time grows with nothing moving): then it is sampled in full.
+#[inline(always)]
+fn probe(tcp: TcpSock<false>, rx_bytes: u64) -> Option<u32> {
+    if offset!(tcp_chrono_start) == 0 || offset!(tcp_rcv_nxt) == 0 || offset!(tcp_snd_una) == 0 {
+        return None;
+    }
+    let type_byte = tcp.field::<u8>(offset!(tcp_chrono_type_byte))?;
+    if (type_byte >> (offset!(tcp_chrono_type_shift) & 7)) & 3 != 0 {
+        return None;
+    }
+    let write_seq = tcp.field::<u32>(offset!(tcp_write_seq))?;
+    let segs_out = tcp.field::<u32>(offset!(tcp_segs_out))?;
+    let rcv_nxt = tcp.field::<u32>(offset!(tcp_rcv_nxt))?;
+    let snd_una = tcp.field::<u32>(offset!(tcp_snd_una))?;
+    let read = rx_bytes as u32 ^ ((rx_bytes >> 32) as u32).rotate_left(4);
+    Some(write_seq ^ segs_out.rotate_left(8) ^ rcv_nxt.rotate_left(16) ^ snd_una.rotate_left(24) ^ read.rotate_left(12))
 }
 
 /// Samples one tracked socket of the legacy object (a
@@ -290,7 +328,8 @@ extern "C" fn sample_one(_map: *mut c_void, key: *const u64, value: *mut SockRec
     // SAFETY: the kernel passes one live element of `SOCKETS`; the health
     // block of a record is written only here while the socket lives.
     let (key, record) = unsafe { (*key, &mut *value) };
-    sample_record(key, record);
+    let rx_bytes = record.rx_bytes;
+    sample_record(key, record, rx_bytes);
     0
 }
 
@@ -305,7 +344,9 @@ extern "C" fn sample_entry(_map: *mut c_void, index: *const u32, value: *mut Soc
     // SAFETY: a live array value; `sock` only changes atomically.
     let key = byte_table::socket_of(unsafe { core::ptr::read_volatile(&raw const (*slot).sock) });
     if key != 0 {
-        sample_record(key, record);
+        // SAFETY: as above; the counters are plain u64 adds.
+        let rx_bytes = unsafe { core::ptr::read_volatile(&raw const (*slot).rx_bytes) };
+        sample_record(key, record, rx_bytes);
     }
     0
 }

@@ -208,7 +208,7 @@ impl Identities {
     }
 
     /// Forgets processes no longer of interest.
-    pub(crate) fn retain(&mut self, pids: &HashSet<u32>) {
+    pub(crate) fn retain<S: std::hash::BuildHasher>(&mut self, pids: &HashSet<u32, S>) {
         self.by_pid.retain(|pid, _| pids.contains(pid));
     }
 }

@@ -5,7 +5,7 @@
 //! every socket of the host (100,000 and more).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{BuildHasherDefault, Hasher},
 };
 
@@ -13,6 +13,8 @@ use std::{
 pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// Any map on the collection's path.
 pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// Any set on the collection's path.
+pub(crate) type FastSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
 
 /// Folds words in; mixes them when done.
 #[derive(Default, Clone, Copy)]

@@ -29,7 +29,7 @@ use tracer_common::tcp_state;
 use self::{
     container::Identity,
     filter::{Filter, SocketFacts},
-    idmap::{FastMap, IdMap},
+    idmap::{FastMap, FastSet, IdMap},
     live::LiveSocket,
     ordered::ReadOrdered,
     socket::comm_text,
@@ -38,7 +38,7 @@ pub(crate) use self::{
     counters::Counters,
     flow::{CloseWait, Flow, FlowKey, KernelStats, Process, Role, TimelinePoint, TimelineProcess},
     health::{jiffies_ms, Dist, FailReason, FlowHealth, HealthView, LastMax, SocketHealth},
-    socket::{state_name, KernelRole, ProcSocket, SocketObs, StateCounts, Tuple},
+    socket::{state_name, KernelRole, ProcSocket, SocketObs, StateCounts, StateTally, Tuple},
 };
 /// What TCP health the kernel side provides: decided at load, kept by the
 /// model for the outputs.
@@ -384,8 +384,8 @@ impl Model {
     }
 
     /// Every pid the model refers to (for comm lookups).
-    pub(crate) fn pids(&self) -> HashSet<u32> {
-        let mut pids: HashSet<u32> = self.current().map(|(id, s)| self.owner_of_socket(*id, s)).collect();
+    pub(crate) fn pids(&self) -> FastSet<u32> {
+        let mut pids: FastSet<u32> = self.current().map(|(id, s)| self.owner_of_socket(*id, s)).collect();
         pids.extend(self.preexisting.values().filter_map(|p| p.pid));
         pids.extend(self.pending_closed.iter().map(|(o, _)| o.pid));
         pids.extend(self.closed_flows.keys().map(|key| key.pid));
@@ -578,32 +578,41 @@ impl Model {
     /// Current socket counts per process and state (TIME_WAIT excluded: it
     /// belongs to no process).
     fn socket_counts(&self) -> HashMap<u32, StateCounts> {
-        let mut counts: FastMap<u32, StateCounts> = FastMap::default();
+        let mut tallies: FastMap<u32, StateTally> = FastMap::default();
         for (&id, socket) in self.current() {
             let pid = self.owner_of_socket(id, socket);
-            if socket.state == tcp_state::TIME_WAIT || !self.matches(pid, &socket.tuple()) {
+            if socket.state == tcp_state::TIME_WAIT || !(self.filter.is_empty() || self.matches(pid, &socket.tuple())) {
                 continue;
             }
-            *counts.entry(pid).or_default().entry(state_name(socket.state)).or_default() += 1;
+            tallies.entry(pid).or_default().add(socket.state);
         }
         for socket in self.preexisting.values() {
             let pid = socket.pid.unwrap_or(0);
             if !self.matches(pid, &socket.tuple) {
                 continue;
             }
-            *counts.entry(pid).or_default().entry(state_name(socket.state)).or_default() += 1;
+            tallies.entry(pid).or_default().add(socket.state);
         }
-        counts.into_iter().collect()
+        tallies
+            .into_iter()
+            .map(|(pid, tally)| {
+                let mut counts = StateCounts::new();
+                tally.add_to(&mut counts);
+                (pid, counts)
+            })
+            .collect()
     }
 
     /// Host-wide socket counts per state, TIME_WAIT included, unfiltered.
     pub(crate) fn host_sockets(&self) -> StateCounts {
-        let mut counts = StateCounts::new();
+        let mut tally = StateTally::default();
         for (_, socket) in self.current() {
             if socket.state != tcp_state::TIME_WAIT {
-                *counts.entry(state_name(socket.state)).or_default() += 1;
+                tally.add(socket.state);
             }
         }
+        let mut counts = StateCounts::new();
+        tally.add_to(&mut counts);
         for socket in self.preexisting.values() {
             *counts.entry(state_name(socket.state)).or_default() += 1;
         }

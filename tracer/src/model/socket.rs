@@ -11,6 +11,26 @@ use super::{Counters, SocketHealth};
 /// Socket counts by state name (`ESTABLISHED`, `CLOSE_WAIT`, ...), zeros left out.
 pub(crate) type StateCounts = BTreeMap<&'static str, u64>;
 
+/// Socket counts by state number, while counting many sockets (an array
+/// add per socket, not a map insert by name).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StateTally([u64; 16]);
+
+impl StateTally {
+    pub(crate) fn add(&mut self, state: u8) {
+        self.0[usize::from(state & 15)] += 1;
+    }
+
+    /// Adds the counts to `counts` by name.
+    pub(crate) fn add_to(&self, counts: &mut StateCounts) {
+        for (state, &n) in self.0.iter().enumerate() {
+            if n > 0 {
+                *counts.entry(state_name(state as u8)).or_default() += n;
+            }
+        }
+    }
+}
+
 /// The kernel's name of a TCP state, without the `TCP_` prefix.
 pub(crate) fn state_name(state: u8) -> &'static str {
     match state {
