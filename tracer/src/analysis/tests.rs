@@ -101,7 +101,7 @@ pub(crate) fn ramp(from: f64, to: f64, n: usize) -> Vec<f64> {
 pub(crate) fn close_wait_socket(pid: u32, remote: &str, age_secs: f64, age_is_lower_bound: bool) -> CloseWait {
     CloseWait {
         pid,
-        comm: comm(pid),
+        comm: comm(pid).into(),
         local: "10.0.0.9:40000".parse().expect("address"),
         remote: SocketAddr::new(remote.parse().expect("ip"), 443),
         age_secs,

@@ -29,9 +29,8 @@ use crate::{
     load::Attached,
     output::{
         dashboard::Rates,
-        http::{self, Limits, Published},
+        http::{self, Limits, Published, ReportJson},
         metrics::{Metrics, MetricsConfig, Tick},
-        report::Report,
         webconfig::WebConfig,
     },
 };
@@ -196,10 +195,13 @@ fn publish(driver: &Driver, metrics: &mut Metrics, began: Instant) -> anyhow::Re
         snapshot: &snapshot,
         collect_duration_secs,
     });
+    let findings_json = serde_json::to_vec(&snapshot.findings).context("serializing the findings")?.into();
+    let dashboard_json =
+        serde_json::to_vec(&Rates::new(&snapshot)).context("serializing the dashboard's rates")?.into();
     Ok(Published {
-        report_json: serde_json::to_vec(&Report::new(&snapshot)).context("serializing the report")?.into(),
-        findings_json: serde_json::to_vec(&snapshot.findings).context("serializing the findings")?.into(),
-        dashboard_json: serde_json::to_vec(&Rates::new(&snapshot)).context("serializing the dashboard's rates")?.into(),
+        report_json: ReportJson::Of(Arc::new(snapshot)),
+        findings_json,
+        dashboard_json,
         metrics_text: metrics.render().context("rendering the metrics")?.into(),
     })
 }

@@ -70,7 +70,8 @@ pub(crate) struct Process {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CloseWait {
     pub(crate) pid: u32,
-    pub(crate) comm: String,
+    /// Shared by the entries of one process (a leak lists thousands).
+    pub(crate) comm: Arc<str>,
     pub(crate) local: SocketAddr,
     pub(crate) remote: SocketAddr,
     /// Rounded to the millisecond.

@@ -699,6 +699,8 @@ impl Model {
     /// Sockets in CLOSE_WAIT now, oldest first, ages at `now_ns`.
     pub(crate) fn close_wait(&self, now_ns: u64) -> Vec<CloseWait> {
         let mut list = Vec::new();
+        // One name per process, shared by its entries.
+        let mut names: FastMap<u32, Arc<str>> = FastMap::default();
         let run_time = secs(self.start_ns, now_ns);
         for (&id, socket) in self.current() {
             if socket.state != tcp_state::CLOSE_WAIT {
@@ -713,25 +715,34 @@ impl Model {
                 Some(since) => (secs(since, now_ns), false),
                 None => (run_time, true),
             };
-            list.push(self.close_wait_entry(pid, &tuple, age_secs, age_is_lower_bound));
+            list.push(self.close_wait_entry(&mut names, pid, &tuple, age_secs, age_is_lower_bound));
         }
         for socket in self.preexisting.values() {
             let pid = socket.pid.unwrap_or(0);
             if socket.state != tcp_state::CLOSE_WAIT || !self.matches(pid, &socket.tuple) {
                 continue;
             }
-            list.push(self.close_wait_entry(pid, &socket.tuple, run_time, true));
+            list.push(self.close_wait_entry(&mut names, pid, &socket.tuple, run_time, true));
         }
         list.sort_by(|a, b| {
             b.age_secs.total_cmp(&a.age_secs).then(a.pid.cmp(&b.pid)).then(a.local.port().cmp(&b.local.port()))
         });
+        // Kept for a tick (the report is rendered from it when asked for).
+        list.shrink_to_fit();
         list
     }
 
-    fn close_wait_entry(&self, pid: u32, tuple: &Tuple, age_secs: f64, age_is_lower_bound: bool) -> CloseWait {
+    fn close_wait_entry(
+        &self,
+        names: &mut FastMap<u32, Arc<str>>,
+        pid: u32,
+        tuple: &Tuple,
+        age_secs: f64,
+        age_is_lower_bound: bool,
+    ) -> CloseWait {
         CloseWait {
             pid,
-            comm: self.comm(pid).to_owned(),
+            comm: Arc::clone(names.entry(pid).or_insert_with(|| self.comm(pid).into())),
             local: tuple.local,
             remote: tuple.remote,
             age_secs: (age_secs * 1000.0).round() / 1000.0,

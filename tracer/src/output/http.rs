@@ -58,16 +58,41 @@ use tokio::{
     time::{sleep, Instant},
 };
 
-use super::{dashboard::DASHBOARD_HTML, metrics, webconfig::WebConfig};
+use super::{dashboard::DASHBOARD_HTML, metrics, report::Report, webconfig::WebConfig, Snapshot};
 
 /// The web configuration in force (TLS, users, headers).
 pub(crate) type Security = watch::Receiver<Arc<WebConfig>>;
 
+/// The JSON report (schema `tracer.report/v1`): rendered when asked for,
+/// from the tick's snapshot. It lists every CLOSE_WAIT socket, so a leak
+/// makes it megabytes; rendered every tick for no reader, that text would
+/// be held from one tick to the next and grow the agent with the leak.
+#[derive(Debug, Clone)]
+pub(crate) enum ReportJson {
+    Rendered(Bytes),
+    Of(Arc<Snapshot>),
+}
+
+impl Default for ReportJson {
+    fn default() -> Self {
+        ReportJson::Rendered(Bytes::new())
+    }
+}
+
+impl ReportJson {
+    pub(crate) fn render(&self) -> Result<Bytes, serde_json::Error> {
+        match self {
+            ReportJson::Rendered(body) => Ok(body.clone()),
+            ReportJson::Of(snapshot) => serde_json::to_vec(&Report::new(snapshot)).map(Bytes::from),
+        }
+    }
+}
+
 /// What the endpoints serve, as of the last tick.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Published {
-    /// The JSON report (schema `tracer.report/v1`).
-    pub(crate) report_json: Bytes,
+    /// The JSON report.
+    pub(crate) report_json: ReportJson,
     /// The report's findings, a JSON array.
     pub(crate) findings_json: Bytes,
     /// The rates the dashboard draws (`dashboard::Rates`).
@@ -198,7 +223,13 @@ async fn metrics_text(State(feed): State<Feed>) -> Response {
 }
 
 async fn report(State(feed): State<Feed>) -> Response {
-    json(current(&feed).report_json.clone())
+    let published = current(&feed);
+    // Megabytes for a large CLOSE_WAIT leak: off the serving threads.
+    match tokio::task::spawn_blocking(move || published.report_json.render()).await {
+        Ok(Ok(body)) => json(body),
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot serialize the report: {err}")),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the report could not be rendered"),
+    }
 }
 
 async fn findings(State(feed): State<Feed>) -> Response {
@@ -465,7 +496,7 @@ mod tests {
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             let published = Published {
-                report_json: Bytes::from_static(br#"{"schema":"tracer.report/v1"}"#),
+                report_json: ReportJson::Rendered(Bytes::from_static(br#"{"schema":"tracer.report/v1"}"#)),
                 findings_json: Bytes::from_static(b"[]"),
                 dashboard_json: Bytes::from_static(br#"{"tx":[]}"#),
                 metrics_text: Bytes::from_static(b"# HELP x y\n# TYPE x gauge\nx 1\n"),

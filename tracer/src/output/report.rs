@@ -393,7 +393,7 @@ impl CloseWaitReport {
     fn new(socket: &CloseWait) -> Self {
         CloseWaitReport {
             pid: socket.pid,
-            comm: socket.comm.clone(),
+            comm: socket.comm.to_string(),
             local_addr: socket.local.ip().to_string(),
             local_port: socket.local.port(),
             remote_addr: socket.remote.ip().to_string(),

@@ -303,7 +303,7 @@ fn counts(tl: &Timeline, count: impl Fn(f64) -> f64) -> Vec<u64> {
 fn close_wait_socket(age_secs: f64, i: usize) -> CloseWait {
     CloseWait {
         pid: PID,
-        comm: format!("p{PID}"),
+        comm: format!("p{PID}").into(),
         local: SocketAddr::new("10.0.0.9".parse().expect("ip"), 40000 + i as u16),
         remote: SocketAddr::new("203.0.113.20".parse().expect("ip"), 443),
         age_secs,

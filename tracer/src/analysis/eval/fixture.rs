@@ -284,7 +284,7 @@ impl Recording {
             .iter()
             .map(|c| CloseWait {
                 pid: c.pid,
-                comm: format!("p{}", c.pid),
+                comm: format!("p{}", c.pid).into(),
                 local: c.local,
                 remote: c.remote,
                 age_secs: c.age_secs,

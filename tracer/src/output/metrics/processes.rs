@@ -110,7 +110,7 @@ impl Group for ProcessGroup {
 
         let mut oldest: BTreeMap<Name, f64> = BTreeMap::new();
         for socket in &snapshot.close_wait {
-            let name = names.get(&socket.pid).cloned().unwrap_or_else(|| (socket.comm.clone(), String::new()));
+            let name = names.get(&socket.pid).cloned().unwrap_or_else(|| (socket.comm.to_string(), String::new()));
             let age = oldest.entry(name).or_insert(0.0);
             *age = age.max(socket.age_secs);
         }
