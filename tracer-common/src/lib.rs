@@ -156,13 +156,13 @@ pub struct TcpHealth {
     /// Bits of [`health_flags`].
     pub flags: u32,
     /// What the last full sample saw of the socket's movement, folded:
-    /// `rcv_nxt` and `snd_una` (data or a new acknowledgement came in),
-    /// `segs_out` and `write_seq` (a segment left, the owner wrote) and the
-    /// bytes the owner read. The next pass reads only these (two cache
-    /// lines of `tcp_sock` where the kernel groups its fields, against ~10
-    /// for a full sample) and keeps the sample if nothing moved and no
-    /// chrono runs: RTTs, backlogs, receive buffer and delivery rate change
-    /// only with one of these.
+    /// `segs_out` (a segment left: data, or the acknowledgement of data
+    /// that came in), `write_seq` (the owner wrote) and the bytes the owner
+    /// read. The next pass reads only these and the chrono type (one cache
+    /// line of `tcp_sock` where the kernel groups them, against ~10 for a
+    /// full sample) and keeps the sample if nothing moved and no chrono
+    /// runs (data unacknowledged runs the busy one): RTTs, backlogs,
+    /// receive buffer and delivery rate change only with one of these.
     pub probe: u32,
 }
 

@@ -300,24 +300,59 @@ fn count_sampled() {
     }
 }
 
-/// Whether the socket moved, in four words (see [`TcpHealth::probe`]):
-/// `None` where the kernel lacks a field, or a chrono runs (busy or
-/// limited time grows with nothing moving): then it is sampled in full.
+/// Bytes of the probe's span (see [`probe_fields`]).
+const PROBE_SPAN: usize = 48;
+
+/// Whether the socket moved (see [`TcpHealth::probe`]): `None` where the
+/// kernel lacks a field, or a chrono runs (busy or limited time grows with
+/// nothing moving): then it is sampled in full.
+///
+/// The probe is `segs_out`, `write_seq` and the chrono type, and the bytes
+/// the owner read (`rx_bytes`, already at hand). That is enough: data
+/// queued or in flight runs the busy chrono until its last byte is
+/// acknowledged (so a socket waiting for acknowledgements is sampled in
+/// full, and the first probe after sees `write_seq` moved since the last
+/// stored probe); data coming in is acknowledged, which moves `segs_out`
+/// (at most a delayed ACK later); the owner's reads move `rx_bytes`. A
+/// stalled sender runs a limited chrono.
 #[inline(always)]
 fn probe(tcp: TcpSock<false>, rx_bytes: u64) -> Option<u32> {
-    if offset!(tcp_chrono_start) == 0 || offset!(tcp_rcv_nxt) == 0 || offset!(tcp_snd_una) == 0 {
+    if offset!(tcp_chrono_start) == 0 || offset!(tcp_write_seq) == 0 || offset!(tcp_segs_out) == 0 {
         return None;
     }
-    let type_byte = tcp.field::<u8>(offset!(tcp_chrono_type_byte))?;
+    let (type_byte, segs_out, write_seq) = probe_fields(tcp)?;
     if (type_byte >> (offset!(tcp_chrono_type_shift) & 7)) & 3 != 0 {
         return None;
     }
-    let write_seq = tcp.field::<u32>(offset!(tcp_write_seq))?;
-    let segs_out = tcp.field::<u32>(offset!(tcp_segs_out))?;
-    let rcv_nxt = tcp.field::<u32>(offset!(tcp_rcv_nxt))?;
-    let snd_una = tcp.field::<u32>(offset!(tcp_snd_una))?;
     let read = rx_bytes as u32 ^ ((rx_bytes >> 32) as u32).rotate_left(4);
-    Some(write_seq ^ segs_out.rotate_left(8) ^ rcv_nxt.rotate_left(16) ^ snd_una.rotate_left(24) ^ read.rotate_left(12))
+    Some(write_seq ^ segs_out.rotate_left(11) ^ read.rotate_left(22))
+}
+
+/// The chrono type byte, `segs_out` and `write_seq`: with one read where
+/// they lie within [`PROBE_SPAN`] bytes (one cache line on 6.x kernels,
+/// which group them), else one read each.
+#[inline(always)]
+fn probe_fields(tcp: TcpSock<false>) -> Option<(u8, u32, u32)> {
+    let (chrono, segs, write) = (offset!(tcp_chrono_type_byte), offset!(tcp_segs_out), offset!(tcp_write_seq));
+    let start = chrono.min(segs).min(write);
+    let end = (chrono + 1).max(segs + 4).max(write + 4);
+    if end - start > PROBE_SPAN {
+        return Some((tcp.field::<u8>(chrono)?, tcp.field::<u32>(segs)?, tcp.field::<u32>(write)?));
+    }
+    let span = tcp.field::<[u8; PROBE_SPAN]>(start)?;
+    let (c, s, w) = (chrono - start, segs - start, write - start);
+    if c >= PROBE_SPAN || s + 4 > PROBE_SPAN || w + 4 > PROBE_SPAN {
+        return None;
+    }
+    // SAFETY: within the span (checked above).
+    unsafe {
+        let at = span.as_ptr();
+        Some((
+            *at.add(c),
+            core::ptr::read_unaligned(at.add(s).cast::<u32>()),
+            core::ptr::read_unaligned(at.add(w).cast::<u32>()),
+        ))
+    }
 }
 
 /// Samples one tracked socket of the legacy object (a
