@@ -1,12 +1,14 @@
 //! A live socket as the model keeps it between two table reads: what the
-//! last observation said, packed (264 bytes instead of the ~480 of an
+//! last observation said, packed (216 bytes instead of the ~480 of an
 //! observation and its attributed counters), since the model holds one per
-//! socket of the host: 100,000 sockets take ~35 MB, not ~100.
+//! socket of the host: 100,000 sockets take ~23 MB, not ~100.
 //!
 //! Packing loses nothing the model uses: per-socket event counts (opened,
 //! closed, failures by reason, connects timed) are 0 or 1 and kept in a
-//! byte; resets and SYN retransmits in 32 bits; byte, segment and chrono
-//! counters stay 64-bit. Each saturates rather than wraps.
+//! byte; segments, retransmits and chrono times are 32-bit in the kernel
+//! (busy, their sum, saturates after ~50 days of a socket's busy time at
+//! 1000 Hz), resets and SYN retransmits too; byte counters stay 64-bit.
+//! Each saturates rather than wraps.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -18,10 +20,12 @@ const NONE_U32: u32 = u32::MAX;
 /// [`Counters`] of one socket, packed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct PackedCounters {
-    /// tx, rx, retransmits, segments out, busy, rwnd, sndbuf.
-    wide: [u64; 7],
-    /// resets sent, resets received, SYN retransmits.
-    mid: [u32; 3],
+    /// tx, rx.
+    wide: [u64; 2],
+    /// retransmits and segments out (the kernel's counters are 32-bit),
+    /// busy, rwnd and sndbuf (jiffies, 32-bit in the kernel; busy sums
+    /// the three), resets sent, resets received, SYN retransmits.
+    mid: [u32; 8],
     /// opened, closed, failed, refused, timeout, unreachable, other,
     /// connects timed.
     small: [u8; 8],
@@ -38,16 +42,17 @@ fn narrow8(v: u64) -> u8 {
 impl From<&Counters> for PackedCounters {
     fn from(c: &Counters) -> Self {
         PackedCounters {
-            wide: [
-                c.tx_bytes,
-                c.rx_bytes,
-                c.retransmits,
-                c.segments_out,
-                c.busy_jiffies,
-                c.rwnd_jiffies,
-                c.sndbuf_jiffies,
+            wide: [c.tx_bytes, c.rx_bytes],
+            mid: [
+                narrow32(c.retransmits),
+                narrow32(c.segments_out),
+                narrow32(c.busy_jiffies),
+                narrow32(c.rwnd_jiffies),
+                narrow32(c.sndbuf_jiffies),
+                narrow32(c.resets_sent),
+                narrow32(c.resets_received),
+                narrow32(c.syn_retransmits),
             ],
-            mid: [narrow32(c.resets_sent), narrow32(c.resets_received), narrow32(c.syn_retransmits)],
             small: [
                 narrow8(c.opened),
                 narrow8(c.closed),
@@ -64,8 +69,9 @@ impl From<&Counters> for PackedCounters {
 
 impl PackedCounters {
     pub(super) fn unpack(&self) -> Counters {
-        let [tx_bytes, rx_bytes, retransmits, segments_out, busy_jiffies, rwnd_jiffies, sndbuf_jiffies] = self.wide;
-        let [resets_sent, resets_received, syn_retransmits] = self.mid.map(u64::from);
+        let [tx_bytes, rx_bytes] = self.wide;
+        let [retransmits, segments_out, busy_jiffies, rwnd_jiffies, sndbuf_jiffies, resets_sent, resets_received, syn_retransmits] =
+            self.mid.map(u64::from);
         let [opened, closed, failed_connects, failed_refused, failed_timeout, failed_unreachable, failed_other, connects_timed] =
             self.small.map(u64::from);
         Counters {
@@ -277,7 +283,7 @@ mod tests {
             failed_other: 0,
             syn_retransmits: 4,
             connects_timed: 1,
-            busy_jiffies: 10,
+            busy_jiffies: 1 << 35,
             rwnd_jiffies: 11,
             sndbuf_jiffies: 12,
         };
@@ -307,7 +313,8 @@ mod tests {
         let attributed = Counters { tx_bytes: 1, ..Counters::default() };
         let socket = LiveSocket::new(&obs, &attributed, 1);
         let back = socket.obs(42);
-        let expected = Counters { resets_sent: u64::from(u32::MAX), closed: 255, ..counters };
+        let expected =
+            Counters { resets_sent: u64::from(u32::MAX), busy_jiffies: u64::from(u32::MAX), closed: 255, ..counters };
         assert_eq!(back.counters, expected);
         assert_eq!((back.tuple, back.role, back.state, back.state_since_ns), (tuple, obs.role, obs.state, Some(0)));
         assert_eq!((back.first_seen_ns, back.pid, back.was_established, back.health), (3, 10, true, obs.health));
@@ -315,6 +322,6 @@ mod tests {
         let none = SocketObs { state_since_ns: None, was_established: false, health: SocketHealth::default(), ..obs };
         let back = LiveSocket::new(&none, &attributed, 1).obs(42);
         assert_eq!((back.state_since_ns, back.was_established, back.health), (None, false, SocketHealth::default()));
-        assert!(std::mem::size_of::<LiveSocket>() <= 264, "{}", std::mem::size_of::<LiveSocket>());
+        assert!(std::mem::size_of::<LiveSocket>() <= 216, "{}", std::mem::size_of::<LiveSocket>());
     }
 }
