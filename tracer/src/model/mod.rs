@@ -94,6 +94,8 @@ pub(crate) struct Model {
     closed_flows: FastMap<FlowKey, Counters>,
     closed_health: FastMap<FlowKey, FlowHealth>,
     comms: FastMap<u32, String>,
+    /// Names kept by the last [`Model::forget_old_comms`] pass.
+    names_kept: usize,
     /// Cgroup and container of each process, as current as its comm.
     identities: HashMap<u32, Arc<Identity>>,
     samples: VecDeque<Sample>,
@@ -158,6 +160,7 @@ impl Model {
             closed_health: FastMap::default(),
             comms: FastMap::default(),
             identities: HashMap::new(),
+            names_kept: 0,
             samples: VecDeque::new(),
             max_samples: max_samples.max(1),
             host_time_wait: 0,
@@ -599,7 +602,11 @@ impl Model {
     /// Drops names (and identities) of processes the model no longer refers
     /// to, so memory does not grow with every process that ever had a socket.
     fn forget_old_comms(&mut self) {
-        if self.comms.len() <= 1024 && self.identities.len() <= 1024 {
+        // Amortized: when the names grew by half since the last pass (a
+        // fixed bar let short-lived processes pile up a thousand names, and
+        // their identities, before any went).
+        let bar = self.names_kept + self.names_kept / 2 + 64;
+        if self.comms.len() <= bar && self.identities.len() <= bar {
             return;
         }
         let mut referenced = self.pids();
@@ -609,6 +616,7 @@ impl Model {
         }
         self.comms.retain(|pid, _| referenced.contains(pid));
         self.identities.retain(|pid, _| referenced.contains(pid));
+        self.names_kept = self.comms.len().max(self.identities.len());
     }
 
     /// Current socket counts per process and state (TIME_WAIT excluded: it
