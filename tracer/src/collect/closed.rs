@@ -26,9 +26,14 @@ use tracer_common::ClosedSock;
 /// it (it wakes it only once a quarter of the ring is used).
 const POLL_MS: i32 = 20;
 
-/// Records the thread took and the session has not yet.
-#[derive(Default)]
+/// The ring, records the thread took and the session has not yet.
 struct Shared {
+    /// Locked by the thread for a pass (its records are in `pending`
+    /// before it lets go), and by the session to drain what is left: a
+    /// record submitted before [`ClosedRing::take`] is always among those
+    /// it returns (the tick relies on it: a socket missing from the table
+    /// read has its final record taken right after, or it is forgotten).
+    ring: Mutex<RingBuf<MapData>>,
     pending: Mutex<Vec<ClosedSock>>,
     stop: AtomicBool,
     /// Wakes the session when records are waiting.
@@ -44,9 +49,15 @@ pub(crate) struct ClosedRing {
 impl ClosedRing {
     /// Starts the thread that owns `ring`.
     pub(crate) fn start(ring: RingBuf<MapData>) -> io::Result<Self> {
-        let shared = Arc::new(Shared::default());
+        let fd = ring.as_fd().as_raw_fd();
+        let shared = Arc::new(Shared {
+            ring: Mutex::new(ring),
+            pending: Mutex::default(),
+            stop: AtomicBool::default(),
+            ready: Notify::default(),
+        });
         let theirs = Arc::clone(&shared);
-        let thread = std::thread::Builder::new().name("closed-ring".into()).spawn(move || drain(ring, &theirs))?;
+        let thread = std::thread::Builder::new().name("closed-ring".into()).spawn(move || drain(fd, &theirs))?;
         Ok(ClosedRing { shared, thread: Some(thread) })
     }
 
@@ -55,10 +66,16 @@ impl ClosedRing {
         self.shared.ready.notified().await;
     }
 
-    /// Takes every record drained so far, oldest first.
+    /// Takes every record submitted so far, oldest first: those the thread
+    /// drained, then what is still in the ring.
     pub(crate) fn take(&self) -> Vec<ClosedSock> {
-        let mut pending = self.shared.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        std::mem::take(&mut *pending)
+        let mut ring = self.shared.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut records = {
+            let mut pending = self.shared.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::take(&mut *pending)
+        };
+        copy_out(&mut ring, &mut records);
+        records
     }
 }
 
@@ -74,8 +91,7 @@ impl Drop for ClosedRing {
 
 /// The thread: waits for the ring (or the poll period), copies out every
 /// record in it, hands them over, until told to stop.
-fn drain(mut ring: RingBuf<MapData>, shared: &Shared) {
-    let fd = ring.as_fd().as_raw_fd();
+fn drain(fd: std::os::fd::RawFd, shared: &Shared) {
     let mut batch = Vec::new();
     while !shared.stop.load(Ordering::Acquire) {
         let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
@@ -89,21 +105,29 @@ fn drain(mut ring: RingBuf<MapData>, shared: &Shared) {
                 std::thread::sleep(Duration::from_millis(POLL_MS as u64));
             }
         }
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<ClosedSock>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a whole `ClosedSock` (checked size);
-            // read unaligned since ring items are only 8-byte aligned.
-            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ClosedSock) });
-        }
+        let mut ring = shared.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        copy_out(&mut ring, &mut batch);
         if !batch.is_empty() {
+            // Handed over before the ring is let go (see `Shared::ring`).
             shared.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).append(&mut batch);
+            drop(ring);
             shared.ready.notify_one();
             // A burst (a mass close) does not leave its buffer behind.
             if batch.capacity() > 1024 {
                 batch = Vec::new();
             }
         }
+    }
+}
+
+/// Copies every record in the ring into `to`.
+fn copy_out(ring: &mut RingBuf<MapData>, to: &mut Vec<ClosedSock>) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<ClosedSock>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole `ClosedSock` (checked size);
+        // read unaligned since ring items are only 8-byte aligned.
+        to.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ClosedSock) });
     }
 }
