@@ -68,6 +68,12 @@ pub(crate) struct Model {
     owners: IdMap<u32>,
     /// Sockets found at start that the kernel side has not named yet.
     preexisting: FastMap<Tuple, ProcSocket>,
+    /// Sockets new in the current table read (kept only while sockets
+    /// found at start wait for a record: only a new record can be one's),
+    /// and whether every live socket is to be checked once (sockets were
+    /// just found at start).
+    fresh: Vec<u64>,
+    check_all_preexisting: bool,
     listeners: HashSet<(u32, u16)>,
     /// Sockets destroyed since the last live snapshot, with when.
     recently_closed: IdMap<u64>,
@@ -143,6 +149,8 @@ impl Model {
             live: ReadOrdered::default(),
             owners: IdMap::default(),
             preexisting: FastMap::default(),
+            fresh: Vec::new(),
+            check_all_preexisting: false,
             listeners: HashSet::new(),
             recently_closed: IdMap::default(),
             generation: 0,
@@ -174,6 +182,7 @@ impl Model {
             }
             self.preexisting.insert(socket.tuple, socket);
         }
+        self.check_all_preexisting = true;
         self.rebuild_listeners();
     }
 
@@ -231,10 +240,18 @@ impl Model {
             Some(socket) => {
                 let old = std::mem::replace(socket, LiveSocket::new(obs, &baseline(obs), generation));
                 self.vanished.insert(obs.id, old);
+                self.note_fresh(obs.id);
             }
             None => {
                 self.live.insert(obs.id, LiveSocket::new(obs, &baseline(obs), generation));
+                self.note_fresh(obs.id);
             }
+        }
+    }
+
+    fn note_fresh(&mut self, id: u64) {
+        if !self.preexisting.is_empty() {
+            self.fresh.push(id);
         }
     }
 
@@ -254,15 +271,34 @@ impl Model {
         }
         // A kernel record now describes these; an owner found at start stays
         // the owner (the record's first event may have come from softirq).
+        // Only a socket new in this read can be one found at start (the
+        // others were checked when they were new), unless sockets were just
+        // found.
         if !self.preexisting.is_empty() {
             let generation = self.generation;
-            for (id, socket) in self.live.iter().filter(|(_, s)| s.generation == generation) {
+            let mut claim = |id: u64, socket: &LiveSocket| {
                 if let Some(found) = self.preexisting.remove(&socket.tuple()) {
                     if let (0, Some(pid)) = (socket.pid, found.pid) {
-                        self.owners.insert(*id, pid);
+                        self.owners.insert(id, pid);
+                    }
+                }
+            };
+            if self.check_all_preexisting {
+                for (id, socket) in self.live.iter().filter(|(_, s)| s.generation == generation) {
+                    claim(*id, socket);
+                }
+            } else {
+                for id in &self.fresh {
+                    if let Some(socket) = self.live.get(id).filter(|s| s.generation == generation) {
+                        claim(*id, socket);
                     }
                 }
             }
+        }
+        self.check_all_preexisting = false;
+        self.fresh.clear();
+        if self.fresh.capacity() > 4096 {
+            self.fresh = Vec::new();
         }
         self.rebuild_listeners();
     }
