@@ -31,6 +31,10 @@ pub struct Phases {
     /// Rapid alternation: per reference, the CPU ns per operation it added
     /// in each cycle (its phase against the untraced phase of the cycle).
     pub quick: Vec<(Reference, Vec<f64>)>,
+    /// Rapid alternation of the tracer's own send/receive programs (taken
+    /// over from the agent): per cycle, (CPU ns per operation they added,
+    /// the same less what the empty program added in that cycle).
+    pub quick_tracer: Vec<(f64, f64)>,
 }
 
 impl Phases {
@@ -58,6 +62,15 @@ impl Phases {
         for (reference, added) in &self.quick {
             parts.push(format!("{} adds {:.0} (rapid alternation)", reference.short(), stats::median(added)));
         }
+        if !self.quick_tracer.is_empty() {
+            let added: Vec<f64> = self.quick_tracer.iter().map(|q| q.0).collect();
+            let above: Vec<f64> = self.quick_tracer.iter().map(|q| q.1).collect();
+            parts.push(format!(
+                "tracer's programs add {:.0}, {:.0} above the floor (rapid alternation)",
+                stats::median(&added),
+                stats::median(&above)
+            ));
+        }
         format!("{} CPU ns/op (quiet slices)", parts.join(" | "))
     }
 }
@@ -71,6 +84,9 @@ enum Phase {
     /// A short phase of the rapid alternation, in cycle N: nothing
     /// attached (None) or a reference.
     Quick(usize, Option<Reference>),
+    /// A short phase of the rapid alternation, in cycle N, with the
+    /// tracer's own programs attached (the agent stopped).
+    QuickTracer(usize),
 }
 
 /// Length of one phase of the rapid alternation, and the cycles of it per
@@ -111,13 +127,16 @@ fn pause() {
 
 /// One ping-pong round on a single client/server pair that runs
 /// throughout, while the bench changes what is attached underneath:
-/// untraced, then each reference program and the tracer, each followed by
-/// another untraced phase. Processes, sockets and their memory stay the
+/// untraced, then each reference program and the tracer (the tracer first
+/// in even rounds, last in odd ones, so neither side always follows the
+/// round's first phase), each followed by another untraced phase, then the
+/// rapid alternation. Processes, sockets and their memory stay the
 /// same, so the comparison is not disturbed by where a new pair of
 /// processes happens to land; each phase's figure is the low quantile of
 /// the 100 ms slices that fall wholly inside it. References that cannot
 /// attach are dropped from `references` (and said in `reference_notes`).
 pub fn ping_pong_phases(
+    round: u32,
     binaries: &Binaries,
     mode: &Mode,
     plan: &Plan,
@@ -142,18 +161,39 @@ pub fn ping_pong_phases(
 
     let mut timeline = Timeline { phase_len, stamps: Vec::new() };
     timeline.measure(Phase::Untraced);
+    let tracer_first = round.is_multiple_of(2);
+    let mut tracer = None;
+    if tracer_first {
+        tracer = Some(tracer_phase(&mut timeline, binaries, mode, plan)?);
+    }
     *references = reference_phases(&mut timeline, references, reference_notes);
-    rapid_alternation(&mut timeline, references)?;
-    let tracer_cpu = tracer_phase(&mut timeline, binaries, mode, plan)?;
+    if !tracer_first {
+        tracer = Some(tracer_phase(&mut timeline, binaries, mode, plan)?);
+    }
+    let (tracer_cpu, taken) = tracer.context("the tracer's phase")?;
+    let taken = match taken {
+        Ok(taken) => Some(taken),
+        Err(error) => {
+            let note = format!("the tracer's own programs not alternated rapidly: {error:#}");
+            if !reference_notes.contains(&note) {
+                eprintln!("xtask: bench: {note}");
+                reference_notes.push(note);
+            }
+            None
+        }
+    };
+    rapid_alternation(&mut timeline, references, taken.as_ref())?;
+    drop(taken);
     drop(stdin);
 
     let (client_line, server_line) = finish_pair(&mut client, &mut server, Duration::from_secs(30))?;
     let runs = runs_per_phase(&timeline.stamps, &client_line, &server_line)?;
-    if runs.iter().any(|(phase, run)| run.ops <= 0.0 && !matches!(phase, Phase::Quick(..))) {
+    if runs.iter().any(|(phase, run)| run.ops <= 0.0 && !matches!(phase, Phase::Quick(..) | Phase::QuickTracer(_))) {
         bail!("a ping-pong phase had no whole slice (phases of {} s)", phase_len.as_secs_f64());
     }
     let quick = quick_added(&runs, references);
-    Ok(assemble(runs, tracer_cpu, quick))
+    let quick_tracer = quick_tracer_added(&runs);
+    Ok(assemble(runs, tracer_cpu, quick, quick_tracer))
 }
 
 /// Each reference attached for a full phase, then an untraced phase;
@@ -184,20 +224,40 @@ fn reference_phases(
     kept
 }
 
-/// Rapid alternation of the raw-tracepoint references (attached and
-/// detached in a millisecond): the machine's slow swings cancel out. Ends
-/// with an untraced full phase.
-fn rapid_alternation(timeline: &mut Timeline, references: &[Reference]) -> Result<()> {
+/// Rapid alternation of the raw-tracepoint references and, when taken
+/// over from the agent, the tracer's own send/receive programs (each
+/// attached and detached in a millisecond): the machine's slow swings
+/// cancel out. Odd cycles run the tracer's programs before the references,
+/// even ones after. Ends with an untraced full phase.
+fn rapid_alternation(
+    timeline: &mut Timeline,
+    references: &[Reference],
+    tracer: Option<&reference::TakenOver>,
+) -> Result<()> {
     let quick_refs: Vec<Reference> = references.iter().copied().filter(|r| *r != Reference::Bpftrace).collect();
-    if quick_refs.is_empty() {
+    if quick_refs.is_empty() && tracer.is_none() {
         return Ok(());
     }
+    let tracer_quick = |timeline: &mut Timeline, cycle: usize| -> Result<()> {
+        if let Some(tracer) = tracer {
+            let links = tracer.attach()?;
+            timeline.quick(Phase::QuickTracer(cycle));
+            drop(links);
+        }
+        Ok(())
+    };
     for cycle in 0..QUICK_CYCLES {
         timeline.quick(Phase::Quick(cycle, None));
+        if cycle % 2 == 1 {
+            tracer_quick(timeline, cycle)?;
+        }
         for reference in &quick_refs {
             let attached = reference::Attached::attach(*reference)?;
             timeline.quick(Phase::Quick(cycle, Some(*reference)));
             drop(attached);
+        }
+        if cycle % 2 == 0 {
+            tracer_quick(timeline, cycle)?;
         }
     }
     pause();
@@ -206,17 +266,25 @@ fn rapid_alternation(timeline: &mut Timeline, references: &[Reference]) -> Resul
 }
 
 /// The tracer attached for a full phase, then an untraced one; returns the
-/// tracer's CPU use during its phase, in percent of one CPU.
-fn tracer_phase(timeline: &mut Timeline, binaries: &Binaries, mode: &Mode, plan: &Plan) -> Result<f64> {
+/// tracer's CPU use during its phase, in percent of one CPU, and its
+/// send/receive programs, taken over before it was stopped (for the rapid
+/// alternation).
+fn tracer_phase(
+    timeline: &mut Timeline,
+    binaries: &Binaries,
+    mode: &Mode,
+    plan: &Plan,
+) -> Result<(f64, Result<reference::TakenOver>)> {
     let tracer = TracerProcess::start(&binaries.tracer, mode, plan.interval)?;
     std::thread::sleep(plan.settle);
     let (cpu_before, clock) = (tracer.cpu_seconds()?, Instant::now());
     timeline.measure(Phase::Tracer);
     let tracer_cpu = (tracer.cpu_seconds()? - cpu_before) / clock.elapsed().as_secs_f64() * 100.0;
+    let taken = reference::TakenOver::from_process(tracer.pid(), &reference::TRACEPOINTS);
     tracer.stop()?;
     pause();
     timeline.measure(Phase::Untraced);
-    Ok(tracer_cpu)
+    Ok((tracer_cpu, taken))
 }
 
 /// One `Run` per stamped phase, from the client's slices that fall wholly
@@ -283,16 +351,97 @@ fn quick_added(runs: &[(Phase, Run)], references: &[Reference]) -> Vec<(Referenc
     quick
 }
 
-/// Each attached full phase with the untraced phases on either side of it;
-/// the tracer's is the last but one.
-fn assemble(runs: Vec<(Phase, Run)>, tracer_cpu: f64, quick: Vec<(Reference, Vec<f64>)>) -> Phases {
-    let runs: Vec<(Phase, Run)> = runs.into_iter().filter(|(phase, _)| !matches!(phase, Phase::Quick(..))).collect();
+/// The rapid alternation of the tracer's own programs: per cycle, what they
+/// added against the cycle's untraced phase, and that less what the empty
+/// program added in the same cycle (cycles missing either are left out).
+fn quick_tracer_added(runs: &[(Phase, Run)]) -> Vec<(f64, f64)> {
+    let mean_of = |want: Phase| {
+        runs.iter().find(|(phase, run)| *phase == want && run.ops > 0.0).and_then(|(_, run)| run.cpu_ns_per_op())
+    };
+    (0..QUICK_CYCLES)
+        .filter_map(|cycle| {
+            let untraced = mean_of(Phase::Quick(cycle, None))?;
+            let tracer = mean_of(Phase::QuickTracer(cycle))?;
+            let floor = mean_of(Phase::Quick(cycle, Some(Reference::Floor)))?;
+            Some((tracer - untraced, tracer - floor))
+        })
+        .collect()
+}
+
+/// Each attached full phase with the untraced phases on either side of it.
+fn assemble(
+    runs: Vec<(Phase, Run)>,
+    tracer_cpu: f64,
+    quick: Vec<(Reference, Vec<f64>)>,
+    quick_tracer: Vec<(f64, f64)>,
+) -> Phases {
+    let runs: Vec<(Phase, Run)> =
+        runs.into_iter().filter(|(phase, _)| !matches!(phase, Phase::Quick(..) | Phase::QuickTracer(_))).collect();
     let sandwich = |i: usize| Sandwich { before: runs[i - 1].1, run: runs[i].1, after: runs[i + 1].1 };
-    let mut phases = Phases { references: Vec::new(), tracer: sandwich(runs.len() - 2), tracer_cpu, quick };
+    let tracer_at = runs.iter().position(|(phase, _)| *phase == Phase::Tracer).expect("a tracer phase");
+    let mut phases = Phases { references: Vec::new(), tracer: sandwich(tracer_at), tracer_cpu, quick, quick_tracer };
     for (i, (phase, _)) in runs.iter().enumerate() {
         if let Phase::Reference(reference) = phase {
             phases.references.push((*reference, sandwich(i)));
         }
     }
     phases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ns_per_op: f64) -> Run {
+        Run {
+            ops: 1000.0,
+            total_ops: 1000.0,
+            wall_secs: 0.3,
+            cpu_secs: Some(ns_per_op * 1000.0 / 1e9),
+            syscalls_per_op: 4.0,
+            payload_per_op: 64.0,
+            foreign_tracer: false,
+            low_ns_per_op: Some(ns_per_op),
+        }
+    }
+
+    #[test]
+    fn the_tracers_programs_are_read_against_untraced_and_the_floor_of_their_own_cycle() {
+        let runs = vec![
+            (Phase::Quick(0, None), run(10_000.0)),
+            (Phase::Quick(0, Some(Reference::Floor)), run(10_300.0)),
+            (Phase::QuickTracer(0), run(10_350.0)),
+            // A slow cycle: everything 2,000 ns slower, the differences the same.
+            (Phase::QuickTracer(1), run(12_360.0)),
+            (Phase::Quick(1, None), run(12_000.0)),
+            (Phase::Quick(1, Some(Reference::Floor)), run(12_290.0)),
+            // No floor phase in this cycle: left out.
+            (Phase::Quick(2, None), run(10_000.0)),
+            (Phase::QuickTracer(2), run(10_400.0)),
+        ];
+        let quick = quick_tracer_added(&runs);
+        assert_eq!(quick.len(), 2);
+        assert!((quick[0].0 - 350.0).abs() < 1e-6 && (quick[0].1 - 50.0).abs() < 1e-6, "{quick:?}");
+        assert!((quick[1].0 - 360.0).abs() < 1e-6 && (quick[1].1 - 70.0).abs() < 1e-6, "{quick:?}");
+    }
+
+    #[test]
+    fn the_tracer_is_found_wherever_it_ran_in_the_round() {
+        // Even rounds: the tracer right after the first untraced phase.
+        let runs = vec![
+            (Phase::Untraced, run(10_000.0)),
+            (Phase::Tracer, run(10_100.0)),
+            (Phase::Untraced, run(10_200.0)),
+            (Phase::Reference(Reference::Floor), run(10_050.0)),
+            (Phase::Quick(0, None), run(1.0)),
+            (Phase::Untraced, run(10_400.0)),
+        ];
+        let phases = assemble(runs, 0.1, Vec::new(), Vec::new());
+        assert_eq!(phases.tracer.before.low_ns_per_op, Some(10_000.0));
+        assert_eq!(phases.tracer.run.low_ns_per_op, Some(10_100.0));
+        assert_eq!(phases.tracer.after.low_ns_per_op, Some(10_200.0));
+        let (reference, floor) = &phases.references[0];
+        assert_eq!(*reference, Reference::Floor);
+        assert_eq!((floor.before.low_ns_per_op, floor.after.low_ns_per_op), (Some(10_200.0), Some(10_400.0)));
+    }
 }

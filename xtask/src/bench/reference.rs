@@ -60,7 +60,7 @@ impl Reference {
 }
 
 /// The send/receive pair: the hooks of `floor`, `hash` and `bpftrace`.
-const TRACEPOINTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
+pub const TRACEPOINTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
 
 /// Every tracepoint the tracer attaches (its tracepoint backend,
 /// `tracer/src/load/probes.rs`): the hooks of `conn-floor`.
@@ -235,10 +235,97 @@ fn links_of(pid: u32) -> usize {
         .count()
 }
 
+/// The tracer's own send/receive programs, taken over from a running agent
+/// (by program id, from its fdinfo) so the rapid alternation can attach
+/// and detach them in a millisecond, like the references: the same
+/// programs and maps the agent ran, compared in the same cycles with the
+/// empty program. Their state (maps) lives as long as this does.
+pub struct TakenOver {
+    programs: Vec<(OwnedFd, String)>,
+}
+
+impl TakenOver {
+    /// The programs of process `pid` whose names start with one of
+    /// `names` (cut to the kernel's 15 characters). Fails unless every
+    /// name is found.
+    pub fn from_process(pid: u32, names: &[&str]) -> Result<Self> {
+        let mut programs = Vec::new();
+        for id in program_ids_of(pid) {
+            let mut attr = Attr::new();
+            attr.put_u32(0, id);
+            let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr, "taking the tracer's program") else { continue };
+            let name = program_name_of(&fd)?;
+            let wanted = names.iter().any(|n| n[..n.len().min(15)] == name);
+            if wanted && !programs.iter().any(|(_, n)| *n == name) {
+                programs.push((fd, name));
+            }
+        }
+        for n in names {
+            let cut = &n[..n.len().min(15)];
+            if !programs.iter().any(|(_, name)| name == cut) {
+                bail!("the tracer (pid {pid}) holds no program named {cut}");
+            }
+        }
+        Ok(TakenOver { programs })
+    }
+
+    /// Attaches every program where it was attached (its BTF tracepoint);
+    /// detached when the links are dropped.
+    pub fn attach(&self) -> Result<Vec<OwnedFd>> {
+        let mut links = Vec::new();
+        for (prog, name) in &self.programs {
+            let mut attr = Attr::new();
+            attr.put_u64(0, 0).put_u32(8, raw_fd(prog) as u32);
+            links.push(bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr, &format!("attaching the tracer's {name}"))?);
+        }
+        Ok(links)
+    }
+}
+
+/// Ids of the eBPF programs process `pid` holds open (`prog_id:` in the
+/// fdinfo of its `bpf-prog` fds).
+fn program_ids_of(pid: u32) -> Vec<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut ids = Vec::new();
+    for fd in fds.flatten() {
+        let is_prog = std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("bpf-prog"));
+        if !is_prog {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
+        let id = info.ok().and_then(|text| {
+            text.lines().find_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse::<u32>().ok()))
+        });
+        if let Some(id) = id.filter(|id| !ids.contains(id)) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// The name of the program behind `fd` (`struct bpf_prog_info.name`).
+fn program_name_of(fd: &OwnedFd) -> Result<String> {
+    // `struct bpf_prog_info` up to and including `name[16]` at 64.
+    let mut info = [0u8; 80];
+    let mut attr = Attr::new();
+    attr.put_u32(0, raw_fd(fd) as u32).put_u32(4, info.len() as u32).put_u64(8, info.as_mut_ptr() as u64);
+    // SAFETY: a valid bpf_attr for BPF_OBJ_GET_INFO_BY_FD; `info` outlives
+    // the call and its length is given.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.0.as_mut_ptr(), attr.0.len()) };
+    if rc < 0 {
+        return Err(anyhow::Error::new(std::io::Error::last_os_error()).context("reading a program's info"));
+    }
+    let name = &info[64..80];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
 // ---- bpf(2) by hand: just what the raw-tracepoint references need.
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;

@@ -92,7 +92,7 @@ pub fn ab_rounds(
         for (workload, pairs) in &mut results {
             if *workload == Workload::PingPong {
                 let quiet_before = quiet.check(&[], true);
-                let mut phases = ping_pong_phases(binaries, mode, plan, &mut references, reference_notes)?;
+                let mut phases = ping_pong_phases(round, binaries, mode, plan, &mut references, reference_notes)?;
                 if !quiet_before || !quiet.check(&[], false) {
                     phases.mark_foreign_tracer();
                 }
@@ -126,6 +126,7 @@ fn add_phases(pairs: &mut Pairs, phases: Phases) {
             None => pairs.quick_added.push((reference, added)),
         }
     }
+    pairs.quick_tracer.extend(phases.quick_tracer);
     pairs.untraced.push(phases.tracer.before);
     pairs.traced.push(phases.tracer.run);
     pairs.untraced_after.push(phases.tracer.after);

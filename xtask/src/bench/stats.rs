@@ -89,6 +89,10 @@ pub struct Pairs {
     /// Rapid alternation (ping-pong): CPU ns per operation each reference
     /// added, one figure per cycle.
     pub quick_added: Vec<(Reference, Vec<f64>)>,
+    /// Rapid alternation (ping-pong) of the tracer's own send/receive
+    /// programs: per cycle, (CPU ns per operation they added, the same
+    /// less what the empty program added in that cycle).
+    pub quick_tracer: Vec<(f64, f64)>,
 }
 
 /// A run with something attached, between two untraced runs.
@@ -321,6 +325,26 @@ impl Pairs {
             low_quantile(&per_syscall, 0.25).unwrap_or(f64::NAN),
             low_quantile(&per_syscall, 0.75).unwrap_or(f64::NAN),
         ))
+    }
+
+    /// The tracer's own programs in the rapid alternation: added ns per
+    /// syscall, median (quartiles), like `quick_added_ns_per_syscall`.
+    pub fn quick_tracer_added_ns_per_syscall(&self) -> Option<(f64, f64, f64)> {
+        let per_syscall: Vec<f64> = self.quick_tracer.iter().map(|q| q.0 / self.syscalls_per_op()).collect();
+        (!per_syscall.is_empty()).then(|| {
+            (
+                median(&per_syscall),
+                low_quantile(&per_syscall, 0.25).unwrap_or(f64::NAN),
+                low_quantile(&per_syscall, 0.75).unwrap_or(f64::NAN),
+            )
+        })
+    }
+
+    /// The tracer's own programs above the empty program, ns per
+    /// operation: the median over the cycles of each cycle's difference.
+    pub fn quick_tracer_above_floor_ns_per_op(&self) -> Option<f64> {
+        let above: Vec<f64> = self.quick_tracer.iter().map(|q| q.1).collect();
+        (!above.is_empty()).then(|| median(&above))
     }
 
     /// Min and max of the per-round ratios with `reference` attached.
