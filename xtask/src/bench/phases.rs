@@ -31,8 +31,8 @@ pub struct Phases {
     /// Rapid alternation: per reference, the CPU ns per operation it added
     /// in each cycle (its phase against the untraced phase of the cycle).
     pub quick: Vec<(Reference, Vec<f64>)>,
-    /// Rapid alternation of the tracer's own send/receive programs (taken
-    /// over from the agent): per cycle, (CPU ns per operation they added,
+    /// Rapid alternation of the tracer's own programs (taken over from the
+    /// agent, on every hook it attached): per cycle, (CPU ns per operation they added,
     /// the same less what the empty program added in that cycle).
     pub quick_tracer: Vec<(f64, f64)>,
 }
@@ -225,7 +225,7 @@ fn reference_phases(
 }
 
 /// Rapid alternation of the raw-tracepoint references and, when taken
-/// over from the agent, the tracer's own send/receive programs (each
+/// over from the agent, the tracer's own programs on all their hooks (each
 /// attached and detached in a millisecond): the machine's slow swings
 /// cancel out. Odd cycles run the tracer's programs before the references,
 /// even ones after. Ends with an untraced full phase.
@@ -267,7 +267,8 @@ fn rapid_alternation(
 
 /// The tracer attached for a full phase, then an untraced one; returns the
 /// tracer's CPU use during its phase, in percent of one CPU, and its
-/// send/receive programs, taken over before it was stopped (for the rapid
+/// programs (those on the tracepoints of `conn-floor`; the send/receive
+/// pair at least), taken over before it was stopped (for the rapid
 /// alternation).
 fn tracer_phase(
     timeline: &mut Timeline,
@@ -280,7 +281,8 @@ fn tracer_phase(
     let (cpu_before, clock) = (tracer.cpu_seconds()?, Instant::now());
     timeline.measure(Phase::Tracer);
     let tracer_cpu = (tracer.cpu_seconds()? - cpu_before) / clock.elapsed().as_secs_f64() * 100.0;
-    let taken = reference::TakenOver::from_process(tracer.pid(), &reference::TRACEPOINTS);
+    let taken =
+        reference::TakenOver::from_process(tracer.pid(), &reference::TRACER_TRACEPOINTS, &reference::TRACEPOINTS);
     tracer.stop()?;
     pause();
     timeline.measure(Phase::Untraced);

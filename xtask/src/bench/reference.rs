@@ -235,7 +235,7 @@ fn links_of(pid: u32) -> usize {
         .count()
 }
 
-/// The tracer's own send/receive programs, taken over from a running agent
+/// The tracer's own programs, taken over from a running agent
 /// (by program id, from its fdinfo) so the rapid alternation can attach
 /// and detach them in a millisecond, like the references: the same
 /// programs and maps the agent ran, compared in the same cycles with the
@@ -245,25 +245,24 @@ pub struct TakenOver {
 }
 
 impl TakenOver {
-    /// The programs of process `pid` whose names start with one of
-    /// `names` (cut to the kernel's 15 characters). Fails unless every
-    /// name is found.
-    pub fn from_process(pid: u32, names: &[&str]) -> Result<Self> {
-        let mut programs = Vec::new();
+    /// The programs of process `pid` named after one of `names` (cut to
+    /// the kernel's 15 characters). Fails unless every one of `required`
+    /// is among them.
+    pub fn from_process(pid: u32, names: &[&str], required: &[&str]) -> Result<Self> {
+        let cut = |n: &str| n[..n.len().min(15)].to_owned();
+        let mut programs: Vec<(OwnedFd, String)> = Vec::new();
         for id in program_ids_of(pid) {
             let mut attr = Attr::new();
             attr.put_u32(0, id);
             let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr, "taking the tracer's program") else { continue };
             let name = program_name_of(&fd)?;
-            let wanted = names.iter().any(|n| n[..n.len().min(15)] == name);
-            if wanted && !programs.iter().any(|(_, n)| *n == name) {
+            if names.iter().any(|n| cut(n) == name) && !programs.iter().any(|(_, n)| *n == name) {
                 programs.push((fd, name));
             }
         }
-        for n in names {
-            let cut = &n[..n.len().min(15)];
-            if !programs.iter().any(|(_, name)| name == cut) {
-                bail!("the tracer (pid {pid}) holds no program named {cut}");
+        for n in required {
+            if !programs.iter().any(|(_, name)| *name == cut(n)) {
+                bail!("the tracer (pid {pid}) holds no program named {}", cut(n));
             }
         }
         Ok(TakenOver { programs })

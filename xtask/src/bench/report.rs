@@ -139,12 +139,12 @@ fn method(doc: &Document) -> String {
          untraced phase. Same processes, same sockets, same memory throughout: new processes \
          land on different memory and caches, and on this kind of machine that alone moves a \
          run by several percent. Then a rapid alternation, {} cycles of {} ms phases \
-         (untraced, empty program, minimal hash tracer, and the tracer's own send/receive \
-         programs; attaching and detaching these takes a millisecond), compares each with the \
+         (untraced, empty program, minimal hash tracer, and the tracer's own programs on \
+         every hook its agent attached, without the agent; attaching and detaching these takes a millisecond), compares each with the \
          untraced phase of its own cycle. The tracer's programs are the ones its agent ran in \
          the round: before the agent is stopped the bench takes them over by program id (from \
          the agent's fdinfo, `BPF_PROG_GET_FD_BY_ID`), with the maps they hold, and attaches \
-         them to their BTF tracepoints itself (`BPF_RAW_TRACEPOINT_OPEN`), before the references \
+         them to their tracepoints itself (`BPF_RAW_TRACEPOINT_OPEN`), before the references \
          in odd cycles and after them in even ones. Their gap to the floor in the rapid \
          alternation is the median over all cycles of each cycle's tracer minus empty program.",
         (plan.load.window / 2).max(std::time::Duration::from_secs(1)).as_secs_f64(),
@@ -593,7 +593,7 @@ fn reference_table(doc: &Document) -> String {
         .map_or("-".into(), |(median, low, high)| format!("{median:.0} ({low:.0} to {high:.0})"));
     let _ = writeln!(
         out,
-        "| **tracer** (all programs, agent running; rapid alternation: its send/receive programs) | {} | **{:.3}** | **{}** | **{added:.0}** | **{}** | {quick_tracer} |",
+        "| **tracer** (all programs, agent running; rapid alternation: its programs, the agent stopped) | {} | **{:.3}** | **{}** | **{added:.0}** | **{}** | {quick_tracer} |",
         thousands(pairs.traced_ns_per_op()),
         pairs.ratio(),
         gap(pairs.ratio()),
@@ -1050,7 +1050,9 @@ fn targets_issue_18(doc: &Document) -> String {
         "The connection path against its own floor, the TCP health features on (the agent's default), \
          and the collection at scale. A/B ratios swing by several points from round to round on a shared \
          machine: read the gaps with the per-round spreads above, and the programs' cost with the \
-         kernel's accounting (the derived row).\n\n| target | measured | verdict |\n|---|---:|---|\n",
+         kernel's accounting (the derived rows). The ping-pong A/B row has the agent process running; \
+         the rapid-alternation row has the same programs on the same hooks without it.\n\n\
+         | target | measured | verdict |\n|---|---:|---|\n",
     );
     for (target, measured, verdict) in rows {
         let _ = writeln!(out, "| {target} | {measured} | {} |", verdict.text());
