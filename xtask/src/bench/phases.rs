@@ -265,7 +265,8 @@ fn rapid_alternation(
     Ok(())
 }
 
-/// The tracer attached for a full phase, then an untraced one; returns the
+/// The tracer attached for a full phase, then an untraced one, then its
+/// programs without the agent (taken over) and another untraced one; returns the
 /// tracer's CPU use during its phase, in percent of one CPU, and its
 /// programs (those on the tracepoints of `conn-floor`; the send/receive
 /// pair at least), taken over before it was stopped (for the rapid
@@ -286,6 +287,16 @@ fn tracer_phase(
     tracer.stop()?;
     pause();
     timeline.measure(Phase::Untraced);
+    // The same programs and maps for a full phase without the agent, right
+    // after the agent's: what the agent process adds apart from them.
+    if let Ok(taken) = &taken {
+        let links = taken.attach()?;
+        pause();
+        timeline.measure(Phase::Reference(Reference::TracerPrograms));
+        drop(links);
+        pause();
+        timeline.measure(Phase::Untraced);
+    }
     Ok((tracer_cpu, taken))
 }
 

@@ -37,6 +37,11 @@ pub enum Reference {
     Hash,
     Bpftrace,
     ConnFloor,
+    /// The tracer's own programs, taken over from its agent and attached by
+    /// the bench ([`TakenOver`]), the agent stopped: measured in the
+    /// ping-pong rounds only, beside the agent's phase.
+    #[value(skip)]
+    TracerPrograms,
 }
 
 impl Reference {
@@ -46,6 +51,7 @@ impl Reference {
             Reference::Hash => "minimal tracer: one hash update per call",
             Reference::Bpftrace => "bpftrace `@tx[pid] = sum(args->ret)`",
             Reference::ConnFloor => "empty programs on every tracer hook (connection floor)",
+            Reference::TracerPrograms => "tracer's programs without its agent (taken over, same maps)",
         }
     }
 
@@ -55,6 +61,7 @@ impl Reference {
             Reference::Hash => "hash",
             Reference::Bpftrace => "bpftrace",
             Reference::ConnFloor => "conn-floor",
+            Reference::TracerPrograms => "tracer-programs",
         }
     }
 }
@@ -100,6 +107,7 @@ impl Attached {
             }
             Reference::Bpftrace => start_bpftrace(),
             Reference::ConnFloor => attach_per_tracepoint(&floor_program(), &TRACER_TRACEPOINTS),
+            Reference::TracerPrograms => bail!("the tracer's programs are taken over from a running agent"),
         }
     }
 

@@ -985,6 +985,16 @@ fn targets_issue_18(doc: &Document) -> String {
         },
         Verdict::gap(ping_pong_gap, PING_PONG_MAX_GAP_POINTS),
     ));
+    let programs_alone = ping_pong
+        .and_then(|p| Some((p.reference_ratio(Reference::Floor)?, p.reference_ratio(Reference::TracerPrograms)?)));
+    if let Some((floor, programs)) = programs_alone {
+        let gap = stats::gap_points(floor, programs);
+        rows.push((
+            format!("ping-pong gap to the floor <= {PING_PONG_MAX_GAP_POINTS:.0} point, the tracer's programs without its agent (full phases)"),
+            format!("{gap:.1} (floor {floor:.3}, programs {programs:.3})"),
+            Verdict::gap(Some(gap), PING_PONG_MAX_GAP_POINTS),
+        ));
+    }
     if let Some((points, above)) = ping_pong_quick_gap(doc) {
         rows.push((
             format!("ping-pong gap to the floor <= {PING_PONG_MAX_GAP_POINTS:.0} point, rapid alternation (the tracer's own programs and the empty program in the same cycles)"),
