@@ -146,7 +146,10 @@ fn method(doc: &Document) -> String {
          the agent's fdinfo, `BPF_PROG_GET_FD_BY_ID`), with the maps they hold, and attaches \
          them to their tracepoints itself (`BPF_RAW_TRACEPOINT_OPEN`), before the references \
          in odd cycles and after them in even ones. Their gap to the floor in the rapid \
-         alternation is the median over all cycles of each cycle's tracer minus empty program.",
+         alternation is the median over all cycles of each cycle's tracer minus empty program. \
+         Right after the agent's full phase (and the untraced one after it), the same taken-over \
+         programs also run a full phase of their own, the agent stopped: the row *tracer's \
+         programs without its agent*, what the agent process adds apart from its programs.",
         (plan.load.window / 2).max(std::time::Duration::from_secs(1)).as_secs_f64(),
         super::phases::QUICK_CYCLES,
         super::phases::QUICK_PHASE.as_millis()
