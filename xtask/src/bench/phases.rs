@@ -346,11 +346,7 @@ fn runs_per_phase(stamps: &[(Phase, u64, u64)], client_line: &str, server_line: 
 fn quick_added(runs: &[(Phase, Run)], references: &[Reference]) -> Vec<(Reference, Vec<f64>)> {
     let mut quick: Vec<(Reference, Vec<f64>)> = Vec::new();
     for cycle in 0..QUICK_CYCLES {
-        let mean_of = |want: Option<Reference>| {
-            runs.iter()
-                .find(|(phase, run)| *phase == Phase::Quick(cycle, want) && run.ops > 0.0)
-                .and_then(|(_, run)| run.cpu_ns_per_op())
-        };
+        let mean_of = |want: Option<Reference>| quick_mean(runs, Phase::Quick(cycle, want));
         let Some(untraced) = mean_of(None) else { continue };
         for reference in references {
             if let Some(with) = mean_of(Some(*reference)) {
@@ -364,13 +360,17 @@ fn quick_added(runs: &[(Phase, Run)], references: &[Reference]) -> Vec<(Referenc
     quick
 }
 
+/// Mean CPU ns per operation over the slices of a short phase (`None` if
+/// it had none).
+fn quick_mean(runs: &[(Phase, Run)], want: Phase) -> Option<f64> {
+    runs.iter().find(|(phase, run)| *phase == want && run.ops > 0.0).and_then(|(_, run)| run.cpu_ns_per_op())
+}
+
 /// The rapid alternation of the tracer's own programs: per cycle, what they
 /// added against the cycle's untraced phase, and that less what the empty
 /// program added in the same cycle (cycles missing either are left out).
 fn quick_tracer_added(runs: &[(Phase, Run)]) -> Vec<(f64, f64)> {
-    let mean_of = |want: Phase| {
-        runs.iter().find(|(phase, run)| *phase == want && run.ops > 0.0).and_then(|(_, run)| run.cpu_ns_per_op())
-    };
+    let mean_of = |want: Phase| quick_mean(runs, want);
     (0..QUICK_CYCLES)
         .filter_map(|cycle| {
             let untraced = mean_of(Phase::Quick(cycle, None))?;

@@ -259,7 +259,7 @@ impl TakenOver {
     pub fn from_process(pid: u32, names: &[&str], required: &[&str]) -> Result<Self> {
         let cut = |n: &str| n[..n.len().min(15)].to_owned();
         let mut programs: Vec<(OwnedFd, String)> = Vec::new();
-        for id in program_ids_of(pid) {
+        for id in super::proc::program_stats(pid).iter().map(|p| p.id) {
             let mut attr = Attr::new();
             attr.put_u32(0, id);
             let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr, "taking the tracer's program") else { continue };
@@ -287,27 +287,6 @@ impl TakenOver {
         }
         Ok(links)
     }
-}
-
-/// Ids of the eBPF programs process `pid` holds open (`prog_id:` in the
-/// fdinfo of its `bpf-prog` fds).
-fn program_ids_of(pid: u32) -> Vec<u32> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
-    let mut ids = Vec::new();
-    for fd in fds.flatten() {
-        let is_prog = std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("bpf-prog"));
-        if !is_prog {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
-        let id = info.ok().and_then(|text| {
-            text.lines().find_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse::<u32>().ok()))
-        });
-        if let Some(id) = id.filter(|id| !ids.contains(id)) {
-            ids.push(id);
-        }
-    }
-    ids
 }
 
 /// The name of the program behind `fd` (`struct bpf_prog_info.name`).

@@ -319,25 +319,24 @@ impl Pairs {
     /// alternation: (median, min of the middle half, max of it).
     pub fn quick_added_ns_per_syscall(&self, reference: Reference) -> Option<(f64, f64, f64)> {
         let (_, added) = self.quick_added.iter().find(|(r, added)| *r == reference && !added.is_empty())?;
-        let per_syscall: Vec<f64> = added.iter().map(|a| a / self.syscalls_per_op()).collect();
-        Some((
+        Some(self.per_syscall_spread(added.iter().copied()))
+    }
+
+    /// Added ns per operation, one figure per cycle, as ns per syscall:
+    /// (median, min of the middle half, max of it).
+    fn per_syscall_spread(&self, added: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+        let per_syscall: Vec<f64> = added.map(|a| a / self.syscalls_per_op()).collect();
+        (
             median(&per_syscall),
             low_quantile(&per_syscall, 0.25).unwrap_or(f64::NAN),
             low_quantile(&per_syscall, 0.75).unwrap_or(f64::NAN),
-        ))
+        )
     }
 
     /// The tracer's own programs in the rapid alternation: added ns per
     /// syscall, median (quartiles), like `quick_added_ns_per_syscall`.
     pub fn quick_tracer_added_ns_per_syscall(&self) -> Option<(f64, f64, f64)> {
-        let per_syscall: Vec<f64> = self.quick_tracer.iter().map(|q| q.0 / self.syscalls_per_op()).collect();
-        (!per_syscall.is_empty()).then(|| {
-            (
-                median(&per_syscall),
-                low_quantile(&per_syscall, 0.25).unwrap_or(f64::NAN),
-                low_quantile(&per_syscall, 0.75).unwrap_or(f64::NAN),
-            )
-        })
+        (!self.quick_tracer.is_empty()).then(|| self.per_syscall_spread(self.quick_tracer.iter().map(|q| q.0)))
     }
 
     /// The tracer's own programs above the empty program, ns per
